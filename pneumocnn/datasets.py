@@ -1,0 +1,160 @@
+"""Labelled image folders: find the images, read patient ids, split by patient.
+
+Layouts read: ``ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*`` (the public Kermany download) and
+a single ``ROOT/{NORMAL,PNEUMONIA}/*``. Class names come from the folders; a folder named
+NORMAL (any case) is the negative class, otherwise the first name in sorted order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pneumocnn.errors import DatasetError
+
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+SPLIT_NAMES = ("train", "val", "test")
+
+_PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_"),  # personN_bacteria_M.jpeg, personN_virus_M.jpeg
+    re.compile(r"^(?:NORMAL2-)?(IM-\d+)-"),  # IM-NNNN-MMMM.jpeg, NORMAL2-IM-NNNN-MMMM.jpeg
+)
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Image files with binary labels: ``labels[i]`` is 1 for ``class_names[1]``."""
+
+    paths: tuple[Path, ...]
+    labels: np.ndarray
+    class_names: tuple[str, str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: np.ndarray) -> LabelledImages:
+        """Return the images at ``indices``, in that order."""
+        return LabelledImages(
+            tuple(self.paths[i] for i in indices), self.labels[indices], self.class_names
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Images per class name."""
+        return {name: int((self.labels == k).sum()) for k, name in enumerate(self.class_names)}
+
+    def patients(self) -> list[str]:
+        """The patient id of each image (see :func:`patient_id`)."""
+        return [patient_id(path) for path in self.paths]
+
+
+def patient_id(path: str | Path) -> str:
+    """Read the patient id from a Kermany file name; other names are their own patient."""
+    name = Path(path).name
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(name)
+        if match:
+            return match.group(1)
+    return Path(name).stem
+
+
+def find_splits(root: str | Path) -> dict[str, LabelledImages]:
+    """Index ``root``: ``{"train": ..., "val": ..., "test": ...}`` for the split layout (splits
+    that exist), or ``{"train": ...}`` for a plain ``ROOT/{class}/`` folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: folder does not exist")
+    present = [name for name in SPLIT_NAMES if (root / name).is_dir()]
+    if not present:
+        return {"train": index_folder(root)}
+    splits = {name: index_folder(root / name) for name in present}
+    names = {split.class_names for split in splits.values()}
+    if len(names) > 1:
+        raise DatasetError(f"{root}: splits disagree on class folders: {sorted(names)}")
+    return splits
+
+
+def index_folder(folder: str | Path) -> LabelledImages:
+    """Index ``folder/{negative,positive}/*`` into sorted paths and 0/1 labels."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: folder does not exist")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) != 2:
+        raise DatasetError(
+            f"{folder}: expected exactly two class folders (e.g. NORMAL and PNEUMONIA), "
+            f"found {classes or 'none'}"
+        )
+    negative = next((c for c in classes if c.upper() == "NORMAL"), classes[0])
+    class_names = (negative, next(c for c in classes if c != negative))
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(class_names):
+        files = sorted(
+            p for p in (folder / name).rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not files:
+            raise DatasetError(f"{folder / name}: class folder holds no images")
+        paths += files
+        labels += [label] * len(files)
+    return LabelledImages(tuple(paths), np.array(labels, dtype=np.int64), class_names)
+
+
+def split_by_patient(
+    images: LabelledImages, fraction: float = 0.1, seed: int = 0
+) -> tuple[LabelledImages, LabelledImages]:
+    """Split into ``(train, validation)`` with about ``fraction`` of each class's images in
+    validation and every patient on one side only. Byte-identical files are kept together
+    too. The split depends only on the file names, contents and ``seed``."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must lie in (0, 1), got {fraction}")
+    groups = _patient_groups(images)
+    rng = np.random.default_rng(seed)
+    in_validation = np.zeros(len(images), dtype=bool)
+    for label in (0, 1):
+        members: dict[str, list[int]] = defaultdict(list)
+        for i in np.flatnonzero(images.labels == label):
+            members[groups[i]].append(int(i))
+        order = sorted(members)
+        rng.shuffle(order)
+        target = fraction * sum(len(v) for v in members.values())
+        taken = 0
+        for group in order:
+            if taken >= target:
+                break
+            in_validation[members[group]] = True
+            taken += len(members[group])
+    if in_validation.all() or not in_validation.any():
+        raise DatasetError("too few patients to split off a validation set")
+    return (
+        images.subset(np.flatnonzero(~in_validation)),
+        images.subset(np.flatnonzero(in_validation)),
+    )
+
+
+def _patient_groups(images: LabelledImages) -> list[str]:
+    """Patient id per image, with patients that share a byte-identical file merged."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.get(key, key) != key:
+            key = parent[key]
+        return key
+
+    first_patient_of: dict[str, str] = {}
+    patients = images.patients()
+    for path, patient in zip(images.paths, patients):
+        try:
+            digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        except OSError:  # unreadable files are reported when decoded; here they stay apart
+            digest = str(path)
+        other = first_patient_of.setdefault(digest, patient)
+        a, b = root(patient), root(other)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return [root(p) for p in patients]

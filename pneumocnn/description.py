@@ -1,0 +1,169 @@
+"""The model file contract: a small versioned JSON description embedded in every model file.
+
+A ``.tflite`` file keeps it in the flatbuffer's metadata table under the name ``pneumocnn``; a
+``.keras`` file keeps it as the archive member ``pneumocnn.json``. The runtime reads the input
+size, preprocessing, labels, threshold and calibration from it and hard-codes none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from pneumocnn.errors import MissingDependencyError, ModelFileError
+from pneumocnn.preprocessing import Preprocessing
+
+FORMAT = "pneumocnn-model"
+VERSION = 1
+METADATA_NAME = "pneumocnn"
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a loader needs to use a model, plus informational provenance.
+
+    ``labels`` are ``(negative, positive)``; the model outputs the positive-class probability.
+    ``temperature`` calibrates it (``sigmoid(logit(p) / temperature)``); ``threshold`` applies to
+    the calibrated probability. ``info`` holds architecture, quantization, training provenance,
+    alternative thresholds and validation metrics, and is never used for computation.
+    """
+
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    labels: tuple[str, str] = ("NORMAL", "PNEUMONIA")
+    threshold: float = 0.5
+    temperature: float = 1.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != 2 or self.labels[0] == self.labels[1]:
+            raise ValueError(f"labels must be two distinct names, got {self.labels!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+    def calibrate(self, probability: np.ndarray) -> np.ndarray:
+        """Map raw model probabilities to calibrated ones (identity when temperature is 1)."""
+        p = np.asarray(probability, dtype=np.float64)
+        if self.temperature == 1.0:
+            return p
+        p = np.clip(p, 1e-7, 1 - 1e-7)
+        return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / self.temperature))
+
+    def with_info(self, **info: Any) -> ModelDescription:
+        """Return a copy whose ``info`` is updated with the given keys."""
+        return replace(self, info={**self.info, **info})
+
+    def to_json(self) -> str:
+        """Serialise to the JSON stored in model files."""
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "input": {
+                    "height": self.preprocessing.height,
+                    "width": self.preprocessing.width,
+                    "channels": self.preprocessing.channels,
+                },
+                "preprocessing": self.preprocessing.to_dict(),
+                "labels": list(self.labels),
+                "threshold": self.threshold,
+                "calibration": {"method": "temperature", "temperature": self.temperature},
+                **self.info,
+            },
+            indent=1,
+            sort_keys=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str) -> ModelDescription:
+        """Parse and check a stored description; ``source`` names the file in errors."""
+        try:
+            data = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelFileError(source, f"model description is not valid JSON ({error})") from error
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ModelFileError(source, "model description is not a pneumocnn description")
+        version = data.get("version")
+        if not isinstance(version, int) or version > VERSION:
+            raise ModelFileError(
+                source,
+                f"model description version {version!r} is newer than this pneumocnn "
+                f"understands ({VERSION}); upgrade pneumocnn",
+            )
+        info = {
+            key: value
+            for key, value in data.items()
+            if key not in ("format", "version", "input", "preprocessing", "labels", "threshold",
+                           "calibration")
+        }
+        try:
+            return cls(
+                preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+                labels=tuple(data["labels"]),
+                threshold=float(data["threshold"]),
+                temperature=float(data.get("calibration", {}).get("temperature", 1.0)),
+                info=info,
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(source, f"model description is incomplete or invalid ({error})") from error
+
+
+def embed_in_tflite(model: bytes, description: ModelDescription) -> bytes:
+    """Return a copy of a ``.tflite`` flatbuffer with ``description`` in its metadata table."""
+    import flatbuffers
+
+    schema = _schema()
+    tree = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    tree.metadata = [m for m in (tree.metadata or []) if m.name != METADATA_NAME.encode()]
+    payload = schema.BufferT()
+    payload.data = np.frombuffer(description.to_json().encode(), dtype=np.uint8)
+    tree.buffers.append(payload)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(tree.buffers) - 1
+    tree.metadata.append(entry)
+    builder = flatbuffers.Builder(len(model) + 4096)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_from_tflite(model: bytes, source: str) -> ModelDescription:
+    """Read the description from ``.tflite`` bytes; ``source`` names the file in errors."""
+    schema = _schema()
+    if len(model) < 8 or model[4:8] != b"TFL3":
+        raise ModelFileError(source, "not a TFLite model (no TFL3 file identifier)")
+    try:
+        tree = schema.Model.GetRootAs(model, 0)
+        for i in range(tree.MetadataLength()):
+            entry = tree.Metadata(i)
+            if entry.Name() == METADATA_NAME.encode():
+                text = tree.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+                return ModelDescription.from_json(text, source)
+    except ModelFileError:
+        raise
+    except Exception as error:  # a damaged flatbuffer can fail in many ways while being walked
+        raise ModelFileError(source, f"damaged TFLite model ({type(error).__name__}: {error})") from error
+    raise ModelFileError(
+        source,
+        "TFLite model has no pneumocnn description; convert it with `pneumocnn convert` "
+        "or pneumocnn.convert(), which embeds one",
+    )
+
+
+def _schema():
+    """The TFLite flatbuffer schema module, from LiteRT or else from TensorFlow."""
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        try:
+            from tensorflow.lite.python import schema_py_generated
+        except ImportError:
+            raise MissingDependencyError(
+                "reading .tflite model files needs the LiteRT runtime: pip install ai-edge-litert"
+            ) from None
+    return schema_py_generated

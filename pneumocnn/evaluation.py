@@ -1,0 +1,93 @@
+"""``evaluate``: score a model on a labelled folder and report metrics at its threshold."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pneumocnn._files import write_text
+from pneumocnn.datasets import index_folder
+from pneumocnn.metrics import binary_metrics, roc_curve
+from pneumocnn.model import Model, Prediction, load
+
+log = logging.getLogger("pneumocnn")
+
+
+@dataclass
+class Evaluation:
+    """Metrics at the threshold used, every prediction, and the files that failed."""
+
+    metrics: dict
+    predictions: list[Prediction]
+    truth: list[str]
+
+    @property
+    def failed(self) -> list[Prediction]:
+        """Predictions whose input could not be read."""
+        return [p for p in self.predictions if not p.ok]
+
+    def __str__(self) -> str:
+        m = self.metrics
+        return (f"{m['n']} images: accuracy {m['accuracy']:.4f}, ROC AUC {m['roc_auc']:.4f}, "
+                f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f}, "
+                f"precision {m['precision']:.4f}, F1 {m['f1']:.4f} at threshold "
+                f"{m['threshold']:.4f}; confusion [[TN, FP], [FN, TP]] = {m['confusion']}"
+                + (f"; {len(self.failed)} unreadable" if self.failed else ""))
+
+
+def evaluate(
+    model: Model | str | os.PathLike,
+    folder: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    out: str | os.PathLike | None = None,
+) -> Evaluation:
+    """Score ``model`` (a :class:`Model` or a model file path) on ``folder/{NORMAL,PNEUMONIA}``.
+
+    Returns an :class:`Evaluation`; unreadable images are listed, not scored. With ``out``,
+    writes ``metrics.json``, ``predictions.csv``, ``roc.png`` and ``confusion.png`` there.
+    """
+    if not isinstance(model, Model):
+        model = load(model)
+    images = index_folder(folder)
+    if [n.upper() for n in images.class_names] != [n.upper() for n in model.labels]:
+        log.warning("folder classes %s are taken as the model's labels %s",
+                    images.class_names, model.labels)
+    predictions = model.predict([str(p) for p in images.paths], threshold=threshold)
+    scored = np.array([p.ok for p in predictions])
+    if not scored.any():
+        raise ValueError(f"{folder}: none of the images could be read")
+    probabilities = np.array([p.probability for p in predictions])[scored]
+    cutoff = predictions[0].threshold
+    metrics = binary_metrics(images.labels[scored], probabilities, cutoff)
+    metrics["model"] = model.path
+    metrics["unreadable"] = [f"{p.source}: {p.error}" for p in predictions if not p.ok]
+    truth = [model.labels[k] for k in images.labels]
+    result = Evaluation(metrics, predictions, truth)
+    if out is not None:
+        _write(result, images.labels[scored], probabilities, Path(out), model.labels)
+    return result
+
+
+def _write(result: Evaluation, labels, probabilities, out: Path, names) -> None:
+    from pneumocnn.plots import plot_confusion, plot_roc
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "metrics.json", json.dumps(result.metrics, indent=1))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["source", "truth", "label", "probability", "threshold", "error"])
+    for prediction, truth in zip(result.predictions, result.truth):
+        writer.writerow([prediction.source, truth, prediction.label or "",
+                         prediction.probability, prediction.threshold, prediction.error or ""])
+    write_text(out / "predictions.csv", buffer.getvalue())
+    fpr, tpr = roc_curve(labels, probabilities)
+    plot_roc(fpr, tpr, result.metrics["roc_auc"], out / "roc.png")
+    plot_confusion(result.metrics["confusion"], names, out / "confusion.png")

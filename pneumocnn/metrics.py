@@ -1,0 +1,121 @@
+"""Binary classification metrics, threshold choice and probability calibration, on numpy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    """Return accuracy, sensitivity (positive recall), specificity, precision, F1, ROC AUC,
+    expected calibration error and the confusion matrix ``[[tn, fp], [fn, tp]]`` at
+    ``threshold`` (a probability at or above it is called positive)."""
+    y = np.asarray(labels).astype(bool)
+    p = np.asarray(probabilities, dtype=np.float64)
+    called = p >= threshold
+    tp = int((called & y).sum())
+    tn = int((~called & ~y).sum())
+    fp = int((called & ~y).sum())
+    fn = int((~called & y).sum())
+    precision = _ratio(tp, tp + fp)
+    sensitivity = _ratio(tp, tp + fn)
+    return {
+        "n": int(y.size),
+        "threshold": float(threshold),
+        "accuracy": _ratio(tp + tn, y.size),
+        "sensitivity": sensitivity,
+        "specificity": _ratio(tn, tn + fp),
+        "precision": precision,
+        "f1": _ratio(2 * precision * sensitivity, precision + sensitivity),
+        "roc_auc": roc_auc(y, p),
+        "ece": expected_calibration_error(y, p),
+        "confusion": [[tn, fp], [fn, tp]],
+    }
+
+
+def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half); NaN when a class is absent."""
+    y = np.asarray(labels).astype(bool)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = _average_ranks(np.asarray(probabilities, dtype=np.float64))
+    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def roc_curve(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    y = np.asarray(labels).astype(bool)
+    p = np.asarray(probabilities, dtype=np.float64)
+    order = np.argsort(-p, kind="stable")
+    y, p = y[order], p[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(p)), y.size - 1]
+    tps = np.cumsum(y)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    tpr = np.r_[0.0, tps / max(int(y.sum()), 1)]
+    fpr = np.r_[0.0, fps / max(int((~y).sum()), 1)]
+    return fpr, tpr
+
+
+def threshold_for_sensitivity(
+    labels: np.ndarray, probabilities: np.ndarray, target: float
+) -> float:
+    """The highest threshold whose sensitivity on these data is at least ``target``."""
+    y = np.asarray(labels).astype(bool)
+    positive_scores = np.sort(np.asarray(probabilities, dtype=np.float64)[y])
+    if positive_scores.size == 0:
+        raise ValueError("no positive examples to choose a threshold on")
+    misses_allowed = math.floor((1.0 - target) * positive_scores.size + 1e-9)
+    return float(positive_scores[misses_allowed])
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
+) -> float:
+    """Expected calibration error over ``bins`` equal-width probability bins."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            error += inside.mean() * abs(y[inside].mean() - p[inside].mean())
+    return float(error)
+
+
+def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The temperature ``T`` minimising the log loss of ``sigmoid(logit(p) / T)``."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    logits = np.log(p / (1 - p))
+
+    def log_loss(log_t: float) -> float:
+        z = logits / math.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+    low, high = math.log(0.05), math.log(20.0)
+    golden = (math.sqrt(5) - 1) / 2
+    for _ in range(80):  # golden-section search on log T
+        a, b = high - golden * (high - low), low + golden * (high - low)
+        if log_loss(a) < log_loss(b):
+            high = b
+        else:
+            low = a
+    return math.exp((low + high) / 2)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else math.nan
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    ranks = np.empty(values.size, dtype=np.float64)
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_values)) + 1]
+    ends = np.r_[starts[1:], values.size]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2
+    return ranks

@@ -1,0 +1,191 @@
+"""``load`` a self-describing model file and ``predict`` on X-rays; no TensorFlow for ``.tflite``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pneumocnn.backends import open_backend
+from pneumocnn.datasets import IMAGE_SUFFIXES
+from pneumocnn.description import ModelDescription
+from pneumocnn.errors import ModelFileError, PneumocnnError
+from pneumocnn.preprocessing import ImageInput, describe, preprocess
+
+log = logging.getLogger("pneumocnn")
+
+BUNDLED_MODEL = "pneumonia-int8.tflite"
+_SINGLE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answer: ``label`` is the positive label when ``probability >= threshold``.
+
+    When the input could not be used, ``label`` is ``None``, ``probability`` is NaN and
+    ``error`` says why (only in results of many inputs; a single input raises instead).
+    """
+
+    source: str
+    label: str | None
+    probability: float
+    threshold: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the input was scored."""
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        """A plain dict, for JSON and CSV."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        if not self.ok:
+            return f"{self.source}: error: {self.error}"
+        return (f"{self.source}: {self.label} (probability {self.probability:.3f}, "
+                f"threshold {self.threshold:.3f})")
+
+
+class Model:
+    """A loaded model: its description, and ``predict`` for one or many inputs."""
+
+    def __init__(self, backend, description: ModelDescription, path: str) -> None:
+        self._backend = backend
+        self.description = description
+        self.path = path
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """``(negative, positive)`` class names."""
+        return self.description.labels
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold stored in the model file."""
+        return self.description.threshold
+
+    def __repr__(self) -> str:
+        info = self.description.info
+        return (f"Model({self.path!r}, {info.get('architecture', '?')}, "
+                f"{info.get('quantization', 'keras')}, threshold={self.threshold:.4f})")
+
+    def predict(
+        self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None
+    ) -> Prediction | list[Prediction]:
+        """Score one input (a path, bytes, binary file, PIL image or array) or many (a folder,
+        or a list or iterable of inputs).
+
+        One input returns a :class:`Prediction` and raises :class:`~pneumocnn.InputError` if it
+        cannot be read; many return a list in input order, where unreadable inputs carry an
+        ``error`` instead of a label. ``threshold`` overrides the model's for this call.
+        """
+        if _is_single(inputs):
+            source = describe(inputs)
+            return self._score(inputs, source, threshold)
+        return list(self.predict_iter(inputs, threshold))
+
+    def predict_iter(
+        self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None
+    ) -> Iterator[Prediction]:
+        """Like :meth:`predict` on many inputs, yielding each result as soon as it is ready."""
+        for index, (item, source) in enumerate(expand_inputs(inputs)):
+            try:
+                yield self._score(item, source or f"inputs[{index}]", threshold)
+            except PneumocnnError as error:
+                reason = getattr(error, "reason", str(error))
+                log.warning("%s: %s", source or f"inputs[{index}]", reason)
+                yield Prediction(source or f"inputs[{index}]", None, math.nan,
+                                 self._threshold(threshold), reason)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated positive-class probabilities for preprocessed float32 ``(N, H, W, C)``."""
+        return self.description.calibrate(self._backend.run(images))
+
+    def _score(self, item: ImageInput, source: str, threshold: float | None) -> Prediction:
+        image = preprocess(item, self.description.preprocessing, source)
+        probability = float(self.probabilities(image[np.newaxis])[0])
+        cutoff = self._threshold(threshold)
+        label = self.labels[1] if probability >= cutoff else self.labels[0]
+        return Prediction(source, label, probability, cutoff)
+
+    def _threshold(self, threshold: float | None) -> float:
+        if threshold is None:
+            return self.threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        return float(threshold)
+
+
+def _is_single(inputs: object) -> bool:
+    if isinstance(inputs, (str, os.PathLike)):
+        return not Path(inputs).is_dir()
+    return isinstance(inputs, _SINGLE) or hasattr(inputs, "read")
+
+
+def expand_inputs(inputs: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[ImageInput, str | None]]:
+    """Yield ``(input, name)`` for every input: folders become their image files (recursive,
+    sorted), iterables are flattened; ``name`` is None for unnamed in-memory inputs."""
+    if isinstance(inputs, (str, os.PathLike)):
+        path = Path(inputs)
+        if path.is_dir():
+            for file in _image_files(path):
+                yield file, str(file)
+        else:
+            yield inputs, os.fsdecode(inputs)
+    elif _is_single(inputs):
+        name = getattr(inputs, "name", None)
+        yield inputs, name if isinstance(name, str) else None
+    else:
+        for item in inputs:
+            yield from expand_inputs(item)
+
+
+def _image_files(folder: Path) -> Iterator[Path]:
+    seen: set[Path] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = Path(root).resolve()
+        if real in seen:  # a symlink loop: each real folder is walked once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(root) / name
+
+
+def load(path: str | os.PathLike | None = None, *, threads: int | None = None) -> Model:
+    """Load a model file (``.tflite``, or ``.keras`` with TensorFlow installed); with no path,
+    the int8 model bundled with pneumocnn. ``threads`` sets the interpreter's CPU threads
+    (default: all cores)."""
+    if path is None:
+        bundled = resources.files("pneumocnn") / "models" / BUNDLED_MODEL
+        if not bundled.is_file():
+            raise ModelFileError(str(bundled), "the bundled model is missing from this install")
+        path = Path(str(bundled))
+    path = Path(path)
+    backend, description = open_backend(path, threads)
+    return Model(backend, description, str(path))
+
+
+_default: Model | None = None
+
+
+def predict(
+    inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None
+) -> Prediction | list[Prediction]:
+    """Score inputs with the bundled model (loaded once); see :meth:`Model.predict`."""
+    global _default
+    if _default is None:
+        _default = load()
+    return _default.predict(inputs, threshold)
+

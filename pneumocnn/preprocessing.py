@@ -1,0 +1,204 @@
+"""The one preprocessing path shared by training, evaluation and inference.
+
+An input (file path, bytes, binary file, PIL image or numpy array) becomes:
+
+1. an 8-bit grayscale image: JPEGs are decoded at a reduced scale no smaller than the model
+   input (Pillow's draft mode); EXIF orientation is applied; colour, palette, CMYK and alpha
+   images are converted to luminance; 16-bit images are scaled by their bit depth;
+2. ``pixels``: that image resized to the model input (bilinear, antialiased), uint8 ``(H, W)``;
+3. the model input: ``pixels * scale`` as float32, repeated to the model's channel count.
+
+Training caches step 2 and applies step 3 in the TensorFlow graph with the same arithmetic;
+everything else calls :func:`preprocess`. Only Pillow and numpy are used here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pneumocnn.errors import InputError
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+
+_RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an X-ray becomes a model input: size, channels, resampling and scale."""
+
+    height: int = 150
+    width: int = 150
+    channels: int = 3
+    resize: str = "bilinear"
+    scale: float = 1.0 / 255.0
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"input size must be positive, got {self.height}x{self.width}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.resize not in _RESAMPLING:
+            raise ValueError(f"resize must be one of {sorted(_RESAMPLING)}, got {self.resize!r}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The model input shape ``(height, width, channels)``."""
+        return (self.height, self.width, self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form stored in model files."""
+        return {"color": "gray", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
+        fields = dict(data)
+        color = fields.pop("color", "gray")
+        if color != "gray":
+            raise ValueError(f"unsupported colour handling {color!r}")
+        return cls(**fields)
+
+
+def describe(source: object) -> str:
+    """Return a short human name for an input, used in error messages and results."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fsdecode(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.mode} {source.width}x{source.height}>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.dtype} {source.shape}>"
+    name = getattr(source, "name", None)
+    return str(name) if isinstance(name, (str, bytes)) else f"<{type(source).__name__}>"
+
+
+def preprocess(source: ImageInput, spec: Preprocessing, name: str | None = None) -> np.ndarray:
+    """Turn one input into the float32 ``(H, W, C)`` array a model with ``spec`` expects."""
+    return to_model_input(load_pixels(source, spec, name), spec)
+
+
+def load_pixels(source: ImageInput, spec: Preprocessing, name: str | None = None) -> np.ndarray:
+    """Decode one input and resize it to the model input: uint8 ``(height, width)``.
+
+    Raises :class:`~pneumocnn.errors.InputError` naming the input when it cannot be used.
+    """
+    name = name or describe(source)
+    gray = _to_gray(source, spec, name)
+    resized = gray.resize((spec.width, spec.height), _RESAMPLING[spec.resize])
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def to_model_input(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Scale uint8 ``(H, W)`` pixels and repeat them to ``spec.channels``: float32 ``(H, W, C)``."""
+    scaled = pixels.astype(np.float32) * np.float32(spec.scale)
+    return np.repeat(scaled[..., np.newaxis], spec.channels, axis=-1)
+
+
+def _to_gray(source: ImageInput, spec: Preprocessing, name: str) -> Image.Image:
+    if isinstance(source, np.ndarray):
+        return _array_to_gray(source, name)
+    if isinstance(source, Image.Image):
+        return _image_to_gray(source, name)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            raise InputError(name, "is a folder, not an image file")
+        try:
+            with path.open("rb") as stream:
+                return _decode(stream, spec, name)
+        except OSError as error:
+            raise InputError(name, error.strerror or str(error)) from error
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(bytes(source)), spec, name)
+    if hasattr(source, "read"):
+        return _decode(source, spec, name)
+    raise InputError(name, f"unsupported input type {type(source).__name__}")
+
+
+def _decode(stream: BinaryIO, spec: Preprocessing, name: str) -> Image.Image:
+    try:
+        with Image.open(stream) as image:
+            _check_size(image.width, image.height, name)
+            if image.format == "JPEG":
+                side = max(spec.height, spec.width)
+                image.draft("L" if image.mode in ("L", "RGB") else None, (side, side))
+            image.load()
+            return _image_to_gray(image, name)
+    except UnidentifiedImageError as error:
+        raise InputError(name, "not a recognised image file") from error
+    except InputError:
+        raise
+    except _DECODE_ERRORS as error:
+        raise InputError(name, f"cannot decode image ({error})") from error
+
+
+def _check_size(width: int, height: int, name: str) -> None:
+    if width < 1 or height < 1:
+        raise InputError(name, f"image has no pixels ({width}x{height})")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise InputError(
+            name,
+            f"image is {width}x{height} pixels, over the {limit:,}-pixel safety limit "
+            "(PIL.Image.MAX_IMAGE_PIXELS)",
+        )
+
+
+def _image_to_gray(image: Image.Image, name: str) -> Image.Image:
+    _check_size(image.width, image.height, name)
+    try:
+        image = ImageOps.exif_transpose(image)
+        if image.mode == "L":
+            return image
+        if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+            return _array_to_gray(np.asarray(image), name)
+        return image.convert("L")
+    except InputError:
+        raise
+    except _DECODE_ERRORS as error:
+        raise InputError(name, f"cannot decode image ({error})") from error
+
+
+def _array_to_gray(array: np.ndarray, name: str) -> Image.Image:
+    if array.size == 0:
+        raise InputError(name, f"array is empty (shape {array.shape})")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
+        raise InputError(name, f"array shape {array.shape} is not (H, W), (H, W, 1) or (H, W, 3)")
+    _check_size(array.shape[1], array.shape[0], name)
+    pixels = _to_uint8(array, name)
+    if pixels.ndim == 3:
+        return Image.fromarray(pixels).convert("L")
+    return Image.fromarray(pixels)
+
+
+def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    """Map uint8 as is, 16-bit and other non-negative integers by bit depth, floats from [0, 1]."""
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype.kind in "ui":
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise InputError(name, f"integer pixel values must lie in [0, 65535], got [{low}, {high}]")
+        bits = max(8, math.ceil(math.log2(high + 1)))
+        return np.rint(array.astype(np.float64) * (255.0 / (2**bits - 1))).astype(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise InputError(name, "array holds NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise InputError(name, f"float pixel values must lie in [0, 1], got [{low:g}, {high:g}]")
+        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
+    raise InputError(name, f"unsupported array dtype {array.dtype}; use uint8, uint16 or float")

@@ -1,0 +1,89 @@
+"""Keras models: the seed report's TO-BE and AS-IS CNNs, as the report describes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+from keras import layers
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A named model recipe: how to build it and how the seed compiled it."""
+
+    name: str
+    build: Callable[[tuple[int, int, int]], keras.Model]
+    loss: str
+    optimizer: str
+    outputs: int  # 1: sigmoid probability of the positive class; 2: softmax over both classes
+
+
+def seed_to_be(input_shape: tuple[int, int, int]) -> keras.Model:
+    """The seed's final (TO-BE) CNN: four same-padded 3x3 conv blocks, Dense 128, sigmoid."""
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.4),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(1, activation="sigmoid"),
+        ],
+        name="seed_to_be",
+    )
+
+
+def seed_as_is(input_shape: tuple[int, int, int]) -> keras.Model:
+    """The seed's starting (AS-IS) CNN: three valid-padded conv blocks, Dense 64, softmax."""
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.4),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.25),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(2, activation="softmax"),
+        ],
+        name="seed_as_is",
+    )
+
+
+ARCHITECTURES = {
+    "seed-to-be": Architecture("seed-to-be", seed_to_be, "binary_crossentropy", "adam", 1),
+    "seed-as-is": Architecture(
+        "seed-as-is", seed_as_is, "categorical_crossentropy", "rmsprop", 2
+    ),
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    """Look up a recipe by name (see ``ARCHITECTURES``)."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; choose from {sorted(ARCHITECTURES)}") from None
+
+
+def make_optimizer(name: str, learning_rate: float | None) -> keras.optimizers.Optimizer:
+    """Build the named Keras optimizer, at its Keras default learning rate unless given."""
+    optimizer = keras.optimizers.get(name)
+    if learning_rate is not None:
+        optimizer.learning_rate = learning_rate
+    return optimizer

@@ -1,0 +1,90 @@
+"""Write Keras models as self-describing ``.keras`` and ``.tflite`` files.
+
+TFLite variants: ``float32``; ``float16`` (weights stored as float16); ``dynamic-int8`` (int8
+weights, float activations); ``int8`` (full-integer: int8 weights, activations, input and
+output, calibrated on representative images). ``int8`` is the deployable default.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from pneumocnn._files import atomic_write, write_bytes
+from pneumocnn.backends import KERAS_MEMBER
+from pneumocnn.description import ModelDescription, embed_in_tflite
+
+QUANTIZATIONS = ("float32", "float16", "dynamic-int8", "int8")
+
+
+def save_keras(model, description: ModelDescription, path: str | Path) -> None:
+    """Atomically save ``model`` to ``path`` (``.keras``) with ``description`` inside it."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        staged = Path(scratch) / path.name
+        model.save(staged)
+        with zipfile.ZipFile(staged, "a") as archive:
+            archive.writestr(KERAS_MEMBER, description.to_json())
+        with atomic_write(path) as stream, staged.open("rb") as source:
+            shutil.copyfileobj(source, stream)
+
+
+def to_tflite(
+    model,
+    description: ModelDescription,
+    quantization: str = "int8",
+    representative: np.ndarray | None = None,
+) -> bytes:
+    """Convert a Keras model (or a SavedModel folder) to ``.tflite`` bytes with ``description``.
+
+    ``representative`` (float32 model inputs, a few hundred images) is required for ``int8``.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if isinstance(model, (str, os.PathLike)):
+        converter = tf.lite.TFLiteConverter.from_saved_model(os.fspath(model))
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantization != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "int8":
+        if representative is None or len(representative) == 0:
+            raise ValueError("int8 quantization needs representative images")
+
+        def samples():
+            for image in representative:
+                yield [image[np.newaxis].astype(np.float32)]
+
+        converter.representative_dataset = samples
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    described = description.with_info(quantization=quantization)
+    return embed_in_tflite(converter.convert(), described)
+
+
+def export_tflite(
+    model,
+    description: ModelDescription,
+    out_dir: str | Path,
+    representative: np.ndarray,
+    quantizations: tuple[str, ...] = QUANTIZATIONS,
+    stem: str = "model",
+) -> dict[str, Path]:
+    """Write ``{stem}-{quantization}.tflite`` for each variant; return their paths."""
+    paths = {}
+    for quantization in quantizations:
+        path = Path(out_dir) / f"{stem}-{quantization}.tflite"
+        write_bytes(path, to_tflite(model, description, quantization, representative))
+        paths[quantization] = path
+    return paths

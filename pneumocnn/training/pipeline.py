@@ -1,0 +1,180 @@
+"""Training input: decode each image once into a cache, then batch and augment in the graph.
+
+Decoding uses :func:`pneumocnn.preprocessing.load_pixels`, the same function the runtime uses,
+and the graph applies the same ``pixels * scale`` and channel repeat as
+:func:`pneumocnn.preprocessing.to_model_input`.
+
+Augmentation reproduces the seed's ``ImageDataGenerator(shear_range=0.2, zoom_range=0.2,
+horizontal_flip=True)``: a shear angle uniform in [-0.2, 0.2] *degrees* (Keras read the value
+in degrees), independent horizontal and vertical zoom factors uniform in [0.8, 1.2], a
+horizontal flip with probability 1/2, bilinear sampling and nearest-edge fill. Random numbers
+are stateless and derived from ``(seed, epoch, batch)``, so a resumed run sees exactly the
+batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from pneumocnn._files import atomic_write
+from pneumocnn.datasets import LabelledImages
+from pneumocnn.errors import DatasetError, InputError
+from pneumocnn.preprocessing import Preprocessing, load_pixels
+
+log = logging.getLogger("pneumocnn")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random affine augmentation; angles in degrees, zoom as a +- fraction."""
+
+    shear_degrees: float = 0.2
+    zoom: float = 0.2
+    horizontal_flip: bool = True
+
+    def to_dict(self) -> dict:
+        """JSON-ready form for run reports."""
+        return {"shear_degrees": self.shear_degrees, "zoom": self.zoom,
+                "horizontal_flip": self.horizontal_flip}
+
+
+SEED_AUGMENTATION = Augmentation()
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    """Decoded, resized uint8 pixels ``(N, H, W)`` with labels; unreadable files left out."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    paths: tuple[Path, ...]
+    skipped: tuple[str, ...]  # "path: reason" for each file that could not be decoded
+
+
+def decode_all(images: LabelledImages, spec: Preprocessing, cache_dir: Path | None) -> DecodedImages:
+    """Decode every image once (threads; Pillow releases the GIL), reusing a cache file in
+    ``cache_dir`` keyed by file names, sizes, modification times and ``spec``."""
+    cache = cache_dir / f"decoded-{_cache_key(images, spec)}.npz" if cache_dir else None
+    if cache is not None and cache.exists():
+        try:
+            with np.load(cache) as stored:
+                ok = stored["ok"]
+                return _assemble(images, stored["pixels"], ok, json.loads(str(stored["skipped"])))
+        except (OSError, ValueError, KeyError) as error:
+            log.warning("ignoring unreadable cache %s (%s)", cache, error)
+
+    def decode(path: Path) -> np.ndarray | str:
+        try:
+            return load_pixels(path, spec)
+        except InputError as error:
+            return str(error)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        decoded = list(pool.map(decode, images.paths))
+    ok = np.array([isinstance(d, np.ndarray) for d in decoded])
+    skipped = [d for d in decoded if isinstance(d, str)]
+    for message in skipped:
+        log.warning("skipping unreadable training image %s", message)
+    if not ok.any():
+        raise DatasetError("none of the images could be decoded")
+    pixels = np.stack([d for d in decoded if isinstance(d, np.ndarray)])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cache) as stream:
+            np.savez(stream, pixels=pixels, ok=ok, skipped=json.dumps(skipped))
+    return _assemble(images, pixels, ok, skipped)
+
+
+def _assemble(images: LabelledImages, pixels: np.ndarray, ok: np.ndarray, skipped) -> DecodedImages:
+    kept = np.flatnonzero(ok)
+    return DecodedImages(
+        pixels, images.labels[kept], tuple(images.paths[i] for i in kept), tuple(skipped)
+    )
+
+
+def _cache_key(images: LabelledImages, spec: Preprocessing) -> str:
+    digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    for path in images.paths:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def make_dataset(
+    data: DecodedImages,
+    spec: Preprocessing,
+    batch_size: int,
+    *,
+    one_hot: bool = False,
+    augmentation: Augmentation | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+) -> tf.data.Dataset:
+    """A batched, prefetched ``tf.data`` pipeline over decoded images.
+
+    With ``augmentation`` the order is shuffled and images are augmented, both determined by
+    ``(seed, epoch)``; without it the order is kept (evaluation).
+    """
+    labels = data.labels.astype(np.float32)
+    targets = np.eye(2, dtype=np.float32)[data.labels] if one_hot else labels[:, None]
+    dataset = tf.data.Dataset.from_tensor_slices((data.pixels, targets))
+    if augmentation is not None:
+        dataset = dataset.shuffle(len(labels), seed=seed * 100_003 + epoch,
+                                  reshuffle_each_iteration=False)
+    dataset = dataset.batch(batch_size).enumerate()
+
+    def to_inputs(batch_index, batch):
+        pixels, target = batch
+        images = tf.cast(pixels, tf.float32)[..., tf.newaxis] * tf.constant(spec.scale, tf.float32)
+        if augmentation is not None:
+            batch_seed = tf.stack([tf.constant(seed, tf.int64), epoch * 1_000_003 + batch_index])
+            images = _augment(images, augmentation, batch_seed)
+        if spec.channels > 1:
+            images = tf.repeat(images, spec.channels, axis=-1)
+        return images, target
+
+    return dataset.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
+        tf.data.AUTOTUNE
+    )
+
+
+def _augment(images: tf.Tensor, augmentation: Augmentation, seed: tf.Tensor) -> tf.Tensor:
+    """Flip, shear and zoom a batch ``(B, H, W, 1)`` with stateless randomness from ``seed``."""
+    import keras
+
+    count = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, num=4)
+
+    def uniform(k: int, low: float, high: float) -> tf.Tensor:
+        return tf.random.stateless_uniform([count], seeds[k], low, high)
+
+    if augmentation.horizontal_flip:
+        flip = uniform(0, 0.0, 1.0) < 0.5
+        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    shear = np.deg2rad(augmentation.shear_degrees)
+    angle = uniform(1, -shear, shear)
+    zoom_x = uniform(2, 1.0 - augmentation.zoom, 1.0 + augmentation.zoom)
+    zoom_y = uniform(3, 1.0 - augmentation.zoom, 1.0 + augmentation.zoom)
+    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): shear . zoom,
+    # centred on the image as ImageDataGenerator does.
+    a0, a1 = zoom_x, -tf.sin(angle) * zoom_y
+    b0, b1 = tf.zeros_like(zoom_x), tf.cos(angle) * zoom_y
+    height = tf.cast(tf.shape(images)[1], tf.float32)
+    width = tf.cast(tf.shape(images)[2], tf.float32)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    a2 = cx - (a0 * cx + a1 * cy)
+    b2 = cy - (b0 * cx + b1 * cy)
+    zeros = tf.zeros_like(zoom_x)
+    transform = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return keras.ops.image.affine_transform(
+        images, transform, interpolation="bilinear", fill_mode="nearest"
+    )

@@ -1,0 +1,361 @@
+"""``train``: fit a CNN on a labelled X-ray folder, checkpoint every epoch, export model files.
+
+A run folder holds ``config.json``, ``checkpoints/`` (the last two epochs plus ``state.json``),
+and when training ends ``model.keras``, ``model-{float32,float16,dynamic-int8,int8}.tflite``,
+``history.csv``, ``curves.png``, ``metrics.json`` and ``report.md``. Every file is written
+atomically, so a kill at any moment leaves each file either complete or absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pneumocnn import __version__
+from pneumocnn._files import write_text
+from pneumocnn.datasets import LabelledImages, find_splits, split_by_patient
+from pneumocnn.description import ModelDescription
+from pneumocnn.errors import DatasetError
+from pneumocnn.metrics import binary_metrics, fit_temperature, threshold_for_sensitivity
+from pneumocnn.preprocessing import Preprocessing
+
+log = logging.getLogger("pneumocnn")
+
+CHECKPOINTS_KEPT = 2
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Every setting of a run; saved as ``config.json`` and reused by ``resume``."""
+
+    architecture: str = "seed-to-be"
+    epochs: int = 50
+    batch_size: int = 16
+    learning_rate: float | None = None
+    input_size: int = 150
+    channels: int = 3
+    augment: bool = True
+    class_weight: str | None = None  # None or "balanced"
+    validation: str = "patients"  # "patients": split train by patient; "folder": ROOT/val
+    validation_fraction: float = 0.1
+    early_stopping: int | None = None  # patience in epochs on validation loss
+    seed: int = 0
+    threshold: float | str = 0.5  # a probability, or "sensitivity" for the target below
+    target_sensitivity: float = 0.95
+    calibrate: bool = True
+    representative_images: int = 300
+
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing every model file of this run declares."""
+        return Preprocessing(height=self.input_size, width=self.input_size, channels=self.channels)
+
+
+@dataclass
+class TrainingResult:
+    """What a finished run produced: file paths, validation metrics and per-epoch history."""
+
+    run_dir: Path
+    keras_model: Path
+    tflite_models: dict[str, Path]
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def train(
+    data: str | os.PathLike,
+    out: str | os.PathLike = "runs/pneumocnn",
+    *,
+    resume: bool = False,
+    verbose: int | str = "auto",
+    **settings,
+) -> TrainingResult:
+    """Train on ``data`` (``ROOT/{train,val,test}/{NORMAL,PNEUMONIA}`` or ``ROOT/{NORMAL,
+    PNEUMONIA}``) into the run folder ``out`` and return a :class:`TrainingResult`.
+
+    ``settings`` are the fields of :class:`TrainingConfig`; the defaults reproduce the seed's
+    TO-BE recipe. ``resume=True`` continues an interrupted run in ``out`` from its last
+    complete checkpoint, with the settings saved there.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from pneumocnn.training import export
+    from pneumocnn.training.architectures import get_architecture, make_optimizer
+    from pneumocnn.training.pipeline import SEED_AUGMENTATION, decode_all, make_dataset
+
+    run_dir = Path(out)
+    config = _start_run(run_dir, TrainingConfig(**settings), resume)
+    spec = config.preprocessing()
+    architecture = get_architecture(config.architecture)
+    train_images, val_images = _split(Path(data), config)
+    log.info("train: %s; validation: %s", _summary(train_images), _summary(val_images))
+    train_data = decode_all(train_images, spec, run_dir / "cache")
+    val_data = decode_all(val_images, spec, run_dir / "cache")
+    one_hot = architecture.outputs == 2
+    val_dataset = make_dataset(val_data, spec, config.batch_size, one_hot=one_hot)
+
+    checkpoints = _Checkpoints(run_dir / "checkpoints")
+    model, history = checkpoints.restore(keras)
+    if model is None:
+        keras.utils.set_random_seed(config.seed)
+        model = architecture.build(spec.input_shape)
+        model.compile(
+            optimizer=make_optimizer(architecture.optimizer, config.learning_rate),
+            loss=architecture.loss,
+            metrics=["accuracy"],
+        )
+    class_weight = _class_weight(train_data.labels) if config.class_weight == "balanced" else None
+
+    for epoch in range(len(history), config.epochs):
+        if _should_stop(history, config.early_stopping):
+            log.info("early stopping after epoch %d", len(history))
+            break
+        _reseed_dropout(model, config.seed, epoch)
+        started = time.monotonic()
+        fit = model.fit(
+            make_dataset(train_data, spec, config.batch_size, one_hot=one_hot,
+                         augmentation=SEED_AUGMENTATION if config.augment else None,
+                         seed=config.seed, epoch=epoch),
+            validation_data=val_dataset,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            class_weight=class_weight,
+            verbose=verbose,
+        )
+        row = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in fit.history.items()},
+               "seconds": round(time.monotonic() - started, 2)}
+        history.append(row)
+        checkpoints.save(model, history)
+
+    probabilities = _positive_probability(model.predict(val_dataset, verbose=0))
+    description, metrics = _describe(config, spec, architecture.name, val_data.labels,
+                                     probabilities, train_data, val_data, history)
+    keras_path = run_dir / "model.keras"
+    export.save_keras(model, description, keras_path)
+    rng = np.random.default_rng(config.seed)
+    chosen = rng.choice(len(train_data.labels),
+                        min(config.representative_images, len(train_data.labels)), replace=False)
+    representative = _model_inputs(train_data.pixels[np.sort(chosen)], spec)
+    tflite_paths = export.export_tflite(model, description, run_dir, representative)
+    metrics["tflite"] = _score_tflite(tflite_paths, val_data)
+    _write_reports(run_dir, config, description, metrics, history, val_images, train_images)
+    return TrainingResult(run_dir, keras_path, tflite_paths, metrics, history)
+
+
+def _start_run(run_dir: Path, config: TrainingConfig, resume: bool) -> TrainingConfig:
+    saved = run_dir / "config.json"
+    if saved.exists():
+        if not resume:
+            raise DatasetError(
+                f"{run_dir}: already holds a run; pass resume=True (--resume) to continue it "
+                "or choose another folder"
+            )
+        stored = TrainingConfig(**json.loads(saved.read_text()))
+        if stored != config and config != TrainingConfig():
+            log.warning("resuming %s with its saved settings, not the ones given", run_dir)
+        return stored
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(saved, json.dumps(asdict(config), indent=1))
+    return config
+
+
+def _split(root: Path, config: TrainingConfig) -> tuple[LabelledImages, LabelledImages]:
+    splits = find_splits(root)
+    if config.validation == "patients":
+        return split_by_patient(splits["train"], config.validation_fraction, config.seed)
+    if config.validation == "folder":
+        if "val" not in splits:
+            raise DatasetError(f"{root}: no val folder; use validation='patients'")
+        return splits["train"], splits["val"]
+    raise ValueError(f"validation must be 'patients' or 'folder', got {config.validation!r}")
+
+
+def _summary(images: LabelledImages) -> str:
+    counts = ", ".join(f"{n} {name}" for name, n in images.counts().items())
+    return f"{len(images)} images ({counts}) from {len(set(images.patients()))} patients"
+
+
+class _Checkpoints:
+    """``epoch-NNNN.keras`` files plus ``state.json`` (the history up to the newest one)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def save(self, model, history: list[dict]) -> None:
+        from pneumocnn.training.export import save_keras
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_keras(model, ModelDescription(), self._path(len(history)))
+        write_text(self.folder / "state.json", json.dumps({"history": history}, indent=1))
+        for old in sorted(self.folder.glob("epoch-*.keras"))[:-CHECKPOINTS_KEPT]:
+            old.unlink()
+
+    def restore(self, keras) -> tuple[object | None, list[dict]]:
+        """The newest checkpoint that loads, with the history up to it; ``(None, [])`` if none."""
+        state = self.folder / "state.json"
+        if not state.exists():
+            return None, []
+        history = json.loads(state.read_text())["history"]
+        for epochs in range(len(history), max(len(history) - CHECKPOINTS_KEPT, 0), -1):
+            try:
+                model = keras.saving.load_model(self._path(epochs))
+            except Exception as error:  # a damaged archive fails in zip, h5 or Keras code
+                log.warning("checkpoint %s unusable (%s); trying the one before",
+                            self._path(epochs), error)
+                continue
+            log.info("resuming after epoch %d", epochs)
+            return model, history[:epochs]
+        log.warning("no usable checkpoint in %s; starting over", self.folder)
+        return None, []
+
+    def _path(self, epochs: int) -> Path:
+        return self.folder / f"epoch-{epochs:04d}.keras"
+
+
+def _reseed_dropout(model, seed: int, epoch: int) -> None:
+    """Set every random layer's generator from ``(seed, epoch)``: Keras does not save this
+    state in checkpoints, and a resumed epoch must draw the same dropout masks."""
+    states = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    for index, state in enumerate(states):
+        state.assign(np.array([seed * 1000 + index, epoch * 1_000_003], dtype=state.dtype))
+
+
+def _should_stop(history: list[dict], patience: int | None) -> bool:
+    if not patience or len(history) <= patience:
+        return False
+    losses = [row["val_loss"] for row in history]
+    return min(losses[-patience:]) >= min(losses[:-patience])
+
+
+def _class_weight(labels: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(labels, minlength=2)
+    return {k: float(len(labels) / (2 * counts[k])) for k in (0, 1)}
+
+
+def _positive_probability(outputs: np.ndarray) -> np.ndarray:
+    outputs = np.asarray(outputs, dtype=np.float64)
+    return outputs[:, -1]
+
+
+def _model_inputs(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    from pneumocnn.preprocessing import to_model_input
+
+    return np.stack([to_model_input(p, spec) for p in pixels])
+
+
+def _describe(config, spec, architecture, labels, raw, train_data, val_data, history):
+    temperature = fit_temperature(labels, raw) if config.calibrate else 1.0
+    description = ModelDescription(preprocessing=spec, temperature=temperature)
+    calibrated = description.calibrate(raw)
+    sensitivity_threshold = threshold_for_sensitivity(labels, calibrated, config.target_sensitivity)
+    if config.threshold == "sensitivity":
+        threshold, source = sensitivity_threshold, (
+            f"validation sensitivity >= {config.target_sensitivity}")
+    else:
+        threshold, source = float(config.threshold), "fixed"
+    metrics = {
+        "validation": binary_metrics(labels, calibrated, threshold),
+        "validation_at_sensitivity_threshold": binary_metrics(
+            labels, calibrated, sensitivity_threshold),
+        "validation_uncalibrated_ece": binary_metrics(labels, raw, threshold)["ece"],
+    }
+    import keras
+    import tensorflow as tf
+
+    description = ModelDescription(
+        preprocessing=spec,
+        threshold=threshold,
+        temperature=temperature,
+        info={
+            "architecture": architecture,
+            "threshold_source": source,
+            "thresholds": {"fixed_0.5": 0.5,
+                           f"sensitivity_{config.target_sensitivity}": sensitivity_threshold},
+            "provenance": {
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "train_images": train_data.labels.size,
+                "train_counts": np.bincount(train_data.labels, minlength=2).tolist(),
+                "validation_images": val_data.labels.size,
+                "validation_counts": np.bincount(val_data.labels, minlength=2).tolist(),
+                "epochs": len(history),
+                "config": asdict(config),
+                "versions": {"pneumocnn": __version__, "tensorflow": tf.__version__,
+                             "keras": keras.__version__, "numpy": np.__version__,
+                             "python": platform.python_version()},
+            },
+            "validation_metrics": metrics["validation"],
+        },
+    )
+    return description, metrics
+
+
+def _score_tflite(paths: dict[str, Path], val_data) -> dict:
+    from pneumocnn.model import load
+
+    scores = {}
+    for quantization, path in paths.items():
+        model = load(path)
+        probabilities = np.array([r.probability for r in model.predict(list(val_data.pixels))])
+        scores[quantization] = binary_metrics(val_data.labels, probabilities, model.threshold)
+    return scores
+
+
+def _write_reports(run_dir, config, description, metrics, history, val_images, train_images):
+    from pneumocnn.plots import plot_history
+
+    columns = list(history[0]) if history else ["epoch"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(run_dir / "history.csv", buffer.getvalue())
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    if history:
+        plot_history(history, run_dir / "curves.png")
+    write_text(run_dir / "report.md", _report_text(config, description, metrics, history,
+                                                    val_images, train_images))
+
+
+def _report_text(config, description, metrics, history, val_images, train_images) -> str:
+    val = metrics["validation"]
+    seconds = [row["seconds"] for row in history]
+    lines = [
+        f"# Training report: {description.info['architecture']}",
+        "",
+        f"- train: {_summary(train_images)}",
+        f"- validation ({config.validation}, fraction {config.validation_fraction}, "
+        f"seed {config.seed}): {_summary(val_images)}",
+        f"- epochs: {len(history)}; median seconds per epoch: "
+        f"{np.median(seconds) if seconds else float('nan'):.1f}",
+        f"- calibration temperature: {description.temperature:.3f}",
+        f"- threshold: {description.threshold:.4f} ({description.info['threshold_source']})",
+        "",
+        "| model | accuracy | ROC AUC | sensitivity | specificity | ECE |",
+        "|---|---|---|---|---|---|",
+        _row("Keras (float)", val),
+        *(_row(f"TFLite {q}", m) for q, m in metrics["tflite"].items()),
+        "",
+        f"Confusion matrix [[TN, FP], [FN, TP]] of the Keras model: {val['confusion']}",
+        "",
+        "At the threshold for sensitivity "
+        f">= {config.target_sensitivity}: {_row('Keras', metrics['validation_at_sensitivity_threshold'])}",
+        "",
+        "Settings: `" + json.dumps(asdict(config)) + "`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _row(name: str, m: dict) -> str:
+    return (f"| {name} | {m['accuracy']:.4f} | {m['roc_auc']:.4f} | {m['sensitivity']:.4f} | "
+            f"{m['specificity']:.4f} | {m['ece']:.4f} |")
