@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -18,8 +17,6 @@ from pneumocnn.datasets import IMAGE_SUFFIXES
 from pneumocnn.description import ModelDescription
 from pneumocnn.errors import ModelFileError, PneumocnnError
 from pneumocnn.preprocessing import ImageInput, describe, preprocess
-
-log = logging.getLogger("pneumocnn")
 
 BUNDLED_MODEL = "pneumonia-int8.tflite"
 _SINGLE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
@@ -102,7 +99,6 @@ class Model:
                 yield self._score(item, source or f"inputs[{index}]", threshold)
             except PneumocnnError as error:
                 reason = getattr(error, "reason", str(error))
-                log.warning("%s: %s", source or f"inputs[{index}]", reason)
                 yield Prediction(source or f"inputs[{index}]", None, math.nan,
                                  self._threshold(threshold), reason)
 

@@ -1,0 +1,7 @@
+"""``python -m pneumocnn``: the command line."""
+
+import sys
+
+from pneumocnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,178 @@
+"""The ``pneumocnn`` command line: predict, evaluate, info, train, convert.
+
+Exit codes: 0 success; 1 some inputs could not be scored (the rest were); 2 usage error,
+including a model or data folder that cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from pneumocnn.errors import PneumocnnError
+
+OK, SOME_FAILED, USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(message)s")
+    try:
+        return args.run(args)
+    except (PneumocnnError, ValueError, OSError) as error:
+        print(f"pneumocnn {args.command}: error: {error}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        print(f"pneumocnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    from pneumocnn import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pneumocnn", description="Pneumonia triage on chest X-rays (a triage aid, not a "
+                                      "diagnosis).")
+    parser.add_argument("--version", action="version", version=f"pneumocnn {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("predict", help="score X-ray files and folders")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--model", help="model file (default: the bundled int8 model)")
+    p.add_argument("--threshold", type=float, help="override the model's decision threshold")
+    p.add_argument("--threads", type=int, help="interpreter CPU threads (default: all cores)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON lines")
+    output.add_argument("--csv", metavar="FILE", help="write a CSV file as results arrive")
+    p.set_defaults(run=_predict)
+
+    p = commands.add_parser("evaluate", help="metrics of a model on a labelled folder")
+    p.add_argument("model", help=".tflite or .keras model file")
+    p.add_argument("folder", help="folder with one subfolder per class (NORMAL, PNEUMONIA)")
+    p.add_argument("--threshold", type=float, help="override the model's decision threshold")
+    p.add_argument("--out", help="write metrics.json, predictions.csv, roc.png, confusion.png")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("info", help="print a model file's embedded description")
+    p.add_argument("model", nargs="?", help="model file (default: the bundled model)")
+    p.set_defaults(run=_info)
+
+    p = commands.add_parser("train", help="train a model on a labelled folder (needs [train])")
+    p.add_argument("data", help="ROOT/{train,val,test}/{NORMAL,PNEUMONIA} or ROOT/{NORMAL,...}")
+    p.add_argument("--out", default="runs/pneumocnn", help="run folder (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--architecture", default="seed-to-be", help="seed-to-be or seed-as-is")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--input-size", type=int, default=150)
+    p.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--class-weight", choices=("balanced",))
+    p.add_argument("--validation", choices=("patients", "folder"), default="patients")
+    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", default="0.5",
+                   help="decision threshold, or 'sensitivity' for --target-sensitivity")
+    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false")
+    p.set_defaults(run=_train)
+
+    p = commands.add_parser("convert", help="make a self-describing .tflite (needs [train])")
+    p.add_argument("source", help=".keras, .h5 (model or seed weights) or SavedModel folder")
+    p.add_argument("--out", required=True, help="output .tflite file")
+    p.add_argument("--quantization", default="int8",
+                   choices=("float32", "float16", "dynamic-int8", "int8"))
+    p.add_argument("--data", help="folder of X-rays to calibrate int8 quantization on")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--architecture", default="seed-to-be",
+                   help="architecture of a weights-only .h5 file")
+    p.set_defaults(run=_convert)
+    return parser
+
+
+def _predict(args) -> int:
+    from pneumocnn.model import load
+
+    model = load(args.model, threads=args.threads)
+    failed = 0
+    sink = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else None  # noqa: SIM115
+    try:
+        writer = None
+        for prediction in model.predict_iter(args.inputs, threshold=args.threshold):
+            failed += not prediction.ok
+            row = prediction.to_dict()
+            if sink is not None:
+                if writer is None:
+                    writer = csv.DictWriter(sink, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+                sink.flush()
+            elif args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(prediction, flush=True)
+    finally:
+        if sink is not None:
+            sink.close()
+    if failed:
+        print(f"pneumocnn predict: {failed} input(s) could not be scored", file=sys.stderr)
+    return SOME_FAILED if failed else OK
+
+
+def _evaluate(args) -> int:
+    from pneumocnn.evaluation import evaluate
+
+    result = evaluate(args.model, args.folder, threshold=args.threshold, out=args.out)
+    print(json.dumps(result.metrics, indent=1) if args.json else result)
+    return SOME_FAILED if result.failed else OK
+
+
+def _info(args) -> int:
+    from pneumocnn.model import load
+
+    model = load(args.model)
+    print(model)
+    print(model.description.to_json())
+    return OK
+
+
+def _train(args) -> int:
+    from pneumocnn.training.trainer import train
+
+    threshold = args.threshold if args.threshold == "sensitivity" else float(args.threshold)
+    result = train(
+        args.data, args.out, resume=args.resume, verbose=2,
+        architecture=args.architecture, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, input_size=args.input_size, channels=args.channels,
+        augment=args.augment, class_weight=args.class_weight, validation=args.validation,
+        validation_fraction=args.validation_fraction, early_stopping=args.early_stopping,
+        seed=args.seed, threshold=threshold, target_sensitivity=args.target_sensitivity,
+        calibrate=args.calibrate,
+    )
+    print((result.run_dir / "report.md").read_text())
+    return OK
+
+
+def _convert(args) -> int:
+    from pneumocnn.training.convert import convert
+
+    out = convert(args.source, args.out, quantization=args.quantization,
+                  representative=args.data, threshold=args.threshold,
+                  architecture=args.architecture)
+    print(f"wrote {out}")
+    return OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""``convert``: turn a model made elsewhere into a self-describing ``.tflite`` file.
+
+Sources: a ``.keras`` file (its pneumocnn description is kept when it has one), a TensorFlow
+SavedModel folder, a full-model ``.h5`` file, or a weights-only ``.h5`` file of the seed's
+TO-BE CNN (the report's ``save_weights('first_try.h5')``), which is rebuilt and loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from pneumocnn._files import write_bytes
+from pneumocnn.backends import read_keras_description
+from pneumocnn.description import ModelDescription
+from pneumocnn.errors import InputError, ModelFileError
+from pneumocnn.model import expand_inputs
+from pneumocnn.preprocessing import Preprocessing, preprocess
+
+log = logging.getLogger("pneumocnn")
+
+
+def convert(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    quantization: str = "int8",
+    representative: str | os.PathLike | None = None,
+    representative_images: int = 300,
+    threshold: float | None = None,
+    labels: tuple[str, str] | None = None,
+    architecture: str = "seed-to-be",
+    seed: int = 0,
+) -> Path:
+    """Convert ``source`` to ``out`` (``.tflite``) and return ``out``.
+
+    ``representative`` is a folder of X-rays (searched recursively) used to calibrate ``int8``
+    quantization; up to ``representative_images`` of them are used. ``threshold`` and
+    ``labels`` override the description (defaults: the source's own, else 0.5 and
+    NORMAL/PNEUMONIA). ``architecture`` names the model a weights-only ``.h5`` file belongs to.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pneumocnn.training.export import to_tflite
+
+    source = Path(source)
+    model, description = _open_source(source, architecture)
+    overrides = {}
+    if threshold is not None:
+        overrides["threshold"] = threshold
+    if labels is not None:
+        overrides["labels"] = tuple(labels)
+    description = replace(description, **overrides)
+    description = description.with_info(converted_from=source.name)
+    samples = None
+    if quantization == "int8":
+        if representative is None:
+            raise ValueError("int8 quantization needs representative X-rays: pass a folder")
+        samples = _representative(Path(representative), description.preprocessing,
+                                  representative_images, seed)
+    out = Path(out)
+    write_bytes(out, to_tflite(model, description, quantization, samples))
+    return out
+
+
+def _open_source(source: Path, architecture: str):
+    """Return ``(keras model or SavedModel path, description)``."""
+    import keras
+
+    if not source.exists():
+        raise ModelFileError(str(source), "does not exist")
+    if source.is_dir():
+        return str(source), _described_by_shape(_saved_model_input_shape(source), "savedmodel")
+    if source.suffix == ".keras":
+        model = keras.saving.load_model(source, compile=False, safe_mode=True)
+        try:
+            return model, read_keras_description(source)
+        except ModelFileError:
+            return model, _described_by_shape(model.input_shape[1:], model.name)
+    if source.suffix == ".h5":
+        try:
+            model = keras.saving.load_model(source, compile=False, safe_mode=True)
+        except (ValueError, KeyError, TypeError, OSError):
+            return _from_weights(source, architecture)
+        return model, _described_by_shape(model.input_shape[1:], model.name)
+    raise ModelFileError(str(source), "expected a .keras or .h5 file or a SavedModel folder")
+
+
+def _from_weights(source: Path, architecture: str):
+    from pneumocnn.training.architectures import get_architecture
+
+    recipe = get_architecture(architecture)
+    spec = Preprocessing()
+    model = recipe.build(spec.input_shape)
+    try:
+        model.load_weights(source)
+    except (ValueError, KeyError, OSError) as error:
+        raise ModelFileError(
+            str(source), f"not a full model nor {architecture} weights ({error})"
+        ) from error
+    description = ModelDescription(preprocessing=spec).with_info(architecture=recipe.name)
+    return model, description
+
+
+def _described_by_shape(shape, architecture: str) -> ModelDescription:
+    height, width, channels = (int(d) for d in shape)
+    spec = Preprocessing(height=height, width=width, channels=channels)
+    return ModelDescription(preprocessing=spec).with_info(architecture=architecture)
+
+
+def _saved_model_input_shape(folder: Path) -> tuple[int, ...]:
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    specs = list(signature.structured_input_signature[1].values())
+    if len(specs) != 1 or len(specs[0].shape) != 4:
+        raise ModelFileError(str(folder), "expected one image input of shape (N, H, W, C)")
+    return tuple(specs[0].shape[1:])
+
+
+def _representative(folder: Path, spec: Preprocessing, count: int, seed: int) -> np.ndarray:
+    if not folder.is_dir():
+        raise InputError(str(folder), "representative data must be a folder of X-rays")
+    files = [path for path, _ in expand_inputs(folder)]
+    if not files:
+        raise InputError(str(folder), "holds no images")
+    chosen = np.random.default_rng(seed).permutation(len(files))[:count]
+    images = []
+    for index in sorted(chosen):
+        try:
+            images.append(preprocess(files[index], spec))
+        except InputError as error:
+            log.warning("skipping representative image %s", error)
+    if not images:
+        raise InputError(str(folder), "none of its images could be read")
+    return np.stack(images)
