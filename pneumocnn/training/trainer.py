@@ -104,10 +104,10 @@ def train(
     one_hot = architecture.outputs == 2
     val_dataset = make_dataset(val_data, spec, config.batch_size, one_hot=one_hot)
 
+    keras.utils.set_random_seed(config.seed)  # also seeds tf.data's shuffle: set on resume too
     checkpoints = _Checkpoints(run_dir / "checkpoints")
     model, history = checkpoints.restore(keras)
     if model is None:
-        keras.utils.set_random_seed(config.seed)
         model = architecture.build(spec.input_shape)
         model.compile(
             optimizer=make_optimizer(architecture.optimizer, config.learning_rate),

@@ -1,0 +1,153 @@
+"""The training wing: a real tiny run, its files, TFLite agreement, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_SETTINGS, real_images
+
+import pneumocnn
+from pneumocnn.description import read_from_tflite
+from pneumocnn.errors import DatasetError
+
+
+def test_run_folder_holds_every_artifact(tiny_run):
+    run = tiny_run.run_dir
+    for name in ("model.keras", "history.csv", "curves.png", "metrics.json", "report.md",
+                 "config.json"):
+        assert (run / name).stat().st_size > 0, name
+    assert set(tiny_run.tflite_models) == {"float32", "float16", "dynamic-int8", "int8"}
+    assert len(tiny_run.history) == 2
+    report = (run / "report.md").read_text()
+    assert "patients" in report and "TFLite int8" in report
+    assert not list(run.glob("**/*.tmp")), "no half-written files are left behind"
+
+
+def test_tflite_files_describe_themselves(tiny_run):
+    int8 = read_from_tflite(tiny_run.tflite_models["int8"].read_bytes(), "int8")
+    assert int8.info["quantization"] == "int8"
+    assert int8.preprocessing.input_shape == (64, 64, 3)
+    assert int8.labels == ("NORMAL", "PNEUMONIA")
+    provenance = int8.info["provenance"]
+    assert provenance["train_images"] + provenance["validation_images"] == 48
+    assert provenance["config"]["architecture"] == "seed-to-be"
+    assert "validation_metrics" in int8.info
+
+
+def test_float32_tflite_matches_keras_and_int8_agrees(tiny_run, tiny_data):
+    files = [str(p) for p in sorted(tiny_data.rglob("*.jpeg"))]
+    keras_model = pneumocnn.load(tiny_run.keras_model)
+    float32 = pneumocnn.load(tiny_run.tflite_models["float32"])
+    int8 = pneumocnn.load(tiny_run.tflite_models["int8"])
+    p_keras = np.array([r.probability for r in keras_model.predict(files)])
+    p_float = np.array([r.probability for r in float32.predict(files)])
+    assert np.abs(p_keras - p_float).max() < 1e-4
+    labels_keras = [r.label for r in keras_model.predict(files)]
+    labels_int8 = [r.label for r in int8.predict(files)]
+    agreement = np.mean([a == b for a, b in zip(labels_keras, labels_int8, strict=False)])
+    assert agreement >= 0.9
+
+
+def test_runtime_and_training_evaluation_agree_on_real_files(tiny_run, tiny_data):
+    """The same file gives the same probability through evaluate() and predict()."""
+    model = pneumocnn.load(tiny_run.tflite_models["int8"])
+    evaluation = pneumocnn.evaluate(model, tiny_data)
+    by_file = {p.source: p.probability for p in evaluation.predictions}
+    for path in sorted(tiny_data.rglob("*.jpeg"))[:6]:
+        assert model.predict(path).probability == pytest.approx(by_file[str(path)], abs=0)
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_run, tiny_data):
+    with pytest.raises(DatasetError, match="resume"):
+        pneumocnn.train(tiny_data, tiny_run.run_dir, **TINY_SETTINGS)
+
+
+def test_unreadable_training_image_is_skipped_and_named(tiny_data, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    settings = {**TINY_SETTINGS, "epochs": 1, "validation_fraction": 0.2}
+    with caplog.at_level("WARNING", logger="pneumocnn"):
+        result = pneumocnn.train(data, tmp_path / "run", **settings)
+    assert "broken.jpeg" in caplog.text
+    assert result.keras_model.exists()
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "does not exist"),
+    ("empty-class", "holds no images"),
+    ("one-class", "exactly two class folders"),
+])
+def test_bad_training_folders_give_clear_errors(tmp_path, layout, message):
+    root = tmp_path / "data"
+    if layout != "missing":
+        for label in ("NORMAL", "PNEUMONIA") if layout == "empty-class" else ("NORMAL",):
+            (root / label).mkdir(parents=True)
+        shutil.copy(real_images("NORMAL", 1)[0], root / "NORMAL")
+    with pytest.raises(DatasetError, match=message):
+        pneumocnn.train(root, tmp_path / "run", **TINY_SETTINGS)
+
+
+TRAIN_SCRIPT = textwrap.dedent("""
+    import sys
+    import pneumocnn
+    pneumocnn.train(sys.argv[1], sys.argv[2], resume=True, verbose=0, epochs=4, batch_size=8,
+                    input_size=48, representative_images=8, validation_fraction=0.25)
+""")
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(path).get_weights()
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tiny_data, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    subprocess.run([sys.executable, str(script), str(tiny_data), str(reference)], check=True)
+
+    process = subprocess.Popen([sys.executable, str(script), str(tiny_data), str(resumed)])
+    state = resumed / "checkpoints" / "state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if state.exists() and len(json.loads(state.read_text())["history"]) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = len(json.loads(state.read_text())["history"])
+    assert killed_at < 4 and not (resumed / "model.keras").exists(), "killed before the end"
+
+    subprocess.run([sys.executable, str(script), str(tiny_data), str(resumed)], check=True)
+    history = json.loads((resumed / "checkpoints" / "state.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    for a, b in zip(_weights(reference / "model.keras"), _weights(resumed / "model.keras"), strict=False):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tiny_data, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, str(script), str(tiny_data), str(run)], check=True)
+    newest = run / "checkpoints" / "epoch-0004.keras"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    (run / "model.keras").unlink()
+    resumed = subprocess.run([sys.executable, str(script), str(tiny_data), str(run)],
+                             check=True, capture_output=True, text=True)
+    assert "epoch-0004.keras unusable" in resumed.stderr
+    history = json.loads((run / "checkpoints" / "state.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert (run / "model.keras").exists()
