@@ -52,6 +52,13 @@ class LabelledImages:
         return [patient_id(path) for path in self.paths]
 
 
+def is_image_file(path: Path) -> bool:
+    """True for an image file name outside hidden folders (``.x``, macOS ``._x`` files)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not any(
+        part.startswith(".") for part in path.parts
+    )
+
+
 def patient_id(path: str | Path) -> str:
     """Read the patient id from a Kermany file name; other names are their own patient."""
     name = Path(path).name
@@ -96,7 +103,7 @@ def index_folder(folder: str | Path) -> LabelledImages:
     for label, name in enumerate(class_names):
         files = sorted(
             p for p in (folder / name).rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            if is_image_file(p.relative_to(folder)) and p.is_file()
         )
         if not files:
             raise DatasetError(f"{folder / name}: class folder holds no images")
@@ -115,20 +122,24 @@ def split_by_patient(
         raise ValueError(f"validation fraction must lie in (0, 1), got {fraction}")
     groups = _patient_groups(images)
     rng = np.random.default_rng(seed)
-    in_validation = np.zeros(len(images), dtype=bool)
+    chosen: set[str] = set()
+    decided: set[str] = set()  # a group with images in both classes is placed once, by class 0
     for label in (0, 1):
-        members: dict[str, list[int]] = defaultdict(list)
+        sizes: dict[str, int] = defaultdict(int)
         for i in np.flatnonzero(images.labels == label):
-            members[groups[i]].append(int(i))
-        order = sorted(members)
+            sizes[groups[i]] += 1
+        order = sorted(sizes)
         rng.shuffle(order)
-        target = fraction * sum(len(v) for v in members.values())
-        taken = 0
+        target = fraction * sum(sizes.values())
+        taken = sum(n for group, n in sizes.items() if group in chosen)
         for group in order:
             if taken >= target:
                 break
-            in_validation[members[group]] = True
-            taken += len(members[group])
+            if group not in decided:
+                chosen.add(group)
+                taken += sizes[group]
+        decided.update(sizes)
+    in_validation = np.array([group in chosen for group in groups], dtype=bool)
     if in_validation.all() or not in_validation.any():
         raise DatasetError("too few patients to split off a validation set")
     return (
@@ -148,7 +159,7 @@ def _patient_groups(images: LabelledImages) -> list[str]:
 
     first_patient_of: dict[str, str] = {}
     patients = images.patients()
-    for path, patient in zip(images.paths, patients):
+    for path, patient in zip(images.paths, patients, strict=True):
         try:
             digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
         except OSError:  # unreadable files are reported when decoded; here they stay apart

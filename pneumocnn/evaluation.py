@@ -84,7 +84,7 @@ def _write(result: Evaluation, labels, probabilities, out: Path, names) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["source", "truth", "label", "probability", "threshold", "error"])
-    for prediction, truth in zip(result.predictions, result.truth, strict=False):
+    for prediction, truth in zip(result.predictions, result.truth, strict=True):
         writer.writerow([prediction.source, truth, prediction.label or "",
                          prediction.probability, prediction.threshold, prediction.error or ""])
     write_text(out / "predictions.csv", buffer.getvalue())

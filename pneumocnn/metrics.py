@@ -62,6 +62,8 @@ def threshold_for_sensitivity(
     labels: np.ndarray, probabilities: np.ndarray, target: float
 ) -> float:
     """The highest threshold whose sensitivity on these data is at least ``target``."""
+    if not 0.0 < target <= 1.0:  # NaN fails too; a target above 1 would index from the end
+        raise ValueError(f"target sensitivity must lie in (0, 1], got {target}")
     y = np.asarray(labels).astype(bool)
     positive_scores = np.sort(np.asarray(probabilities, dtype=np.float64)[y])
     if positive_scores.size == 0:
@@ -116,6 +118,6 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty(values.size, dtype=np.float64)
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_values)) + 1]
     ends = np.r_[starts[1:], values.size]
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         ranks[order[start:end]] = (start + end + 1) / 2
     return ranks

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from pneumocnn.backends import open_backend
-from pneumocnn.datasets import IMAGE_SUFFIXES
+from pneumocnn.datasets import is_image_file
 from pneumocnn.description import ModelDescription
 from pneumocnn.errors import ModelFileError, PneumocnnError
 from pneumocnn.preprocessing import ImageInput, describe, preprocess
@@ -153,9 +153,9 @@ def _image_files(folder: Path) -> Iterator[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if is_image_file(Path(name)):
                 yield Path(root) / name
 
 

@@ -34,7 +34,7 @@ def plot_history(history: list[dict], path: str | Path) -> None:
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, key in zip(axes, ("accuracy", "loss"), strict=False):
+    for axis, key in zip(axes, ("accuracy", "loss"), strict=True):
         axis.plot(epochs, [row.get(key, np.nan) for row in history], label="train")
         axis.plot(epochs, [row.get(f"val_{key}", np.nan) for row in history], label="validation")
         axis.set_xlabel("epoch")

@@ -76,7 +76,7 @@ def reference(xray) -> np.ndarray:
 def test_reference_is_a_bilinear_resize_of_the_grayscale_image(xray, gray, reference):
     assert reference.dtype == np.uint8
     assert reference.shape == (SPEC.height, SPEC.width)
-    assert 0 < reference.std()  # a real picture, not a blank
+    assert reference.std() > 0  # a real picture, not a blank
     np.testing.assert_array_equal(reference, expected_pixels(gray))
 
 
@@ -281,8 +281,9 @@ def test_full_resolution_draft_decode_matches_full_decode(spec, monkeypatch):
         pixels = load_pixels(path, spec)
         assert pixels.shape == (spec.height, spec.width) and pixels.dtype == np.uint8
         (before, after), = drafted
-        # decoded at a reduced scale, but never below the model input
-        assert after[0] >= spec.width and after[1] >= spec.height, path.name
+        # decoded at a reduced scale, but never below twice the model input
+        side = 2 * max(spec.height, spec.width)
+        assert min(after) >= min(min(before), side), path.name
         if min(before) >= 16 * max(spec.height, spec.width):
             assert after[0] < before[0], path.name
         worst = max(worst, mean_abs_diff(pixels, expected_pixels(gray_of(path), spec)))
@@ -307,11 +308,13 @@ def test_preprocess_output(xray, gray, channels, size):
     result = preprocess(xray, spec)
     assert result.dtype == np.float32
     assert result.shape == (size[0], size[1], channels) == spec.input_shape
-    assert 0.0 <= result.min() and result.max() <= 1.0
-    pixels = expected_pixels(gray, spec)
+    assert result.min() >= 0.0 and result.max() <= 1.0
+    pixels = load_pixels(xray, spec)
     for channel in range(channels):
         np.testing.assert_allclose(result[..., channel], pixels / 255.0, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(result, to_model_input(load_pixels(xray, spec), spec))
+    np.testing.assert_array_equal(result, to_model_input(pixels, spec))
+    # small inputs may decode the JPEG at a reduced scale: close to a full decode, not equal
+    assert mean_abs_diff(pixels, expected_pixels(gray, spec)) < 2.0
 
 
 def test_preprocess_bicubic(xray, gray):

@@ -197,3 +197,32 @@ def test_description_round_trips_through_the_file(int8_path):
     changed = dataclasses.replace(original, threshold=0.25)
     again = read_from_tflite(embed_in_tflite(int8_path.read_bytes(), changed), "copy")
     assert again == changed
+
+
+def _run_without(modules: list[str], code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter where importing ``modules`` fails."""
+    blocker = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+    return subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(code)],
+                          capture_output=True, text=True)
+
+
+def test_falls_back_to_tensorflow_interpreter_without_litert(int8_path):
+    image = real_images("NORMAL", 1)[0]
+    expected = pneumocnn.load(int8_path).predict(image).probability
+    result = _run_without(["ai_edge_litert", "tflite_runtime"], f"""
+        import pneumocnn
+        print(pneumocnn.load({str(int8_path)!r}).predict({str(image)!r}).probability)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[-1]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_clear_error_when_no_tflite_runtime_is_installed(int8_path):
+    result = _run_without(["ai_edge_litert", "tflite_runtime", "tensorflow"], f"""
+        import pneumocnn
+        try:
+            pneumocnn.load({str(int8_path)!r})
+        except pneumocnn.MissingDependencyError as error:
+            print("refused:", error)
+    """)
+    assert "refused:" in result.stdout and "pip install ai-edge-litert" in result.stdout

@@ -54,7 +54,7 @@ def test_float32_tflite_matches_keras_and_int8_agrees(tiny_run, tiny_data):
     assert np.abs(p_keras - p_float).max() < 1e-4
     labels_keras = [r.label for r in keras_model.predict(files)]
     labels_int8 = [r.label for r in int8.predict(files)]
-    agreement = np.mean([a == b for a, b in zip(labels_keras, labels_int8, strict=False)])
+    agreement = np.mean([a == b for a, b in zip(labels_keras, labels_int8, strict=True)])
     assert agreement >= 0.9
 
 
@@ -133,7 +133,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_data, tmp_path):
     subprocess.run([sys.executable, str(script), str(tiny_data), str(resumed)], check=True)
     history = json.loads((resumed / "checkpoints" / "state.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
-    for a, b in zip(_weights(reference / "model.keras"), _weights(resumed / "model.keras"), strict=False):
+    for a, b in zip(_weights(reference / "model.keras"), _weights(resumed / "model.keras"), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 

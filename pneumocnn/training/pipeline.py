@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pneumocnn import __version__
 from pneumocnn._files import atomic_write
 from pneumocnn.datasets import LabelledImages
 from pneumocnn.errors import DatasetError, InputError
@@ -102,7 +103,8 @@ def _assemble(images: LabelledImages, pixels: np.ndarray, ok: np.ndarray, skippe
 
 
 def _cache_key(images: LabelledImages, spec: Preprocessing) -> str:
-    digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    key = {"pneumocnn": __version__, "spec": spec.to_dict()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
     for path in images.paths:
         stat = path.stat()
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())

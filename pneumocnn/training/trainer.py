@@ -130,6 +130,7 @@ def train(
             initial_epoch=epoch,
             epochs=epoch + 1,
             class_weight=class_weight,
+            shuffle=False,  # the dataset is already shuffled, by (seed, epoch)
             verbose=verbose,
         )
         row = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in fit.history.items()},
