@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -93,18 +95,29 @@ class Model:
     def predict_iter(
         self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None
     ) -> Iterator[Prediction]:
-        """Like :meth:`predict` on many inputs, yielding each result as soon as it is ready."""
-        for index, (item, source) in enumerate(expand_inputs(inputs)):
-            try:
-                yield self._score(item, source or f"inputs[{index}]", threshold)
-            except PneumocnnError as error:
-                reason = getattr(error, "reason", str(error))
-                yield Prediction(source or f"inputs[{index}]", None, math.nan,
-                                 self._threshold(threshold), reason)
+        """Like :meth:`predict` on many inputs, yielding each result in input order as soon as
+        it is ready. Inputs are decoded on a few threads ahead of the one being yielded."""
+        cutoff = self._threshold(threshold)
+        workers = os.cpu_count() or 1
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque[Future[Prediction]] = deque()
+            for index, (item, source) in enumerate(expand_inputs(inputs)):
+                pending.append(pool.submit(self._score_or_error, item,
+                                           source or f"inputs[{index}]", cutoff))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated positive-class probabilities for preprocessed float32 ``(N, H, W, C)``."""
         return self.description.calibrate(self._backend.run(images))
+
+    def _score_or_error(self, item: ImageInput, source: str, threshold: float) -> Prediction:
+        try:
+            return self._score(item, source, threshold)
+        except PneumocnnError as error:
+            return Prediction(source, None, math.nan, threshold, getattr(error, "reason", str(error)))
 
     def _score(self, item: ImageInput, source: str, threshold: float | None) -> Prediction:
         image = preprocess(item, self.description.preprocessing, source)
