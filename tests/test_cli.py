@@ -107,3 +107,21 @@ def test_convert_seed_weights_file(tiny_data, tmp_path):
     expected = float(seed_model(preprocess(image, converted.description.preprocessing)[None])[0, 0])
     assert converted.predict(image).probability == pytest.approx(expected, abs=1e-5)
     assert np.isfinite(expected)
+
+
+def test_convert_saved_model_folder(tiny_run, tiny_data, tmp_path):
+    import keras
+
+    saved = tmp_path / "saved_model"
+    keras.saving.load_model(tiny_run.keras_model).export(str(saved), verbose=False)
+    out = tmp_path / "from-savedmodel.tflite"
+    assert main(["convert", str(saved), "--out", str(out), "--quantization", "float32",
+                 "--threshold", "0.4"]) == 0
+    converted = pneumocnn.load(out)
+    assert converted.threshold == 0.4 and converted.description.preprocessing.height == 64
+    reference = pneumocnn.load(tiny_run.tflite_models["float32"])
+    image = real_images("NORMAL", 1)[0]
+    from pneumocnn.preprocessing import preprocess
+
+    x = preprocess(image, converted.description.preprocessing)[None]
+    assert converted._backend.run(x)[0] == pytest.approx(reference._backend.run(x)[0], abs=1e-5)

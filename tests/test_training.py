@@ -151,3 +151,16 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tiny_data, tmp_path):
     history = json.loads((run / "checkpoints" / "state.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
     assert (run / "model.keras").exists()
+
+
+def test_seed_as_is_softmax_model_trains_and_runs(tiny_data, tmp_path):
+    settings = {**TINY_SETTINGS, "epochs": 1, "architecture": "seed-as-is"}
+    result = pneumocnn.train(tiny_data, tmp_path / "as-is", **settings)
+    keras_model = pneumocnn.load(result.keras_model)
+    int8 = pneumocnn.load(result.tflite_models["int8"])
+    float32 = pneumocnn.load(result.tflite_models["float32"])
+    assert int8.description.info["architecture"] == "seed-as-is"
+    image = real_images("PNEUMONIA", 1)[0]
+    assert keras_model.predict(image).probability == pytest.approx(
+        float32.predict(image).probability, abs=1e-4)
+    assert 0.0 <= int8.predict(image).probability <= 1.0
