@@ -164,3 +164,12 @@ def test_seed_as_is_softmax_model_trains_and_runs(tiny_data, tmp_path):
     assert keras_model.predict(image).probability == pytest.approx(
         float32.predict(image).probability, abs=1e-4)
     assert 0.0 <= int8.predict(image).probability <= 1.0
+
+
+def test_a_run_folder_in_use_is_refused(tiny_data, tmp_path):
+    from pneumocnn._files import exclusive_lock
+
+    run = tmp_path / "busy"
+    with exclusive_lock(run / ".lock", "test"), pytest.raises(pneumocnn.PneumocnnError,
+                                                              match="in use"):
+        pneumocnn.train(tiny_data, run, **TINY_SETTINGS)

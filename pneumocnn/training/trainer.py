@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn import __version__
-from pneumocnn._files import write_text
+from pneumocnn._files import exclusive_lock, write_text
 from pneumocnn.datasets import LabelledImages, find_splits, split_by_patient
 from pneumocnn.description import ModelDescription
 from pneumocnn.errors import DatasetError
@@ -87,17 +87,24 @@ def train(
     complete checkpoint, with the settings saved there.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    run_dir = Path(out)
+    with exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"):
+        return _train(Path(data), run_dir, TrainingConfig(**settings), resume, verbose)
+
+
+def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verbose) -> TrainingResult:
     import keras
 
     from pneumocnn.training import export
     from pneumocnn.training.architectures import get_architecture, make_optimizer
     from pneumocnn.training.pipeline import SEED_AUGMENTATION, decode_all, make_dataset
 
-    run_dir = Path(out)
-    config = _start_run(run_dir, TrainingConfig(**settings), resume)
+    config = _start_run(run_dir, config, resume)
     spec = config.preprocessing()
     architecture = get_architecture(config.architecture)
-    train_images, val_images = _split(Path(data), config)
+    train_images, val_images = _split(data, config)
+    if not (run_dir / "config.json").exists():
+        write_text(run_dir / "config.json", json.dumps(asdict(config), indent=1))
     log.info("train: %s; validation: %s", _summary(train_images), _summary(val_images))
     train_data = decode_all(train_images, spec, run_dir / "cache")
     val_data = decode_all(val_images, spec, run_dir / "cache")
@@ -165,8 +172,6 @@ def _start_run(run_dir: Path, config: TrainingConfig, resume: bool) -> TrainingC
         if stored != config and config != TrainingConfig():
             log.warning("resuming %s with its saved settings, not the ones given", run_dir)
         return stored
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(saved, json.dumps(asdict(config), indent=1))
     return config
 
 
