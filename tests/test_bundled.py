@@ -1,0 +1,42 @@
+"""The bundled model and the examples that use it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pneumocnn
+from pneumocnn.description import read_from_tflite
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_bundled_model_is_small_int8_and_described():
+    model = pneumocnn.load()
+    path = Path(model.path)
+    assert path.stat().st_size < 1_000_000
+    description = read_from_tflite(path.read_bytes(), str(path))
+    assert description.info["quantization"] == "int8"
+    assert description.info["provenance"]["validation_images"] > 0
+    assert model.labels == ("NORMAL", "PNEUMONIA") and model.threshold == 0.5
+
+
+def test_bundled_model_scores_the_example_xrays():
+    results = pneumocnn.predict(EXAMPLES / "xrays")
+    assert len(results) == 4 and all(r.ok for r in results)
+    by_name = {Path(r.source).name: r.label for r in results}
+    assert by_name["NORMAL2-IM-0402-0001.jpeg"] == "NORMAL"  # held out from training
+    assert by_name["person1340_virus_2312.jpeg"] == "PNEUMONIA"  # held out from training
+
+
+def test_examples_run(tmp_path):
+    quickstart = subprocess.run([sys.executable, str(EXAMPLES / "quickstart.py")],
+                                capture_output=True, text=True)
+    assert quickstart.returncode == 0, quickstart.stderr
+    assert "person1340_virus_2312.jpeg" in quickstart.stdout
+    out = tmp_path / "scores.csv"
+    scoring = subprocess.run([sys.executable, str(EXAMPLES / "score_folder_to_csv.py"),
+                              str(EXAMPLES / "xrays"), str(out)], capture_output=True, text=True)
+    assert scoring.returncode == 0, scoring.stderr
+    assert len(out.read_text().splitlines()) == 5
