@@ -7,6 +7,10 @@ import it only when called.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from pneumocnn.errors import (
@@ -19,17 +23,25 @@ from pneumocnn.errors import (
 from pneumocnn.evaluation import evaluate
 from pneumocnn.model import Model, Prediction, load, predict
 
+if TYPE_CHECKING:
+    from pneumocnn.training.trainer import TrainingResult
 
-def train(data, out="runs/pneumocnn", **settings):
-    """Train a model on a labelled X-ray folder; see :func:`pneumocnn.training.trainer.train`."""
+
+def train(
+    data: str | os.PathLike, out: str | os.PathLike = "runs/pneumocnn", **settings: Any
+) -> TrainingResult:
+    """Train a model on a labelled X-ray folder into the run folder ``out`` and return a
+    ``TrainingResult``; needs ``pneumocnn[train]``. ``settings`` (``epochs``, ``batch_size``,
+    ``resume``, ...) are those of :func:`pneumocnn.training.trainer.train`."""
     from pneumocnn.training.trainer import train as _train
 
     return _train(data, out, **settings)
 
 
-def convert(source, out, **options):
-    """Convert a Keras model, SavedModel or seed weights file to a self-describing ``.tflite``;
-    see :func:`pneumocnn.training.convert.convert`."""
+def convert(source: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:
+    """Convert a ``.keras`` file, SavedModel folder or seed weights file to a self-describing
+    ``.tflite`` and return its path; needs ``pneumocnn[train]``. ``options`` are those of
+    :func:`pneumocnn.training.convert.convert`."""
     from pneumocnn.training.convert import convert as _convert
 
     return _convert(source, out, **options)
