@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,24 +12,47 @@ from typing import BinaryIO
 
 from pneumocnn.errors import PneumocnnError
 
+TEMPORARY = ".tmp"
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary stream whose content replaces ``path`` only if the block succeeds;
-    on any error the previous file, if any, is left untouched."""
+    on any error the previous file, if any, is left untouched. An ``OSError`` (a full disk, say)
+    is raised again naming ``path``. A kill leaves at most a ``.NAME.*.tmp`` file beside it,
+    which :func:`remove_temporaries` deletes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
+    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
     try:
         with os.fdopen(handle, "wb") as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(error, OSError) and error.errno is not None:
+            raise OSError(error.errno, f"{error.strerror}: cannot write {path}; the previous "
+                                       "file, if any, is unchanged") from error
         raise
+
+
+def remove_temporaries(folder: str | Path) -> None:
+    """Delete the ``.*.tmp`` files and folders a killed writer left in ``folder``; call it only
+    while holding the folder's lock."""
+    for leftover in Path(folder).glob(f".*{TEMPORARY}"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -39,7 +63,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     """Atomically replace ``path`` with UTF-8 ``text``."""
-    write_bytes(path, text.encode("utf-8"))
+    write_bytes(path, text.encode("utf-8", "surrogateescape"))  # non-UTF-8 file names as they are
 
 
 @contextlib.contextmanager

@@ -7,9 +7,13 @@ runs ``.keras`` files and needs TensorFlow. Both are safe to call from several t
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import threading
+import weakref
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,8 @@ from pneumocnn.description import ModelDescription, read_from_tflite
 from pneumocnn.errors import MissingDependencyError, ModelFileError
 
 KERAS_MEMBER = "pneumocnn.json"
+MAX_DESCRIPTION_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 64 << 20
 
 
 def _interpreter_class():
@@ -43,33 +49,44 @@ def _interpreter_class():
 
 
 class TFLiteBackend:
-    """A LiteRT interpreter over one ``.tflite`` model, serialised by a lock."""
+    """A LiteRT interpreter over one ``.tflite`` model, serialised by a lock.
+
+    The model is checked against its description and run once on zeros at load, so that a
+    damaged or inconsistent file fails in :func:`~pneumocnn.load`, not in the middle of a batch.
+    In a child made by ``fork`` the interpreter is opened afresh on first use: the parent's
+    lock may have been held, and its interpreter threads do not exist, in the child.
+    """
 
     def __init__(self, content: bytes, description: ModelDescription, source: str,
                  threads: int | None = None) -> None:
         self.threads = threads or os.cpu_count() or 1
+        self._content = content
+        self._lock = threading.Lock()
         try:
-            self._interpreter = _interpreter_class()(model_content=content,
-                                                     num_threads=self.threads)
-            self._interpreter.allocate_tensors()
+            self._interpreter = self._open()
+            inputs = self._interpreter.get_input_details()  # a damaged tensor name fails here
+            outputs = self._interpreter.get_output_details()
         except (RuntimeError, ValueError) as error:
             raise ModelFileError(source, f"the TFLite runtime cannot load this model ({error})") from error
-        inputs = self._interpreter.get_input_details()
-        outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(source, f"expected one input and one output tensor, found "
                                          f"{len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0], outputs[0]
-        expected = (1, *description.preprocessing.input_shape)
-        if tuple(self._input["shape"]) != expected:
-            raise ModelFileError(source, f"input tensor shape {tuple(self._input['shape'])} "
-                                         f"disagrees with the description {expected}")
-        if tuple(self._output["shape"]) not in ((1, 1), (1, 2)):
-            raise ModelFileError(source, f"output tensor shape {tuple(self._output['shape'])} "
-                                         "is not (1, 1) or (1, 2)")
-        for tensor in (self._input, self._output):
-            if np.dtype(tensor["dtype"]) not in (np.float32, np.int8, np.uint8):
-                raise ModelFileError(source, f"unsupported tensor type {tensor['dtype']}")
+        _check_tensors(source, description, self._input, self._output)
+        try:
+            self.run(np.zeros((1, *description.preprocessing.input_shape), np.float32))
+        except RuntimeError as error:
+            raise ModelFileError(source, f"the TFLite runtime cannot run this model ({error})") from error
+        _BACKENDS.add(self)
+
+    def _open(self):
+        interpreter = _interpreter_class()(model_content=self._content, num_threads=self.threads)
+        interpreter.allocate_tensors()
+        return interpreter
+
+    def _after_fork(self) -> None:
+        _ORPHANS.append(self._interpreter)  # never freed in the child: its threads are not here
+        self._interpreter = None
         self._lock = threading.Lock()
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -78,11 +95,55 @@ class TFLiteBackend:
         for i, image in enumerate(images):
             quantized = _quantize(image[np.newaxis], self._input)
             with self._lock:
+                if self._interpreter is None:
+                    self._interpreter = self._open()
                 self._interpreter.set_tensor(self._input["index"], quantized)
                 self._interpreter.invoke()
                 output = self._interpreter.get_tensor(self._output["index"])
             probabilities[i] = _dequantize(output, self._output)[0, -1]
         return probabilities
+
+
+_BACKENDS: weakref.WeakSet[TFLiteBackend] = weakref.WeakSet()
+_ORPHANS: list = []
+
+
+def _reopen_after_fork() -> None:
+    for backend in list(_BACKENDS):
+        backend._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reopen_after_fork)
+
+
+def _check_tensors(source: str, description: ModelDescription, input_: dict, output: dict) -> None:
+    """Refuse a model whose input and output tensors disagree with its description or cannot
+    give a probability (shape, type, quantization parameters)."""
+    shape = tuple(int(n) for n in input_["shape"])
+    expected = (1, *description.preprocessing.input_shape)
+    if shape != expected:
+        raise ModelFileError(source, f"input tensor shape {shape} disagrees with the description "
+                                     f"{expected}")
+    shape = tuple(int(n) for n in output["shape"])
+    if shape not in ((1, 1), (1, 2)):
+        raise ModelFileError(source, f"output tensor shape {shape} is not (1, 1) or (1, 2)")
+    for tensor in (input_, output):
+        dtype = np.dtype(tensor["dtype"])
+        if dtype not in (np.float32, np.int8, np.uint8):
+            raise ModelFileError(source, f"unsupported tensor type {dtype}")
+        if dtype != np.float32:
+            scale, zero_point = tensor["quantization"]
+            info = np.iinfo(dtype)
+            if not (math.isfinite(scale) and scale > 0 and info.min <= zero_point <= info.max):
+                raise ModelFileError(source, f"{dtype} tensor {tensor['name']!r} has invalid "
+                                             f"quantization (scale {scale}, zero point {zero_point})")
+    quantization = description.info.get("quantization")
+    if quantization is not None:
+        wanted = np.int8 if quantization == "int8" else np.float32
+        if np.dtype(input_["dtype"]) != wanted:
+            raise ModelFileError(source, f"the description says {quantization!r} quantization but "
+                                         f"the input tensor is {np.dtype(input_['dtype'])}")
 
 
 def _quantize(values: np.ndarray, tensor: dict) -> np.ndarray:
@@ -104,7 +165,7 @@ def _dequantize(values: np.ndarray, tensor: dict) -> np.ndarray:
 class KerasBackend:
     """A Keras model loaded in safe mode (no arbitrary code); needs TensorFlow."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, description: ModelDescription | None = None) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
             import keras
@@ -115,7 +176,12 @@ class KerasBackend:
         try:
             self._model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as error:  # Keras raises many types for bad or unsafe archives
-            raise ModelFileError(str(path), f"Keras cannot load this model ({error})") from error
+            raise ModelFileError(str(path), f"Keras cannot load this model in safe mode ({error})") from error
+        if description is not None:
+            shape = tuple(getattr(self._model, "input_shape", (None,))[1:])
+            if shape != description.preprocessing.input_shape:
+                raise ModelFileError(str(path), f"model input shape {shape} disagrees with the "
+                                                f"description {description.preprocessing.input_shape}")
         self._lock = threading.Lock()
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -126,25 +192,60 @@ class KerasBackend:
 
 
 def read_keras_description(path: Path) -> ModelDescription:
-    """Read the description stored in a ``.keras`` archive (no TensorFlow needed)."""
+    """Read the description stored in a ``.keras`` archive (no TensorFlow needed), after
+    refusing an archive whose model config could run code (see :func:`_refuse_code`)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            text = archive.read(KERAS_MEMBER)
-    except KeyError:
-        raise ModelFileError(str(path), "Keras model has no pneumocnn description; convert it "
-                                        "with pneumocnn.convert()") from None
-    except (zipfile.BadZipFile, OSError) as error:
+            text = _read_member(archive, KERAS_MEMBER, MAX_DESCRIPTION_BYTES, str(path))
+            config = _read_member(archive, "config.json", MAX_CONFIG_BYTES, str(path))
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as error:
         raise ModelFileError(str(path), f"not a readable .keras archive ({error})") from error
+    _refuse_code(config, str(path))
     return ModelDescription.from_json(text, str(path))
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, limit: int, source: str) -> bytes:
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        what = "pneumocnn description; convert it with pneumocnn.convert()" if name == KERAS_MEMBER else name
+        raise ModelFileError(source, f"Keras model has no {what}") from None
+    if info.file_size > limit:  # a zip bomb
+        raise ModelFileError(source, f"{name} is over {limit:,} bytes")
+    return archive.read(info)
+
+
+def _refuse_code(config: bytes, source: str) -> None:
+    """Refuse a Keras model config that names a ``Lambda`` layer, a Python lambda, or any class
+    or function from outside Keras: loading it could run code. Keras's own safe mode refuses
+    lambdas too, but any code in the process can switch it off globally."""
+    try:
+        stack = [json.loads(config)]
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ModelFileError(source, f"Keras model config is not valid JSON ({error})") from error
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            module, name = item.get("module"), item.get("class_name")
+            if name in ("Lambda", "__lambda__") or (
+                    module is not None and str(module).split(".")[0] != "keras"):
+                raise ModelFileError(source, f"Keras model config names {module}.{name}: a "
+                                             "Lambda layer or code from outside Keras is refused")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def open_backend(path: Path, threads: int | None = None):
     """Return ``(backend, description)`` for a ``.tflite`` or ``.keras`` file."""
     if not path.is_file():
-        raise ModelFileError(str(path), "model file does not exist")
+        raise ModelFileError(str(path), "is not a regular file" if path.exists() else
+                             "model file does not exist")
     if path.suffix == ".keras":
         description = read_keras_description(path)
-        return KerasBackend(path), description
+        return KerasBackend(path, description), description
+    if path.stat().st_size >= 2**31:
+        raise ModelFileError(str(path), "not a TFLite model (over the 2 GiB FlatBuffer limit)")
     content = path.read_bytes()
     description = read_from_tflite(content, str(path))
     return TFLiteBackend(content, description, str(path), threads), description

@@ -1,17 +1,21 @@
 """The ``pneumocnn`` command line: predict, evaluate, info, train, convert.
 
 Exit codes: 0 success; 1 some inputs could not be scored (the rest were); 2 usage error,
-including a model or data folder that cannot be used.
+including a model or data folder that cannot be used. ``predict --csv FILE --resume`` continues
+an interrupted run: inputs already in FILE are skipped, new rows are appended.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import io
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pneumocnn.errors import PneumocnnError
 
@@ -24,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(message)s")
+    if hasattr(sys.stdout, "reconfigure"):  # print any file name, even one that is not UTF-8
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return args.run(args)
     except (PneumocnnError, ValueError, OSError) as error:
@@ -52,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON lines")
     output.add_argument("--csv", metavar="FILE", help="write a CSV file as results arrive")
+    p.add_argument("--resume", action="store_true",
+                   help="with --csv: keep the rows FILE already has (an interrupted run) and "
+                        "append rows for the inputs not in it")
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("evaluate", help="metrics of a model on a labelled folder")
@@ -102,24 +111,34 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _predict(args) -> int:
-    from pneumocnn.model import load
+    from pneumocnn.model import Prediction, expand_inputs, load
 
+    if args.resume and not args.csv:
+        raise ValueError("--resume needs --csv FILE")
     model = load(args.model, threads=args.threads)
-    failed = 0
-    sink = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else None  # noqa: SIM115
+    fields = [field.name for field in dataclasses.fields(Prediction)]
+    inputs, failed, sink, writer = args.inputs, 0, None, None
+    if args.csv:
+        kept = _kept_rows(Path(args.csv), fields) if args.resume else []
+        failed = sum(bool(row["error"]) for row in kept)
+        done = {row["source"] for row in kept}
+        if done:
+            print(f"pneumocnn predict: {len(done)} input(s) already in {args.csv}", file=sys.stderr)
+            inputs = (item for item, name in expand_inputs(args.inputs) if name not in done)
+        # file names that are not UTF-8 are written as their original bytes
+        sink = open(args.csv, "a" if args.resume else "w", newline="",  # noqa: SIM115
+                    encoding="utf-8", errors="surrogateescape")
+        writer = csv.DictWriter(sink, fieldnames=fields)
+        if sink.tell() == 0:
+            writer.writeheader()
     try:
-        writer = None
-        for prediction in model.predict_iter(args.inputs, threshold=args.threshold):
+        for prediction in model.predict_iter(inputs, threshold=args.threshold):
             failed += not prediction.ok
-            row = prediction.to_dict()
-            if sink is not None:
-                if writer is None:
-                    writer = csv.DictWriter(sink, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
+            if writer is not None:
+                writer.writerow(prediction.to_dict())
                 sink.flush()
             elif args.json:
-                print(json.dumps(row), flush=True)
+                print(json.dumps(prediction.to_dict()), flush=True)
             else:
                 print(prediction, flush=True)
     finally:
@@ -128,6 +147,24 @@ def _predict(args) -> int:
     if failed:
         print(f"pneumocnn predict: {failed} input(s) could not be scored", file=sys.stderr)
     return SOME_FAILED if failed else OK
+
+
+def _kept_rows(path: Path, fields: list[str]) -> list[dict]:
+    """The rows of an earlier ``predict --csv`` output, after cutting off a last row that a
+    kill left unfinished; ``[]`` if the file does not exist or is empty."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        with path.open("r+b") as stream:
+            stream.truncate(len(complete))
+    reader = csv.DictReader(io.StringIO(complete.decode("utf-8", "surrogateescape"), newline=""))
+    if reader.fieldnames is None:
+        return []
+    if reader.fieldnames != fields:
+        raise ValueError(f"{path}: not a `pneumocnn predict --csv` file (columns {reader.fieldnames})")
+    return list(reader)
 
 
 def _evaluate(args) -> int:

@@ -39,7 +39,8 @@ class ModelDescription:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if len(self.labels) != 2 or self.labels[0] == self.labels[1]:
+        if (len(self.labels) != 2 or self.labels[0] == self.labels[1]
+                or not all(isinstance(label, str) and label for label in self.labels)):
             raise ValueError(f"labels must be two distinct names, got {self.labels!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
@@ -84,12 +85,14 @@ class ModelDescription:
         """Parse and check a stored description; ``source`` names the file in errors."""
         try:
             data = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise ModelFileError(source, f"model description is not valid JSON ({error})") from error
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ModelFileError(source, "model description is not a pneumocnn description")
         version = data.get("version")
-        if not isinstance(version, int) or version > VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ModelFileError(source, f"model description version {version!r} is not valid")
+        if version > VERSION:
             raise ModelFileError(
                 source,
                 f"model description version {version!r} is newer than this pneumocnn "
@@ -109,7 +112,7 @@ class ModelDescription:
                 temperature=float(data.get("calibration", {}).get("temperature", 1.0)),
                 info=info,
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise ModelFileError(source, f"model description is incomplete or invalid ({error})") from error
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from pneumocnn.backends import open_backend
 from pneumocnn.datasets import is_image_file
 from pneumocnn.description import ModelDescription
-from pneumocnn.errors import ModelFileError, PneumocnnError
+from pneumocnn.errors import InputError, ModelFileError, PneumocnnError
 from pneumocnn.preprocessing import ImageInput, describe, preprocess
 
 BUNDLED_MODEL = "pneumonia-int8.tflite"
@@ -113,8 +113,10 @@ class Model:
         """Calibrated positive-class probabilities for preprocessed float32 ``(N, H, W, C)``."""
         return self.description.calibrate(self._backend.run(images))
 
-    def _score_or_error(self, item: ImageInput, source: str, threshold: float) -> Prediction:
+    def _score_or_error(self, item: ImageInput | InputError, source: str, threshold: float) -> Prediction:
         try:
+            if isinstance(item, InputError):  # a folder that could not be listed
+                raise item
             return self._score(item, source, threshold)
         except PneumocnnError as error:
             return Prediction(source, None, math.nan, threshold, getattr(error, "reason", str(error)))
@@ -137,19 +139,24 @@ class Model:
 def _is_single(inputs: object) -> bool:
     if isinstance(inputs, (str, os.PathLike)):
         return not Path(inputs).is_dir()
-    return isinstance(inputs, _SINGLE) or hasattr(inputs, "read")
+    return isinstance(inputs, _SINGLE) or hasattr(inputs, "read") or not isinstance(inputs, Iterable)
 
 
-def expand_inputs(inputs: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[ImageInput, str | None]]:
+def expand_inputs(
+    inputs: ImageInput | Iterable[ImageInput],
+) -> Iterator[tuple[ImageInput | InputError, str | None]]:
     """Yield ``(input, name)`` for every input: folders become their image files (recursive,
-    sorted), iterables are flattened; ``name`` is None for unnamed in-memory inputs."""
+    sorted), iterables are flattened; ``name`` is None for unnamed in-memory inputs. A folder
+    that cannot be listed is yielded as an :class:`InputError` in place of an input."""
     if isinstance(inputs, (str, os.PathLike)):
         path = Path(inputs)
         if path.is_dir():
             for file in _image_files(path):
-                yield file, str(file)
+                yield file, file.source if isinstance(file, InputError) else str(file)
         else:
             yield inputs, os.fsdecode(inputs)
+    elif isinstance(inputs, InputError):
+        yield inputs, inputs.source
     elif _is_single(inputs):
         name = getattr(inputs, "name", None)
         yield inputs, name if isinstance(name, str) else None
@@ -158,9 +165,11 @@ def expand_inputs(inputs: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[I
             yield from expand_inputs(item)
 
 
-def _image_files(folder: Path) -> Iterator[Path]:
+def _image_files(folder: Path) -> Iterator[Path | InputError]:
     seen: set[Path] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    unreadable: list[OSError] = []
+    for root, dirs, files in os.walk(folder, onerror=unreadable.append, followlinks=True):
+        yield from _folder_errors(unreadable)
         real = Path(root).resolve()
         if real in seen:  # a symlink loop: each real folder is walked once
             dirs[:] = []
@@ -170,6 +179,13 @@ def _image_files(folder: Path) -> Iterator[Path]:
         for name in sorted(files):
             if is_image_file(Path(name)):
                 yield Path(root) / name
+    yield from _folder_errors(unreadable)
+
+
+def _folder_errors(errors: list[OSError]) -> Iterator[InputError]:
+    while errors:
+        error = errors.pop(0)
+        yield InputError(os.fsdecode(error.filename), f"folder cannot be read ({error.strerror})")
 
 
 def load(path: str | os.PathLike | None = None, *, threads: int | None = None) -> Model:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn._files import atomic_write, write_bytes
+from pneumocnn._files import TEMPORARY, atomic_write, write_bytes
 from pneumocnn.backends import KERAS_MEMBER
 from pneumocnn.description import ModelDescription, embed_in_tflite
 
@@ -25,7 +25,7 @@ QUANTIZATIONS = ("float32", "float16", "dynamic-int8", "int8")
 def save_keras(model, description: ModelDescription, path: str | Path) -> None:
     """Atomically save ``model`` to ``path`` (``.keras``) with ``description`` inside it."""
     path = Path(path)
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY) as scratch:
         staged = Path(scratch) / path.name
         model.save(staged)
         with zipfile.ZipFile(staged, "a") as archive:

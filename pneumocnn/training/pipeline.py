@@ -107,7 +107,7 @@ def _cache_key(images: LabelledImages, spec: Preprocessing) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
     for path in images.paths:
         stat = path.stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 

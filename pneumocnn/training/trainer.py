@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn import __version__
-from pneumocnn._files import exclusive_lock, write_text
+from pneumocnn._files import exclusive_lock, remove_temporaries, write_text
 from pneumocnn.datasets import LabelledImages, find_splits, split_by_patient
 from pneumocnn.description import ModelDescription
 from pneumocnn.errors import DatasetError
@@ -83,8 +83,15 @@ def train(
     PNEUMONIA}``) into the run folder ``out`` and return a :class:`TrainingResult`.
 
     ``settings`` are the fields of :class:`TrainingConfig`; the defaults reproduce the seed's
-    TO-BE recipe. ``resume=True`` continues an interrupted run in ``out`` from its last
-    complete checkpoint, with the settings saved there.
+    TO-BE recipe: ``architecture="seed-to-be"`` (or ``"seed-as-is"``), ``epochs=50``,
+    ``batch_size=16``, ``learning_rate=None`` (the optimizer's default), ``input_size=150``,
+    ``channels=3``, ``augment=True``, ``class_weight=None`` (or ``"balanced"``),
+    ``validation="patients"`` (or ``"folder"`` for ``ROOT/val``), ``validation_fraction=0.1``,
+    ``early_stopping=None`` (a patience in epochs), ``seed=0``, ``threshold=0.5`` (or
+    ``"sensitivity"``), ``target_sensitivity=0.95``, ``calibrate=True``,
+    ``representative_images=300``. ``resume=True`` continues an interrupted run in ``out``
+    from its last complete checkpoint, with the settings saved there. ``verbose`` is Keras's:
+    ``"auto"``/1 a progress bar, 2 one line per epoch, 0 silent.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     run_dir = Path(out)
@@ -100,6 +107,8 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     from pneumocnn.training.pipeline import SEED_AUGMENTATION, decode_all, make_dataset
 
     config = _start_run(run_dir, config, resume)
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "cache"):
+        remove_temporaries(folder)  # left by a killed run; this run holds the folder's lock
     spec = config.preprocessing()
     architecture = get_architecture(config.architecture)
     train_images, val_images = _split(data, config)
