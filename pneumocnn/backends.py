@@ -184,6 +184,11 @@ class KerasBackend:
                                                 f"description {description.preprocessing.input_shape}")
         self._lock = threading.Lock()
 
+    @property
+    def keras_model(self):
+        """The loaded ``keras.Model`` (for Grad-CAM and other Keras-only tools)."""
+        return self._model
+
     def run(self, images: np.ndarray) -> np.ndarray:
         """Raw positive-class probability for each image of a float32 ``(N, H, W, C)`` batch."""
         with self._lock:

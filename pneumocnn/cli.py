@@ -1,4 +1,4 @@
-"""The ``pneumocnn`` command line: predict, evaluate, info, train, convert.
+"""The ``pneumocnn`` command line: predict, explain, triage, evaluate, info, train, convert.
 
 Exit codes: 0 success; 1 some inputs could not be scored (the rest were); 2 usage error,
 including a model or data folder that cannot be used. ``predict --csv FILE --resume`` continues
@@ -70,6 +70,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write metrics.json, predictions.csv, roc.png, confusion.png")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("explain", help="draw what drove the answer for one X-ray")
+    p.add_argument("image", help="image or DICOM file")
+    p.add_argument("--out", required=True, help="PNG to write: the heatmap over the X-ray")
+    p.add_argument("--model", help="model file (default: the bundled int8 model)")
+    p.add_argument("--method", choices=("occlusion", "grad-cam"), default="occlusion",
+                   help="grad-cam needs a .keras model and TensorFlow")
+    p.set_defaults(run=_explain)
+
+    p = commands.add_parser("triage", help="score a folder into a sorted worklist and report")
+    p.add_argument("folder", help="folder of images and DICOM files (searched recursively)")
+    p.add_argument("--out", required=True, help="report folder: worklist.csv, report.html")
+    p.add_argument("--model", help="model file (default: the bundled int8 model)")
+    p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
+    p.set_defaults(run=_triage)
 
     p = commands.add_parser("info", help="print a model file's embedded description")
     p.add_argument("model", nargs="?", help="model file (default: the bundled model)")
@@ -173,6 +188,27 @@ def _evaluate(args) -> int:
     result = evaluate(args.model, args.folder, threshold=args.threshold, out=args.out)
     print(json.dumps(result.metrics, indent=1) if args.json else result)
     return SOME_FAILED if result.failed else OK
+
+
+def _explain(args) -> int:
+    from pneumocnn.explain import grad_cam, occlusion, overlay, save_png
+    from pneumocnn.model import load
+
+    model = load(args.model)
+    explanation = (grad_cam if args.method == "grad-cam" else occlusion)(model, args.image)
+    save_png(overlay(args.image, explanation), args.out)
+    print(f"{explanation.source}: probability {explanation.probability:.3f}; "
+          f"{explanation.method} heatmap written to {args.out}")
+    return OK
+
+
+def _triage(args) -> int:
+    from pneumocnn.triage import triage
+
+    worklist = triage(args.folder, args.out, args.model, heatmaps=args.heatmaps)
+    print(f"{len(worklist.rows) - len(worklist.failed)} scored, {len(worklist.failed)} failed; "
+          f"worklist {worklist.csv_path}, report {worklist.html_path}")
+    return SOME_FAILED if worklist.failed else OK
 
 
 def _info(args) -> int:

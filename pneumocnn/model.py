@@ -17,6 +17,7 @@ from PIL import Image
 from pneumocnn.backends import open_backend
 from pneumocnn.datasets import is_image_file
 from pneumocnn.description import ModelDescription
+from pneumocnn.dicom import is_dicom_file
 from pneumocnn.errors import InputError, ModelFileError, PneumocnnError
 from pneumocnn.preprocessing import ImageInput, describe, preprocess
 
@@ -177,7 +178,7 @@ def _image_files(folder: Path) -> Iterator[Path | InputError]:
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if is_image_file(Path(name)):
+            if is_image_file(Path(name)) or is_dicom_file(Path(root) / name):
                 yield Path(root) / name
     yield from _folder_errors(unreadable)
 

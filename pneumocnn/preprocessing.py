@@ -27,6 +27,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pneumocnn.dicom import DICOM_HEAD, has_dicom_preamble, read_dicom
+from pneumocnn.dicom import SUFFIXES as DICOM_SUFFIXES
 from pneumocnn.errors import InputError
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
@@ -117,14 +119,22 @@ def to_model_input(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
     return np.repeat(scaled[..., np.newaxis], spec.channels, axis=-1)
 
 
-def _to_gray(source: ImageInput, spec: Preprocessing, name: str) -> Image.Image:
+def load_gray(source: ImageInput, name: str | None = None) -> Image.Image:
+    """Decode one input to the full-resolution 8-bit grayscale image (step 1 above), for
+    display; raises :class:`~pneumocnn.errors.InputError` naming the input."""
+    return _to_gray(source, None, name or describe(source))
+
+
+def _to_gray(source: ImageInput, spec: Preprocessing | None, name: str) -> Image.Image:
+    """Step 1; with a ``spec``, JPEGs are decoded at the reduced scale that suits it."""
     if isinstance(source, np.ndarray):
         return _array_to_gray(source, name)
     if isinstance(source, Image.Image):
         return _image_to_gray(source, name)
     if isinstance(source, (str, os.PathLike)):
-        with _open_file(Path(source), name) as stream:
-            return _decode(stream, spec, name)
+        path = Path(source)
+        with _open_file(path, name) as stream:
+            return _decode(stream, spec, name, path.suffix.lower() in DICOM_SUFFIXES)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(io.BytesIO(bytes(source)), spec, name)
     if hasattr(source, "read"):
@@ -150,11 +160,14 @@ def _open_nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
-def _decode(stream: BinaryIO, spec: Preprocessing, name: str) -> Image.Image:
+def _decode(stream: BinaryIO, spec: Preprocessing | None, name: str,
+            dicom_suffix: bool = False) -> Image.Image:
+    if dicom_suffix or _starts_like_dicom(stream):
+        return Image.fromarray(read_dicom(stream, name).pixels)
     try:
         with Image.open(stream, formats=FORMATS) as image:
             _check_size(image.width, image.height, name)
-            if image.format == "JPEG":
+            if image.format == "JPEG" and spec is not None:
                 # twice the input, as Image.thumbnail's reducing_gap=2: a DCT-scaled decode
                 # barely above the input aliases (mean error up to 3.4 levels on full-size X-rays)
                 side = 2 * max(spec.height, spec.width)
@@ -170,6 +183,16 @@ def _decode(stream: BinaryIO, spec: Preprocessing, name: str) -> Image.Image:
         raise
     except _DECODE_ERRORS as error:
         raise InputError(name, f"cannot decode image ({error})") from error
+
+
+def _starts_like_dicom(stream: BinaryIO) -> bool:
+    try:
+        start = stream.tell()
+        head = stream.read(DICOM_HEAD)
+        stream.seek(start)
+    except (OSError, ValueError):  # not seekable: Pillow will say so
+        return False
+    return isinstance(head, bytes) and has_dicom_preamble(head)
 
 
 def _check_size(width: int, height: int, name: str) -> None:

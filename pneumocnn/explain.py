@@ -1,0 +1,118 @@
+"""Explanations: which regions of an X-ray drove the pneumonia probability.
+
+``occlusion`` works on any model, on the runtime install: it hides one square of the image at
+a time (filled with the image mean) and records how much the log-odds of pneumonia drop. ``grad_cam``
+needs a ``.keras`` model and TensorFlow. Both return an :class:`Explanation` whose heatmap is
+in model-input coordinates; ``overlay`` draws it on the X-ray as an RGB image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pneumocnn._files import atomic_write
+from pneumocnn.model import Model
+from pneumocnn.preprocessing import ImageInput, Preprocessing, describe, load_pixels, preprocess
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """``heatmap`` is float ``(H, W)`` at the model input size; for occlusion it is the drop in
+    the log-odds of the positive class when that region is hidden (0 where hiding changes
+    nothing; an int8 model saturated at probability 0 or 1 shows little)."""
+
+    source: str
+    probability: float
+    heatmap: np.ndarray
+    method: str
+
+
+def occlusion(model: Model, source: ImageInput, patch: int | None = None,
+              stride: int | None = None) -> Explanation:
+    """Occlusion sensitivity of ``model`` on one input; ``patch`` and ``stride`` in model-input
+    pixels (default: an eighth of the input side, and half of that)."""
+    name = describe(source)
+    image = preprocess(source, model.description.preprocessing, name)
+    height, width = image.shape[:2]
+    patch = patch or max(4, min(height, width) // 8)
+    stride = stride or max(1, patch // 2)
+    baseline = float(model.probabilities(image[np.newaxis])[0])
+    fill = image.mean()
+    rows = range(0, max(height - patch, 0) + 1, stride)
+    columns = range(0, max(width - patch, 0) + 1, stride)
+    boxes = [(r, c) for r in rows for c in columns]
+    occluded = np.repeat(image[np.newaxis], len(boxes), axis=0)
+    for k, (r, c) in enumerate(boxes):
+        occluded[k, r : r + patch, c : c + patch] = fill
+    drops = np.maximum(_logit(baseline) - _logit(model.probabilities(occluded)), 0.0)
+    total = np.zeros((height, width))
+    count = np.zeros((height, width))
+    for drop, (r, c) in zip(drops, boxes, strict=True):
+        total[r : r + patch, c : c + patch] += drop
+        count[r : r + patch, c : c + patch] += 1
+    heatmap = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    return Explanation(name, baseline, heatmap.astype(np.float32), "occlusion")
+
+
+def _logit(p):
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def grad_cam(model: Model, source: ImageInput) -> Explanation:
+    """Grad-CAM on the last convolution of a ``.keras`` Sequential model (needs TensorFlow)."""
+    import keras
+    import tensorflow as tf
+
+    network = getattr(model._backend, "keras_model", None)
+    if not isinstance(network, keras.Sequential):
+        raise ValueError(f"{model.path}: Grad-CAM needs a .keras Sequential model (as pneumocnn "
+                         "trains); use occlusion()")
+    last_conv = max((i for i, layer in enumerate(network.layers)
+                     if isinstance(layer, keras.layers.Conv2D)), default=None)
+    if last_conv is None:
+        raise ValueError(f"{model.path}: the model has no convolution layer")
+    name = describe(source)
+    image = preprocess(source, model.description.preprocessing, name)[np.newaxis]
+    with tf.GradientTape() as tape:
+        outputs = tf.constant(image)
+        for index, layer in enumerate(network.layers):
+            outputs = layer(outputs, training=False)
+            if index == last_conv:
+                features = outputs
+                tape.watch(features)
+        score = outputs[:, -1]
+    gradients = tape.gradient(score, features)
+    weights = tf.reduce_mean(gradients, axis=(1, 2))
+    cam = tf.nn.relu(tf.reduce_sum(features * weights[:, None, None, :], axis=-1))[0].numpy()
+    height, width = image.shape[1:3]
+    heatmap = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(
+        (width, height), Image.Resampling.BILINEAR))
+    probability = float(model.description.calibrate(np.asarray(outputs)[:, -1])[0])
+    return Explanation(name, probability, heatmap, "grad-cam")
+
+
+def overlay(source: ImageInput, explanation: Explanation, size: int = 384) -> Image.Image:
+    """The X-ray as the model sees it (square, ``size`` pixels) with the heatmap drawn over it
+    in a black-red-yellow scale, transparent where the heatmap is zero."""
+    view = Preprocessing(height=size, width=size, channels=1)
+    gray = load_pixels(source, view, explanation.source).astype(np.float64)
+    heat = np.asarray(Image.fromarray(explanation.heatmap.astype(np.float32)).resize(
+        (size, size), Image.Resampling.BILINEAR), dtype=np.float64)
+    peak = heat.max()
+    level = heat / peak if peak > 0 else np.zeros_like(heat)
+    colour = np.stack([np.clip(3 * level, 0, 1), np.clip(3 * level - 1, 0, 1),
+                       np.clip(3 * level - 2, 0, 1)], axis=-1) * 255
+    alpha = (0.6 * level)[..., np.newaxis]
+    blended = gray[..., np.newaxis] * (1 - alpha) + colour * alpha
+    return Image.fromarray(np.rint(blended).astype(np.uint8))
+
+
+def save_png(image: Image.Image, path: str | Path) -> None:
+    """Write ``image`` as a PNG atomically."""
+    with atomic_write(path) as stream:
+        image.save(stream, format="PNG")

@@ -1,0 +1,205 @@
+"""The triage worklist: score a folder, most likely pneumonia first, as CSV and an HTML page.
+
+``triage(folder, out)`` writes into ``out``:
+
+- ``scores.csv``: one row per file, appended as each is scored (a rerun skips files already in
+  it, so an interrupted run resumes where it stopped);
+- ``images/``: for each scored file a thumbnail and an occlusion heatmap overlay (PNG);
+- ``worklist.csv``: the scored files sorted by probability, highest first, then the failures;
+- ``report.html``: one self-contained page (images inlined) with the same order.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import html
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pneumocnn._files import write_text
+from pneumocnn.dicom import IDENTIFIERS
+from pneumocnn.errors import PneumocnnError
+from pneumocnn.explain import occlusion, overlay, save_png
+from pneumocnn.model import Model, expand_inputs, load
+from pneumocnn.preprocessing import load_gray
+
+COLUMNS = ["probability", "label", "threshold", "file", *IDENTIFIERS, "error"]
+THUMBNAIL = 384
+
+
+@dataclass(frozen=True)
+class Worklist:
+    """The sorted rows of ``worklist.csv`` and where the outputs were written."""
+
+    rows: list[dict[str, str]]
+    csv_path: Path
+    html_path: Path
+
+    @property
+    def failed(self) -> list[dict[str, str]]:
+        """Rows of files that could not be scored."""
+        return [row for row in self.rows if row["error"]]
+
+
+def triage(
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    model: Model | str | os.PathLike | None = None,
+    *,
+    heatmaps: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> Worklist:
+    """Score every image and DICOM file under ``folder`` into the report folder ``out``.
+
+    ``model`` is a :class:`Model`, a model path, or None for the bundled model. ``progress``
+    is called with ``(done, total)`` after each file; by default a counter is drawn on a
+    terminal's stderr.
+    """
+    if not isinstance(model, Model):
+        model = load(model)
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    scores = out / "scores.csv"
+    done = _already_scored(scores)
+    todo = [(item, name) for item, name in expand_inputs(folder) if name not in done]
+    progress = progress or _terminal_progress
+    new_file = not scores.exists()
+    with scores.open("a", newline="", encoding="utf-8", errors="surrogateescape") as sink:
+        writer = csv.DictWriter(sink, fieldnames=COLUMNS)
+        if new_file:
+            writer.writeheader()
+        for count, (item, name) in enumerate(todo, start=1):
+            writer.writerow(_score(model, item, name, out / "images", heatmaps))
+            sink.flush()
+            progress(len(done) + count, len(done) + len(todo))
+    rows = _read_rows(scores)
+    rows.sort(key=_worklist_order)
+    csv_path, html_path = out / "worklist.csv", out / "report.html"
+    write_text(csv_path, _to_csv(rows))
+    write_text(html_path, _to_html(rows, model, out / "images"))
+    return Worklist(rows, csv_path, html_path)
+
+
+def _score(model: Model, item, name: str, images: Path, heatmaps: bool) -> dict[str, str]:
+    row = dict.fromkeys(COLUMNS, "")
+    row["file"] = name
+    try:
+        prediction = model.predict(item)
+        gray = load_gray(item, name)
+        row.update(_identifiers(item))
+        stem = _stem(name)
+        thumbnail = gray.copy()
+        thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
+        save_png(thumbnail, images / f"{stem}-xray.png")
+        if heatmaps:
+            save_png(overlay(item, occlusion(model, item)), images / f"{stem}-heatmap.png")
+    except PneumocnnError as error:
+        row["error"] = getattr(error, "reason", str(error))
+        return row
+    row.update(probability=f"{prediction.probability:.6f}", label=prediction.label,
+               threshold=f"{prediction.threshold:.6f}")
+    return row
+
+
+def _worklist_order(row: dict[str, str]) -> tuple[int, float]:
+    """Scored files by falling probability, then the failures."""
+    return (1, 0.0) if row["error"] else (0, -float(row["probability"]))
+
+
+def _identifiers(item) -> dict[str, str]:
+    from pneumocnn.dicom import read_identifiers
+
+    return read_identifiers(item) if isinstance(item, (str, os.PathLike)) else {}
+
+
+def _stem(name: str) -> str:
+    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _already_scored(scores: Path) -> set[str]:
+    return {row["file"] for row in _read_rows(scores)} if scores.exists() else set()
+
+
+def _read_rows(scores: Path) -> list[dict[str, str]]:
+    with scores.open(newline="", encoding="utf-8", errors="surrogateescape") as source:
+        rows = [row for row in csv.DictReader(source) if row.get("file")]
+    return list({row["file"]: row for row in rows}.values())  # the last row of a file wins
+
+
+def _to_csv(rows: list[dict[str, str]]) -> str:
+    from io import StringIO
+
+    buffer = StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _inline_png(path: Path) -> str:
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="">'
+
+
+def _to_html(rows: list[dict[str, str]], model: Model, images: Path) -> str:
+    info = model.description.info
+    scored = [row for row in rows if not row["error"]]
+    failed = [row for row in rows if row["error"]]
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    body = []
+    for rank, row in enumerate(scored, start=1):
+        stem = _stem(row["file"])
+        ids = " ".join(f"{k}: {html.escape(row[k])}" for k in IDENTIFIERS if row.get(k))
+        flag = "flag" if row["label"] == model.labels[1] else ""
+        body.append(
+            f'<tr class="{flag}"><td>{rank}</td><td class="p">{float(row["probability"]):.3f}</td>'
+            f'<td>{html.escape(row["label"])}</td>'
+            f'<td class="file">{html.escape(row["file"])}<div class="ids">{ids}</div></td>'
+            f"<td>{_inline_png(images / f'{stem}-xray.png')}</td>"
+            f"<td>{_inline_png(images / f'{stem}-heatmap.png')}</td></tr>")
+    errors = "".join(f"<li>{html.escape(row['file'])}: {html.escape(row['error'])}</li>"
+                     for row in failed)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>pneumocnn triage worklist</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+.notice {{ background: #fff4d6; border: 1px solid #e0b84c; padding: .8em 1em; }}
+table {{ border-collapse: collapse; margin-top: 1em; }}
+td, th {{ border-bottom: 1px solid #ddd; padding: .4em .8em; text-align: left; vertical-align: top; }}
+tr.flag td.p {{ color: #b00020; font-weight: bold; }}
+img {{ height: 192px; }} .ids {{ color: #666; font-size: .85em; }}
+td.file {{ max-width: 22em; overflow-wrap: anywhere; }}
+</style></head><body>
+<h1>Chest X-ray triage worklist</h1>
+<p class="notice"><strong>A triage aid, not a diagnosis.</strong> The order below suggests which
+X-rays to read first; every X-ray still needs a radiologist's reading.</p>
+<p>Model: {html.escape(Path(model.path).name)} ({html.escape(str(info.get("architecture", "?")))},
+{html.escape(str(info.get("quantization", "keras")))}, made
+{html.escape(str(info.get("provenance", {}).get("created", "?")))}).
+Threshold: {model.threshold:.3f} — a probability at or above it is labelled
+{html.escape(model.labels[1])}. Heatmaps: occlusion sensitivity on the model's square view of the
+X-ray (brighter: hiding that region lowers the pneumonia score more). Written {created};
+{len(scored)} scored, {len(failed)} failed.</p>
+<table><thead><tr><th>#</th><th>probability</th><th>label</th><th>file</th><th>X-ray</th>
+<th>heatmap</th></tr></thead><tbody>
+{"".join(body)}
+</tbody></table>
+<h2>Files that could not be scored</h2>
+<ul>{errors or "<li>none</li>"}</ul>
+</body></html>
+"""
+
+
+def _terminal_progress(done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        end = "\n" if done == total else ""
+        print(f"\rscored {done}/{total}", end=end, file=sys.stderr, flush=True)
+
