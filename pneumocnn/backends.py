@@ -20,6 +20,7 @@ import numpy as np
 
 from pneumocnn.description import ModelDescription, read_from_tflite
 from pneumocnn.errors import MissingDependencyError, ModelFileError
+from pneumocnn.preprocessing import Preprocessing, to_model_input
 
 KERAS_MEMBER = "pneumocnn.json"
 MAX_DESCRIPTION_BYTES = 1 << 20
@@ -91,17 +92,27 @@ class TFLiteBackend:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Raw positive-class probability for each image of a float32 ``(N, H, W, C)`` batch."""
-        probabilities = np.empty(len(images), dtype=np.float64)
-        for i, image in enumerate(images):
-            quantized = _quantize(image[np.newaxis], self._input)
-            with self._lock:
-                if self._interpreter is None:
-                    self._interpreter = self._open()
-                self._interpreter.set_tensor(self._input["index"], quantized)
-                self._interpreter.invoke()
-                output = self._interpreter.get_tensor(self._output["index"])
-            probabilities[i] = _dequantize(output, self._output)[0, -1]
-        return probabilities
+        return np.array([self._invoke(_quantize(image[np.newaxis], self._input))
+                         for image in images], dtype=np.float64)
+
+    def run_pixels(self, pixels: np.ndarray, spec: Preprocessing) -> float:
+        """Raw positive-class probability of uint8 ``(H, W)`` pixels; for an integer input
+        tensor, pixels map straight to its values through a 256-entry table, which gives the
+        same tensor as quantizing :func:`~pneumocnn.preprocessing.to_model_input`."""
+        if np.dtype(self._input["dtype"]) == np.float32:
+            return float(self.run(to_model_input(pixels, spec)[np.newaxis])[0])
+        table = _quantize(np.arange(256, dtype=np.float32) * np.float32(spec.scale), self._input)
+        quantized = np.repeat(table[pixels][np.newaxis, ..., np.newaxis], spec.channels, axis=-1)
+        return self._invoke(quantized)
+
+    def _invoke(self, tensor: np.ndarray) -> float:
+        with self._lock:
+            if self._interpreter is None:
+                self._interpreter = self._open()
+            self._interpreter.set_tensor(self._input["index"], tensor)
+            self._interpreter.invoke()
+            output = self._interpreter.get_tensor(self._output["index"])
+        return float(_dequantize(output, self._output)[0, -1])
 
 
 _BACKENDS: weakref.WeakSet[TFLiteBackend] = weakref.WeakSet()
@@ -194,6 +205,10 @@ class KerasBackend:
         with self._lock:
             outputs = self._model(images, training=False)
         return np.asarray(outputs, dtype=np.float64)[:, -1]
+
+    def run_pixels(self, pixels: np.ndarray, spec: Preprocessing) -> float:
+        """Raw positive-class probability of uint8 ``(H, W)`` pixels."""
+        return float(self.run(to_model_input(pixels, spec)[np.newaxis])[0])
 
 
 def read_keras_description(path: Path) -> ModelDescription:

@@ -19,7 +19,7 @@ from pneumocnn.datasets import is_image_file
 from pneumocnn.description import ModelDescription
 from pneumocnn.dicom import is_dicom_file
 from pneumocnn.errors import InputError, ModelFileError, PneumocnnError
-from pneumocnn.preprocessing import ImageInput, describe, preprocess
+from pneumocnn.preprocessing import ImageInput, describe, load_pixels
 
 BUNDLED_MODEL = "pneumonia-int8.tflite"
 _SINGLE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
@@ -123,8 +123,9 @@ class Model:
             return Prediction(source, None, math.nan, threshold, getattr(error, "reason", str(error)))
 
     def _score(self, item: ImageInput, source: str, threshold: float | None) -> Prediction:
-        image = preprocess(item, self.description.preprocessing, source)
-        probability = float(self.probabilities(image[np.newaxis])[0])
+        spec = self.description.preprocessing
+        raw = self._backend.run_pixels(load_pixels(item, spec, source), spec)
+        probability = float(self.description.calibrate(raw))
         cutoff = self._threshold(threshold)
         label = self.labels[1] if probability >= cutoff else self.labels[0]
         return Prediction(source, label, probability, cutoff)

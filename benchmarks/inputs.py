@@ -1,0 +1,71 @@
+"""What is benchmarked on: the run folder's model files and the labelled images.
+
+The default evaluation set is the patient-level validation split the run held out, recomputed
+from its ``config.json`` exactly as training made it; the default training set for the input
+pipeline benchmark is the other side of that split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import REPO, SHARED_DATA
+from pneumocnn.datasets import LabelledImages, find_splits, index_folder, split_by_patient
+from pneumocnn.preprocessing import Preprocessing, to_model_input
+
+CHEST_XRAY = SHARED_DATA / "chest_xray"
+FULL_RESOLUTION = SHARED_DATA / "full_resolution"
+
+
+@dataclass(frozen=True)
+class RunSplits:
+    """The run's training images and the images it was validated on (never trained on)."""
+
+    train: LabelledImages
+    validation: LabelledImages
+    source: str  # how the split was obtained, for the report
+
+
+def run_config(run_dir: Path) -> dict:
+    """The run's saved training settings."""
+    return json.loads((run_dir / "config.json").read_text())
+
+
+def run_splits(run_dir: Path, data: Path = CHEST_XRAY) -> RunSplits:
+    """Recompute the run's train / validation split of ``data`` from its ``config.json``."""
+    config = run_config(run_dir)
+    splits = find_splits(data)
+    shown = os.path.relpath(data, REPO)
+    if config.get("validation", "patients") == "folder":
+        return RunSplits(splits["train"], splits["val"], f"{shown}/val (the run's validation folder)")
+    fraction, seed = config.get("validation_fraction", 0.1), config.get("seed", 0)
+    train, validation = split_by_patient(splits["train"], fraction, seed)
+    return RunSplits(train, validation,
+                     f"patient-level validation split of {shown}/train (fraction {fraction}, seed {seed})")
+
+
+def folder_images(folder: Path) -> LabelledImages:
+    """A labelled folder ``FOLDER/{NORMAL,PNEUMONIA}``."""
+    return index_folder(folder)
+
+
+def subsample(images: LabelledImages, limit: int | None) -> LabelledImages:
+    """At most ``limit`` images, evenly spaced over the sorted list (so both classes stay)."""
+    if limit is None or limit >= len(images):
+        return images
+    return images.subset(np.unique(np.linspace(0, len(images) - 1, limit).astype(int)))
+
+
+def model_inputs(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Decoded uint8 ``(N, H, W)`` pixels as the float32 ``(N, H, W, C)`` every variant takes."""
+    return np.stack([to_model_input(p, spec) for p in pixels])
+
+
+def describe_images(images: LabelledImages) -> dict:
+    """Counts per class, for the report."""
+    return {"n": len(images), **images.counts()}

@@ -1,0 +1,123 @@
+"""Training input pipeline: images per second of one training epoch, three ways to feed it.
+
+The same freshly built model (the run's architecture, compiled as ``pneumocnn.train`` does,
+same initial weights) is trained for one epoch on the same images from:
+
+- ``pneumocnn``: ``make_dataset`` over the decoded-pixel cache, with the seed's augmentation
+  in the graph (what every epoch of ``pneumocnn.train`` runs);
+- ``in-memory``: ready float32 model inputs sliced from memory, no augmentation (the floor:
+  the model's own training cost);
+- ``seed``: ``ImageDataGenerator(rescale, shear, zoom, flip).flow_from_directory`` (the seed's
+  code; decodes and augments every image in Python every epoch; needs scipy).
+
+Each model first trains on two batches untimed (tracing and graph building); then the three
+take turns, one full epoch each, ``repeats`` times, and each figure is the median over its
+epochs: wall seconds, and the process's CPU seconds (all its threads), which other programs on
+a busy machine disturb much less. The one-off decode that fills pneumocnn's cache is
+timed separately.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.inputs import model_inputs
+from pneumocnn.datasets import LabelledImages
+from pneumocnn.preprocessing import Preprocessing
+
+LABELS = {
+    "pneumocnn": "pneumocnn make_dataset (cached pixels, augmentation in graph)",
+    "in-memory": "in-memory float tensors, no augmentation (floor)",
+    "seed": "seed ImageDataGenerator.flow_from_directory",
+}
+
+
+def _symlink_folder(images: LabelledImages, folder: Path) -> Path:
+    """``folder/{class}/`` of symlinks to the images, the layout flow_from_directory reads."""
+    for index, (path, label) in enumerate(zip(images.paths, images.labels, strict=True)):
+        target = folder / images.class_names[label] / f"{index:05d}-{path.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path.resolve())
+    return folder
+
+
+def _epoch(model, data, steps: int | None) -> tuple[float, float]:
+    """Wall and process CPU seconds of one training epoch."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.fit(data, epochs=1, verbose=0, shuffle=False, steps_per_epoch=steps)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _seed_flow(images: LabelledImages, spec: Preprocessing, batch: int, one_hot: bool, work_dir: Path):
+    """The seed's generator over ``images``, or None when scipy (which it needs) is missing."""
+    try:
+        import scipy  # noqa: F401  (ImageDataGenerator's shear and zoom need it)
+    except ImportError:
+        return None
+    import tensorflow as tf
+
+    generator = tf.keras.preprocessing.image.ImageDataGenerator(
+        rescale=1.0 / 255, shear_range=0.2, zoom_range=0.2, horizontal_flip=True)
+    return generator.flow_from_directory(
+        _symlink_folder(images, work_dir / "seed-pipeline"), target_size=(spec.height, spec.width),
+        batch_size=batch, class_mode="categorical" if one_hot else "binary", seed=0)
+
+
+def training_pipelines(images: LabelledImages, config: dict, work_dir: Path, repeats: int = 1) -> dict:
+    """Per pipeline: images, median epoch wall and CPU seconds over ``repeats`` epochs (the
+    pipelines take turns, epoch by epoch), images per second; plus the one-off decode time."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    from pneumocnn.training.architectures import get_architecture, make_optimizer
+    from pneumocnn.training.pipeline import SEED_AUGMENTATION, decode_all, make_dataset
+
+    spec = Preprocessing(height=config["input_size"], width=config["input_size"],
+                         channels=config["channels"])
+    batch = config["batch_size"]
+    architecture = get_architecture(config["architecture"])
+    one_hot = architecture.outputs == 2
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = architecture.build(spec.input_shape)
+        model.compile(optimizer=make_optimizer(architecture.optimizer, config.get("learning_rate")),
+                      loss=architecture.loss, metrics=["accuracy"])
+        return model
+
+    start = time.perf_counter()
+    decoded = decode_all(images, spec, None)
+    decode_seconds = time.perf_counter() - start
+    n = len(decoded.labels)
+    targets = (np.eye(2, dtype=np.float32)[decoded.labels] if one_hot
+               else decoded.labels.astype(np.float32)[:, None])
+    ours = make_dataset(decoded, spec, batch, one_hot=one_hot, augmentation=SEED_AUGMENTATION)
+    memory = tf.data.Dataset.from_tensor_slices((model_inputs(decoded.pixels, spec), targets)).batch(batch)
+    feeds = {"pneumocnn": (ours, None, n), "in-memory": (memory, None, n)}
+    flow = _seed_flow(images, spec, batch, one_hot, work_dir)
+    if flow is not None:
+        feeds["seed"] = (flow, len(flow), flow.samples)
+
+    models = {name: build() for name in feeds}
+    for name, (data, steps, _) in feeds.items():  # untimed: tracing and graph building
+        models[name].fit(data.take(2) if steps is None else data, epochs=1, verbose=0, shuffle=False,
+                         steps_per_epoch=None if steps is None else 2)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in feeds}
+    for _ in range(repeats):
+        for name, (data, steps, _) in feeds.items():
+            runs[name].append(_epoch(models[name], data, steps))
+
+    pipelines = {}
+    for name, (_, _, count) in feeds.items():
+        wall, cpu = (float(np.median(column)) for column in zip(*runs[name], strict=True))
+        pipelines[name] = {"label": LABELS[name], "images": count, "epoch_s": wall, "cpu_s": cpu,
+                           "images_per_s": count / wall, "epochs": runs[name]}
+    if flow is None:
+        pipelines["seed"] = {"label": LABELS["seed"], "error": "needs scipy: pip install scipy"}
+    return {"images": n, "batch_size": batch, "repeats": repeats, "decode_once_s": decode_seconds,
+            "pipelines": pipelines}

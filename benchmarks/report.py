@@ -1,0 +1,238 @@
+"""Results out: the machine, the markdown table, ``results.json`` and the latency plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+PACKAGES = ("pneumocnn", "numpy", "pillow", "tensorflow", "keras", "ai-edge-litert", "onnxruntime",
+            "onnx", "tf2onnx", "scipy")
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (other work on the machine skews timings)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def cpu_seconds() -> tuple[float, float] | None:
+    """``(all processes, this process and its children)`` busy CPU seconds so far, from
+    ``/proc/stat`` and ``os.times``; None where ``/proc/stat`` is missing."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields]
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # less idle and iowait
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system + own.children_user + own.children_system
+
+
+def machine() -> dict:
+    """CPU, cores, OS, load and the versions of everything measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    from tensorflow.config import threading
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": load_average(),
+        "versions": versions,
+        "threads": {
+            "tensorflow_intra_op": threading.get_intra_op_parallelism_threads() or "default (all cores)",
+            "tensorflow_inter_op": threading.get_inter_op_parallelism_threads() or "default",
+            "litert": "1 and all cores per row (num_threads)",
+            "onnxruntime": "intra_op_num_threads 1 and all cores per row, inter_op 1",
+        },
+    }
+
+
+def _f(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_f(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows)]
+
+
+def _measured(target: dict) -> str:
+    if target["measured"] is None:
+        return "-"
+    return f"{target['measured']:.3g}{target.get('unit', '')}"
+
+
+def _header(results: dict) -> list[str]:
+    m, inputs = results["machine"], results["inputs"]
+    evaluation = inputs["evaluation"]
+    return [
+        "# pneumocnn benchmarks",
+        "",
+        f"`{results['command']}` ({results['mode']} mode), {results['started']}, "
+        f"{results['wall_seconds']:.0f} s wall.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
+        f"Run: `{inputs['run']}`. Evaluation: {evaluation['n']} images ({evaluation.get('NORMAL', '?')} "
+        f"NORMAL, {evaluation.get('PNEUMONIA', '?')} PNEUMONIA), {inputs['evaluation_source']}; "
+        f"threshold {inputs['threshold']:.4f} (the model's).",
+    ]
+
+
+def _variants(results: dict) -> list[str]:
+    rows = []
+    for v in results["variants"]:
+        q, lat, thr = (results[k].get(v["key"]) for k in ("quality", "latency", "throughput"))
+        if v["error"]:
+            rows.append([v["label"], v["runtime"], "-", "-", f"not run: {v['error']}", *["-"] * 8])
+            continue
+        size = v["size_bytes"] / 1e6 if v["size_bytes"] else None
+        rows.append([v["label"], v["runtime"], str(v["threads"]), _f(size, 2), _f(q["accuracy"], 4),
+                     _f(q["roc_auc"], 4), _f(q["sensitivity"], 4), _f(q["specificity"], 4),
+                     _f(q["agreement"] * 100, 2), f"{q['max_abs_diff']:.2e}", _f(lat["median_ms"], 2),
+                     _f(lat["p95_ms"], 2), _f(thr["images_per_s"], 0)])
+    calls = next(iter(results["latency"].values()), {}).get("n", 0)
+    start, end = results["machine"]["load_average_at_start"], results.get("load_average_at_end")
+    other = results.get("other_processes_cores")
+    busy = "" if other is None else f" Other processes kept {other:.2f} cores busy on average during the run."
+    return [
+        "## Variants", "",
+        "Accuracy figures at the model's threshold; agreement and max |diff| against the float Keras "
+        "model's probabilities. Latency: batch 1, interleaved; throughput: batch 32.", "",
+        *_table(["variant", "runtime", "threads", "size MB", "accuracy", "ROC AUC", "sensitivity",
+                 "specificity", "agreement %", "max abs diff", "median ms", "p95 ms", "batch-32 img/s"],
+                rows),
+        "",
+        f"Latency calls per variant: {calls} (after warm-up). Load average (1 min) at start "
+        f"{_f(start and start[0], 2)}, at end {_f(end and end[0], 2)}.{busy}",
+    ]
+
+
+def _bare(results: dict) -> list[str]:
+    latency = results["latency"]
+    pairs = [(v, latency[v["key"] + ":bare"]) for v in results["variants"] if v["key"] + ":bare" in latency]
+    if not pairs:
+        return []
+    rows = [[v["label"], str(v["threads"]), _f(b["median_ms"], 3), _f(latency[v["key"]]["median_ms"], 3),
+             _f(latency[v["key"]]["median_ms"] - b["median_ms"], 3)] for v, b in pairs]
+    return [
+        "LiteRT bare interpreter call (fixed quantized input: `set_tensor`, `invoke`, `get_tensor`), "
+        "timed in the same rounds; the difference is pneumocnn's overhead (input quantization, "
+        "calibration, Python):", "",
+        *_table(["variant", "threads", "bare median ms", "pneumocnn median ms", "overhead ms"], rows),
+    ]
+
+
+def _cold_start(cold: dict) -> list[str]:
+    rows = [[kind, _f(c["median_s"], 2), _f(c["median_process_wall_s"], 2), _f(c["max_peak_rss_mb"], 0),
+             str(c["tensorflow_imported"]), str(len(c["runs"]))] for kind, c in cold.items()]
+    return ["## Cold start and memory (fresh process, median of runs)", "",
+            *_table(["process", "import to first answer s", "whole process s", "peak RSS MB",
+                     "imports TensorFlow", "runs"], rows)]
+
+
+def _end_to_end(e2e: dict) -> list[str]:
+    floor, first = e2e["floor"]["median_pass_s"], next(iter(e2e.values()))
+    rows = [[e["label"], _f(e["median_ms_per_image"], 1), _f(e["images_per_s"], 1),
+             _f(e["median_pass_s"] / floor, 2) + "x"] for e in e2e.values()]
+    return [f"## End to end on full-size X-rays ({first['files']} files, {first['passes']} passes; median)",
+            "", *_table(["path", "median ms per image", "images/s", "time vs floor"], rows)]
+
+
+def _pipeline(pipe: dict) -> list[str]:
+    floor = pipe["pipelines"]["in-memory"]["epoch_s"]
+    floor_cpu = pipe["pipelines"]["in-memory"]["cpu_s"]
+    rows = [[p["label"], "not run: " + p["error"], "-", "-", "-", "-"] if "error" in p else
+            [p["label"], _f(p["epoch_s"], 1), _f(p["images_per_s"], 0), _f(p["epoch_s"] / floor, 2) + "x",
+             _f(p["cpu_s"], 1), _f(p["cpu_s"] / floor_cpu, 2) + "x"]
+            for p in pipe["pipelines"].values()]
+    return [f"## Training input pipeline ({pipe['images']} images, batch {pipe['batch_size']}; median of "
+            f"{pipe['repeats']} epoch(s) each, taking turns)",
+            "", *_table(["pipeline", "epoch s", "images/s", "time vs floor", "CPU s", "CPU vs floor"], rows),
+            "",
+            f"pneumocnn's one-off decode into its pixel cache: {pipe['decode_once_s']:.1f} s (first run "
+            "only; later runs and resumes read the cache)."]
+
+
+def _targets(targets: list[dict]) -> list[str]:
+    rows = [[t["target"], _measured(t), t["goal"], t["result"], t.get("context") or "-"] for t in targets]
+    return ["## Targets", "", *_table(["target", "measured", "goal", "result", "context (same run)"], rows)]
+
+
+def markdown(results: dict) -> str:
+    """The whole report as markdown: one section per measurement, then targets and notes."""
+    sections = [_header(results), _variants(results), _bare(results)]
+    for key, section in (("cold_start", _cold_start), ("end_to_end", _end_to_end),
+                         ("pipeline", _pipeline)):
+        if results.get(key):
+            sections.append(section(results[key]))
+    sections.append(_targets(results["targets"]))
+    if results.get("notes"):
+        sections.append(["## Notes", "", *(f"- {n}" for n in results["notes"])])
+    return "\n\n".join("\n".join(lines) for lines in sections if lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """Batch-1 latency (median, whisker to p95; log scale) against accuracy, one marker per
+    variant, named in the legend (accuracies often tie, so points are not labelled in place)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"Keras": "s", "LiteRT": "o", "ONNX Runtime": "D"}
+    shown = [v for v in results["variants"] if not v["error"] and v["key"] in results["latency"]]
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(shown), 2)))
+    figure, axes = plt.subplots(figsize=(10, 5.5))
+    for v, colour in zip(shown, colours, strict=False):
+        latency, accuracy = results["latency"][v["key"]], results["quality"][v["key"]]["accuracy"]
+        threads = f"{v['threads']} thread(s)" if isinstance(v["threads"], int) else "TF threads"
+        axes.errorbar(latency["median_ms"], accuracy,
+                      xerr=[[0], [latency["p95_ms"] - latency["median_ms"]]], fmt=markers[v["runtime"]],
+                      color=colour, capsize=3, markersize=8,
+                      label=f"{v['label']}, {threads}: {latency['median_ms']:.2f} ms")
+    accuracies = [results["quality"][v["key"]]["accuracy"] for v in shown]
+    if accuracies:
+        axes.set_ylim(min(accuracies) - 0.01, max(accuracies) + 0.01)
+    axes.set_xscale("log")
+    axes.set_xlabel("batch-1 latency, ms (median; whisker to p95; log scale)")
+    axes.set_ylabel("accuracy at the model's threshold")
+    axes.set_title(f"pneumocnn variants on {results['inputs']['evaluation']['n']} held-out X-rays")
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write(results: dict, out: Path) -> str:
+    """Write ``results.md``, ``results.json`` and ``latency_vs_accuracy.png`` to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(results)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    plot(results, out / "latency_vs_accuracy.png")
+    return text
