@@ -19,7 +19,6 @@ from benchmarks.inputs import (  # noqa: E402
     FULL_RESOLUTION,
     describe_images,
     folder_images,
-    model_inputs,
     run_config,
     run_splits,
     subsample,
@@ -86,7 +85,7 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
         evaluation, source = splits.validation, splits.source
     evaluation = subsample(evaluation, plan.evaluation_images)
     decoded = decode_all(evaluation, spec, None)
-    inputs = model_inputs(decoded.pixels, spec)
+    inputs = decoded.pixels  # uint8 (N, H, W): what predict has once a file is decoded
 
     log(f"{len(inputs)} evaluation images; building variants")
     variants = build_variants(keras_model, run_dir, work)

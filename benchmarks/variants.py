@@ -1,9 +1,10 @@
 """The rows of the benchmark: one float Keras model, its TFLite files and an ONNX export.
 
-Every variant's ``run`` takes float32 model inputs ``(N, H, W, C)`` and returns calibrated
-positive-class probabilities (the model file's temperature applied, as pneumocnn does), so
-every timed call does the same job from the same inputs. TFLite variants go through
-pneumocnn's own LiteRT backend (``pneumocnn.load(path, threads=t).probabilities``).
+Every variant's ``run`` takes decoded, resized uint8 pixels ``(N, H, W)`` and returns
+calibrated positive-class probabilities (the model file's temperature applied, as pneumocnn
+does), so every timed call does the same job from the same inputs: scale (and, for integer
+models, quantize), run, calibrate. TFLite variants go through pneumocnn's own LiteRT backend
+(``pneumocnn.load(path, threads=t).probabilities``, the path ``predict`` takes).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import pneumocnn
+from benchmarks.inputs import model_inputs
 from pneumocnn.backends import read_keras_description
 from pneumocnn.description import ModelDescription
 from pneumocnn.training.export import QUANTIZATIONS
@@ -71,15 +73,16 @@ def build_variants(keras_model: KerasModel, run_dir: Path, work_dir: Path) -> li
     import tensorflow as tf
 
     model, calibrate = keras_model.model, keras_model.description.calibrate
-    shape = keras_model.description.preprocessing.input_shape
+    spec = keras_model.description.preprocessing
+    shape = spec.input_shape
     size = keras_model.path.stat().st_size
     compiled = tf.function(lambda x: model(x, training=False),
                            input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
     variants = [
         Variant("keras-predict", "Keras model.predict", "Keras", "float32", TF_THREADS, size,
-                lambda x: calibrate(_positive(model.predict(x, verbose=0)))),
+                lambda px: calibrate(_positive(model.predict(model_inputs(px, spec), verbose=0)))),
         Variant("keras-compiled", "Keras compiled call", "Keras", "float32", TF_THREADS, size,
-                lambda x: calibrate(_positive(compiled(x).numpy()))),
+                lambda px: calibrate(_positive(compiled(model_inputs(px, spec)).numpy()))),
     ]
     for quantization in QUANTIZATIONS:
         path = run_dir / f"model-{quantization}.tflite"
@@ -105,7 +108,7 @@ def onnx_variants(keras_model: KerasModel, work_dir: Path) -> list[Variant]:
         reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
         return [Variant("onnxruntime-float32", "ONNX Runtime float32", "ONNX Runtime", "float32",
                         "-", None, None, error=reason)]
-    calibrate = keras_model.description.calibrate
+    calibrate, spec = keras_model.description.calibrate, keras_model.description.preprocessing
     variants = []
     for threads in thread_counts():
         options = ort.SessionOptions()
@@ -114,8 +117,8 @@ def onnx_variants(keras_model: KerasModel, work_dir: Path) -> list[Variant]:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
 
-        def run(x, session=session, name=name):
-            return calibrate(_positive(session.run(None, {name: x})[0]))
+        def run(pixels, session=session, name=name):
+            return calibrate(_positive(session.run(None, {name: model_inputs(pixels, spec)})[0]))
 
         variants.append(Variant(f"onnxruntime-float32-{threads}t", "ONNX Runtime float32",
                                 "ONNX Runtime", "float32", threads, path.stat().st_size, run))

@@ -63,6 +63,7 @@ class TFLiteBackend:
         self.threads = threads or os.cpu_count() or 1
         self._content = content
         self._lock = threading.Lock()
+        self._pixel_tables: dict[float, np.ndarray] = {}  # uint8 pixel -> input tensor value
         try:
             self._interpreter = self._open()
             inputs = self._interpreter.get_input_details()  # a damaged tensor name fails here
@@ -101,7 +102,10 @@ class TFLiteBackend:
         same tensor as quantizing :func:`~pneumocnn.preprocessing.to_model_input`."""
         if np.dtype(self._input["dtype"]) == np.float32:
             return float(self.run(to_model_input(pixels, spec)[np.newaxis])[0])
-        table = _quantize(np.arange(256, dtype=np.float32) * np.float32(spec.scale), self._input)
+        table = self._pixel_tables.get(spec.scale)
+        if table is None:
+            levels = np.arange(256, dtype=np.float32) * np.float32(spec.scale)
+            table = self._pixel_tables[spec.scale] = _quantize(levels, self._input)
         quantized = np.repeat(table[pixels][np.newaxis, ..., np.newaxis], spec.channels, axis=-1)
         return self._invoke(quantized)
 

@@ -111,8 +111,16 @@ class Model:
                 yield pending.popleft().result()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Calibrated positive-class probabilities for preprocessed float32 ``(N, H, W, C)``."""
-        return self.description.calibrate(self._backend.run(images))
+        """Calibrated positive-class probabilities of a batch: uint8 pixels ``(N, H, W)`` as
+        :func:`~pneumocnn.preprocessing.load_pixels` gives them (the path ``predict`` takes), or
+        float32 model inputs ``(N, H, W, C)`` as :func:`~pneumocnn.preprocessing.preprocess`
+        gives them."""
+        if images.dtype == np.uint8 and images.ndim == 3:
+            spec = self.description.preprocessing
+            raw = np.array([self._backend.run_pixels(p, spec) for p in images], dtype=np.float64)
+        else:
+            raw = self._backend.run(images)
+        return self.description.calibrate(raw)
 
     def _score_or_error(self, item: ImageInput | InputError, source: str, threshold: float) -> Prediction:
         try:
@@ -123,9 +131,8 @@ class Model:
             return Prediction(source, None, math.nan, threshold, getattr(error, "reason", str(error)))
 
     def _score(self, item: ImageInput, source: str, threshold: float | None) -> Prediction:
-        spec = self.description.preprocessing
-        raw = self._backend.run_pixels(load_pixels(item, spec, source), spec)
-        probability = float(self.description.calibrate(raw))
+        pixels = load_pixels(item, self.description.preprocessing, source)
+        probability = float(self.probabilities(pixels[np.newaxis])[0])
         cutoff = self._threshold(threshold)
         label = self.labels[1] if probability >= cutoff else self.labels[0]
         return Prediction(source, label, probability, cutoff)

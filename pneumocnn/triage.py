@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pneumocnn._files import write_text
+from pneumocnn import __version__
+from pneumocnn._files import atomic_write, write_text
 from pneumocnn.dicom import IDENTIFIERS
 from pneumocnn.errors import PneumocnnError
 from pneumocnn.explain import occlusion, overlay, save_png
@@ -82,7 +83,7 @@ def triage(
     rows.sort(key=_worklist_order)
     csv_path, html_path = out / "worklist.csv", out / "report.html"
     write_text(csv_path, _to_csv(rows))
-    write_text(html_path, _to_html(rows, model, out / "images"))
+    _write_html(html_path, rows, model, out / "images")
     return Worklist(rows, csv_path, html_path)
 
 
@@ -149,24 +150,42 @@ def _inline_png(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="">'
 
 
-def _to_html(rows: list[dict[str, str]], model: Model, images: Path) -> str:
-    info = model.description.info
+def _write_html(path: Path, rows: list[dict[str, str]], model: Model, images: Path) -> None:
+    """Write the report a row at a time, so a large worklist never sits in memory as HTML."""
     scored = [row for row in rows if not row["error"]]
     failed = [row for row in rows if row["error"]]
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    body = []
-    for rank, row in enumerate(scored, start=1):
-        stem = _stem(row["file"])
-        ids = " ".join(f"{k}: {html.escape(row[k])}" for k in IDENTIFIERS if row.get(k))
-        flag = "flag" if row["label"] == model.labels[1] else ""
-        body.append(
-            f'<tr class="{flag}"><td>{rank}</td><td class="p">{float(row["probability"]):.3f}</td>'
+    with atomic_write(path) as stream:
+        stream.write(_html_head(model, len(scored), len(failed)).encode())
+        for rank, row in enumerate(scored, start=1):
+            stream.write(_html_row(rank, row, model, images).encode())
+        errors = "".join(f"<li>{html.escape(row['file'])}: {html.escape(row['error'])}</li>"
+                         for row in failed)
+        stream.write(f"""</tbody></table>
+<h2>Files that could not be scored</h2>
+<ul>{errors or "<li>none</li>"}</ul>
+</body></html>
+""".encode())
+
+
+def _html_row(rank: int, row: dict[str, str], model: Model, images: Path) -> str:
+    stem = _stem(row["file"])
+    ids = " ".join(f"{k}: {html.escape(row[k])}" for k in IDENTIFIERS if row.get(k))
+    flag = "flag" if row["label"] == model.labels[1] else ""
+    return (f'<tr class="{flag}"><td>{rank}</td><td class="p">{float(row["probability"]):.3f}</td>'
             f'<td>{html.escape(row["label"])}</td>'
             f'<td class="file">{html.escape(row["file"])}<div class="ids">{ids}</div></td>'
             f"<td>{_inline_png(images / f'{stem}-xray.png')}</td>"
-            f"<td>{_inline_png(images / f'{stem}-heatmap.png')}</td></tr>")
-    errors = "".join(f"<li>{html.escape(row['file'])}: {html.escape(row['error'])}</li>"
-                     for row in failed)
+            f"<td>{_inline_png(images / f'{stem}-heatmap.png')}</td></tr>\n")
+
+
+def _html_head(model: Model, scored: int, failed: int) -> str:
+    info = model.description.info
+    provenance = info.get("provenance", {})
+    made_by = provenance.get("versions", {}).get("pneumocnn", "?")
+    model_text = html.escape(f"{Path(model.path).name} ({info.get('architecture', '?')}, "
+                             f"{info.get('quantization', 'keras')}, trained "
+                             f"{provenance.get('created', '?')} with pneumocnn {made_by})")
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pneumocnn triage worklist</title>
 <style>
@@ -181,20 +200,12 @@ td.file {{ max-width: 22em; overflow-wrap: anywhere; }}
 <h1>Chest X-ray triage worklist</h1>
 <p class="notice"><strong>A triage aid, not a diagnosis.</strong> The order below suggests which
 X-rays to read first; every X-ray still needs a radiologist's reading.</p>
-<p>Model: {html.escape(Path(model.path).name)} ({html.escape(str(info.get("architecture", "?")))},
-{html.escape(str(info.get("quantization", "keras")))}, made
-{html.escape(str(info.get("provenance", {}).get("created", "?")))}).
-Threshold: {model.threshold:.3f} — a probability at or above it is labelled
-{html.escape(model.labels[1])}. Heatmaps: occlusion sensitivity on the model's square view of the
-X-ray (brighter: hiding that region lowers the pneumonia score more). Written {created};
-{len(scored)} scored, {len(failed)} failed.</p>
+<p>Model: {model_text}. Threshold: {model.threshold:.3f} — a probability at or above it is
+labelled {html.escape(model.labels[1])}. Heatmaps: occlusion sensitivity on the model's square
+view of the X-ray (brighter: hiding that region lowers the pneumonia score more). Written by
+pneumocnn {__version__} at {created}; {scored} scored, {failed} failed.</p>
 <table><thead><tr><th>#</th><th>probability</th><th>label</th><th>file</th><th>X-ray</th>
 <th>heatmap</th></tr></thead><tbody>
-{"".join(body)}
-</tbody></table>
-<h2>Files that could not be scored</h2>
-<ul>{errors or "<li>none</li>"}</ul>
-</body></html>
 """
 
 

@@ -206,3 +206,25 @@ def test_explain_and_triage_on_the_command_line(tiny_run, tmp_path):
     code = main(["triage", str(scans), "--out", str(tmp_path / "report"), "--no-heatmaps",
                  "--model", str(tiny_run.tflite_models["int8"])])
     assert code == 1 and (tmp_path / "report" / "report.html").exists()
+
+
+def test_dicom_without_pydicom_names_the_extra(tiny_run, xray, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    write_dicom(tmp_path / "study.dcm", xray[1])
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["pydicom"] = None
+        import pneumocnn
+        model = pneumocnn.load({str(tiny_run.tflite_models["int8"])!r})
+        try:
+            model.predict({str(tmp_path / "study.dcm")!r})
+        except pneumocnn.MissingDependencyError as error:
+            print("refused:", error)
+        print(model.predict([{str(tmp_path / "study.dcm")!r}])[0].error)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("pip install 'pneumocnn[dicom]'") == 2
