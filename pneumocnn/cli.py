@@ -94,13 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="ROOT/{train,val,test}/{NORMAL,PNEUMONIA} or ROOT/{NORMAL,...}")
     p.add_argument("--out", default="runs/pneumocnn", help="run folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--architecture", default="seed-to-be", help="seed-to-be or seed-as-is")
+    p.add_argument("--architecture", default="seed-to-be",
+                   choices=("seed-to-be", "seed-as-is", "small-bn"))
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--input-size", type=int, default=150)
     p.add_argument("--channels", type=int, default=3, choices=(1, 3))
     p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--augmentation", default="seed", choices=("seed", "shift"),
+                   help="seed: the report's shear/zoom/flip; shift: acquisition differences")
     p.add_argument("--class-weight", choices=("balanced",))
     p.add_argument("--validation", choices=("patients", "folder"), default="patients")
     p.add_argument("--validation-fraction", type=float, default=0.1)
@@ -228,10 +231,10 @@ def _train(args) -> int:
         args.data, args.out, resume=args.resume, verbose=2,
         architecture=args.architecture, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, input_size=args.input_size, channels=args.channels,
-        augment=args.augment, class_weight=args.class_weight, validation=args.validation,
-        validation_fraction=args.validation_fraction, early_stopping=args.early_stopping,
-        seed=args.seed, threshold=threshold, target_sensitivity=args.target_sensitivity,
-        calibrate=args.calibrate,
+        augment=args.augment, augmentation=args.augmentation, class_weight=args.class_weight,
+        validation=args.validation, validation_fraction=args.validation_fraction,
+        early_stopping=args.early_stopping, seed=args.seed, threshold=threshold,
+        target_sensitivity=args.target_sensitivity, calibrate=args.calibrate,
     )
     print((result.run_dir / "report.md").read_text())
     return OK

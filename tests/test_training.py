@@ -173,3 +173,32 @@ def test_a_run_folder_in_use_is_refused(tiny_data, tmp_path):
     with exclusive_lock(run / ".lock", "test"), pytest.raises(pneumocnn.PneumocnnError,
                                                               match="in use"):
         pneumocnn.train(tiny_data, run, **TINY_SETTINGS)
+
+
+def test_small_bn_with_shift_augmentation_trains_exports_and_agrees(tiny_data, tmp_path):
+    settings = {**TINY_SETTINGS, "epochs": 1, "architecture": "small-bn",
+                "augmentation": "shift"}
+    result = pneumocnn.train(tiny_data, tmp_path / "small-bn", **settings)
+    assert result.tflite_models["int8"].stat().st_size < 500_000
+    keras_model = pneumocnn.load(result.keras_model)
+    float32 = pneumocnn.load(result.tflite_models["float32"])
+    image = real_images("NORMAL", 1)[0]
+    assert keras_model.predict(image).probability == pytest.approx(
+        float32.predict(image).probability, abs=1e-4)
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        pneumocnn.train(tiny_data, tmp_path / "bad", **{**settings, "augmentation": "wild"})
+
+
+def test_shift_augmentation_is_deterministic_and_in_range():
+    import tensorflow as tf
+
+    from pneumocnn.training.pipeline import SEED_AUGMENTATION, SHIFT_AUGMENTATION, _augment
+
+    images = tf.constant(np.random.default_rng(0).random((4, 32, 32, 1)), tf.float32)
+    seed = tf.constant([3, 7], tf.int64)
+    first = _augment(images, SHIFT_AUGMENTATION, seed).numpy()
+    again = _augment(images, SHIFT_AUGMENTATION, seed).numpy()
+    other = _augment(images, SHIFT_AUGMENTATION, tf.constant([3, 8], tf.int64)).numpy()
+    assert np.array_equal(first, again) and not np.allclose(first, other)
+    assert first.min() >= 0.0 and first.max() <= 1.0
+    assert not np.allclose(first, _augment(images, SEED_AUGMENTATION, seed).numpy())

@@ -65,11 +65,30 @@ def seed_as_is(input_shape: tuple[int, int, int]) -> keras.Model:
     )
 
 
+def small_bn(input_shape: tuple[int, int, int]) -> keras.Model:
+    """A small CNN in the seed's compute budget: five 3x3 conv + batch-norm blocks (16 to 128
+    filters) with 2x2 max-pooling, global average pooling, Dropout 0.3, sigmoid."""
+    blocks = []
+    for filters in (16, 32, 64, 128, 128):
+        blocks += [
+            layers.Conv2D(filters, 3, padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.MaxPooling2D(2),
+        ]
+    return keras.Sequential(
+        [keras.Input(input_shape), *blocks, layers.GlobalAveragePooling2D(),
+         layers.Dropout(0.3), layers.Dense(1, activation="sigmoid")],
+        name="small_bn",
+    )
+
+
 ARCHITECTURES = {
     "seed-to-be": Architecture("seed-to-be", seed_to_be, "binary_crossentropy", "adam", 1),
     "seed-as-is": Architecture(
         "seed-as-is", seed_as_is, "categorical_crossentropy", "rmsprop", 2
     ),
+    "small-bn": Architecture("small-bn", small_bn, "binary_crossentropy", "adam", 1),
 }
 
 

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +36,33 @@ log = logging.getLogger("pneumocnn")
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random affine augmentation; angles in degrees, zoom as a +- fraction."""
+    """Random augmentation. Geometry: shear and rotation in degrees, zoom and translation as
+    +- fractions, horizontal flip. Intensity (0 = off): brightness as +- a fraction of full
+    scale, contrast as +- a fraction around the image mean, gamma as +- log exponent, Gaussian
+    noise as a standard deviation in full-scale units."""
 
     shear_degrees: float = 0.2
     zoom: float = 0.2
     horizontal_flip: bool = True
+    rotation_degrees: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+    noise: float = 0.0
 
     def to_dict(self) -> dict:
         """JSON-ready form for run reports."""
-        return {"shear_degrees": self.shear_degrees, "zoom": self.zoom,
-                "horizontal_flip": self.horizontal_flip}
+        return asdict(self)
 
 
 SEED_AUGMENTATION = Augmentation()
+# Differences between machines and sites (exposure, contrast curve, noise, positioning);
+# no flip: it moves the heart to the other side.
+SHIFT_AUGMENTATION = Augmentation(shear_degrees=2.0, zoom=0.15, horizontal_flip=False,
+                                  rotation_degrees=10.0, translate=0.08, brightness=0.1,
+                                  contrast=0.25, gamma=0.3, noise=0.02)
+AUGMENTATIONS = {"seed": SEED_AUGMENTATION, "shift": SHIFT_AUGMENTATION}
 
 
 @dataclass(frozen=True)
@@ -150,33 +164,62 @@ def make_dataset(
 
 
 def _augment(images: tf.Tensor, augmentation: Augmentation, seed: tf.Tensor) -> tf.Tensor:
-    """Flip, shear and zoom a batch ``(B, H, W, 1)`` with stateless randomness from ``seed``."""
+    """Augment a batch ``(B, H, W, 1)`` of values in [0, 1] with stateless randomness from
+    ``seed``: flip, then one affine warp (shear, zoom, rotation, translation), then intensity."""
     import keras
 
     count = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, num=4)
+    extra = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, 1), num=7)
 
-    def uniform(k: int, low: float, high: float) -> tf.Tensor:
-        return tf.random.stateless_uniform([count], seeds[k], low, high)
+    def uniform(key: tf.Tensor, low: float, high: float) -> tf.Tensor:
+        return tf.random.stateless_uniform([count], key, low, high)
 
     if augmentation.horizontal_flip:
-        flip = uniform(0, 0.0, 1.0) < 0.5
+        flip = uniform(seeds[0], 0.0, 1.0) < 0.5
         images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     shear = np.deg2rad(augmentation.shear_degrees)
-    angle = uniform(1, -shear, shear)
-    zoom_x = uniform(2, 1.0 - augmentation.zoom, 1.0 + augmentation.zoom)
-    zoom_y = uniform(3, 1.0 - augmentation.zoom, 1.0 + augmentation.zoom)
-    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): shear . zoom,
-    # centred on the image as ImageDataGenerator does.
-    a0, a1 = zoom_x, -tf.sin(angle) * zoom_y
-    b0, b1 = tf.zeros_like(zoom_x), tf.cos(angle) * zoom_y
+    angle = uniform(seeds[1], -shear, shear)
+    zoom_x = uniform(seeds[2], 1.0 - augmentation.zoom, 1.0 + augmentation.zoom)
+    zoom_y = uniform(seeds[3], 1.0 - augmentation.zoom, 1.0 + augmentation.zoom)
+    turn = np.deg2rad(augmentation.rotation_degrees)
+    theta = uniform(extra[0], -turn, turn)
     height = tf.cast(tf.shape(images)[1], tf.float32)
     width = tf.cast(tf.shape(images)[2], tf.float32)
+    shift_x = uniform(extra[1], -augmentation.translate, augmentation.translate) * width
+    shift_y = uniform(extra[2], -augmentation.translate, augmentation.translate) * height
+    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): rotation . shear
+    # . zoom, centred on the image as ImageDataGenerator does, then translated.
+    s0, s1 = zoom_x, -tf.sin(angle) * zoom_y
+    t1 = tf.cos(angle) * zoom_y
+    a0, a1 = tf.cos(theta) * s0, tf.cos(theta) * s1 - tf.sin(theta) * t1
+    b0, b1 = tf.sin(theta) * s0, tf.sin(theta) * s1 + tf.cos(theta) * t1
     cx, cy = (width - 1) / 2, (height - 1) / 2
-    a2 = cx - (a0 * cx + a1 * cy)
-    b2 = cy - (b0 * cx + b1 * cy)
+    a2 = cx - (a0 * cx + a1 * cy) + shift_x
+    b2 = cy - (b0 * cx + b1 * cy) + shift_y
     zeros = tf.zeros_like(zoom_x)
     transform = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    return keras.ops.image.affine_transform(
+    images = keras.ops.image.affine_transform(
         images, transform, interpolation="bilinear", fill_mode="nearest"
     )
+    return _adjust_intensity(images, augmentation, extra[3:])
+
+
+def _adjust_intensity(images: tf.Tensor, augmentation: Augmentation, keys) -> tf.Tensor:
+    """Gamma, contrast, brightness and noise on values in [0, 1], clipped back to [0, 1]."""
+    a = augmentation
+    if not (a.gamma or a.contrast or a.brightness or a.noise):
+        return images
+    count = tf.shape(images)[0]
+
+    def per_image(key: tf.Tensor, spread: float) -> tf.Tensor:
+        return tf.random.stateless_uniform([count, 1, 1, 1], key, -spread, spread)
+
+    images = tf.clip_by_value(images, 0.0, 1.0) ** tf.exp(per_image(keys[0], a.gamma))
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * (1.0 + per_image(keys[1], a.contrast)) + mean
+    images = images + per_image(keys[2], a.brightness)
+    if a.noise:
+        images = images + tf.random.stateless_normal(tf.shape(images), keys[3], stddev=a.noise)
+    return tf.clip_by_value(images, 0.0, 1.0)

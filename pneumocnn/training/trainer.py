@@ -45,6 +45,7 @@ class TrainingConfig:
     input_size: int = 150
     channels: int = 3
     augment: bool = True
+    augmentation: str = "seed"  # "seed" (the report's) or "shift" (acquisition differences)
     class_weight: str | None = None  # None or "balanced"
     validation: str = "patients"  # "patients": split train by patient; "folder": ROOT/val
     validation_fraction: float = 0.1
@@ -83,9 +84,10 @@ def train(
     PNEUMONIA}``) into the run folder ``out`` and return a :class:`TrainingResult`.
 
     ``settings`` are the fields of :class:`TrainingConfig`; the defaults reproduce the seed's
-    TO-BE recipe: ``architecture="seed-to-be"`` (or ``"seed-as-is"``), ``epochs=50``,
-    ``batch_size=16``, ``learning_rate=None`` (the optimizer's default), ``input_size=150``,
-    ``channels=3``, ``augment=True``, ``class_weight=None`` (or ``"balanced"``),
+    TO-BE recipe: ``architecture="seed-to-be"`` (or ``"seed-as-is"``, ``"small-bn"``),
+    ``epochs=50``, ``batch_size=16``, ``learning_rate=None`` (the optimizer's default),
+    ``input_size=150``, ``channels=3``, ``augment=True``, ``augmentation="seed"`` (or
+    ``"shift"``), ``class_weight=None`` (or ``"balanced"``),
     ``validation="patients"`` (or ``"folder"`` for ``ROOT/val``), ``validation_fraction=0.1``,
     ``early_stopping=None`` (a patience in epochs), ``seed=0``, ``threshold=0.5`` (or
     ``"sensitivity"``), ``target_sensitivity=0.95``, ``calibrate=True``,
@@ -104,13 +106,16 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
 
     from pneumocnn.training import export
     from pneumocnn.training.architectures import get_architecture, make_optimizer
-    from pneumocnn.training.pipeline import SEED_AUGMENTATION, decode_all, make_dataset
+    from pneumocnn.training.pipeline import AUGMENTATIONS, decode_all, make_dataset
 
     config = _start_run(run_dir, config, resume)
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "cache"):
         remove_temporaries(folder)  # left by a killed run; this run holds the folder's lock
     spec = config.preprocessing()
     architecture = get_architecture(config.architecture)
+    if config.augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {sorted(AUGMENTATIONS)}, "
+                         f"got {config.augmentation!r}")
     train_images, val_images = _split(data, config)
     if not (run_dir / "config.json").exists():
         write_text(run_dir / "config.json", json.dumps(asdict(config), indent=1))
@@ -140,7 +145,7 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
         started = time.monotonic()
         fit = model.fit(
             make_dataset(train_data, spec, config.batch_size, one_hot=one_hot,
-                         augmentation=SEED_AUGMENTATION if config.augment else None,
+                         augmentation=AUGMENTATIONS[config.augmentation] if config.augment else None,
                          seed=config.seed, epoch=epoch),
             validation_data=val_dataset,
             initial_epoch=epoch,
