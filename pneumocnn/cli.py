@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=".tflite or .keras model file")
     p.add_argument("folder", help="folder with one subfolder per class (NORMAL, PNEUMONIA)")
     p.add_argument("--threshold", type=float, help="override the model's decision threshold")
-    p.add_argument("--out", help="write metrics.json, predictions.csv, roc.png, confusion.png")
+    p.add_argument("--out", help="write metrics.json, predictions.csv and roc, confusion and "
+                                 "reliability PNGs")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(run=_evaluate)
 

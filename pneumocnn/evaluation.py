@@ -52,7 +52,8 @@ def evaluate(
     """Score ``model`` (a :class:`Model` or a model file path) on ``folder/{NORMAL,PNEUMONIA}``.
 
     Returns an :class:`Evaluation`; unreadable images are listed, not scored. With ``out``,
-    writes ``metrics.json``, ``predictions.csv``, ``roc.png`` and ``confusion.png`` there.
+    writes ``metrics.json``, ``predictions.csv``, ``roc.png``, ``confusion.png`` and
+    ``reliability.png`` there.
     """
     if not isinstance(model, Model):
         model = load(model)
@@ -77,7 +78,7 @@ def evaluate(
 
 
 def _write(result: Evaluation, labels, probabilities, out: Path, names) -> None:
-    from pneumocnn.plots import plot_confusion, plot_roc
+    from pneumocnn.plots import plot_confusion, plot_reliability, plot_roc
 
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "metrics.json", json.dumps(result.metrics, indent=1))
@@ -91,3 +92,4 @@ def _write(result: Evaluation, labels, probabilities, out: Path, names) -> None:
     fpr, tpr = roc_curve(labels, probabilities)
     plot_roc(fpr, tpr, result.metrics["roc_auc"], out / "roc.png")
     plot_confusion(result.metrics["confusion"], names, out / "confusion.png")
+    plot_reliability(labels, probabilities, out / "reliability.png")

@@ -68,3 +68,26 @@ def plot_confusion(confusion: list[list[int]], labels: tuple[str, str], path: st
     axis.set_xticks([0, 1], [f"called {name}" for name in labels])
     axis.set_yticks([0, 1], list(labels))
     _save(figure, Path(path))
+
+
+def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: str | Path,
+                     bins: int = 10) -> None:
+    """The reliability diagram: observed positive rate against mean predicted probability in
+    ``bins`` equal-width bins (point size: images in the bin), with the diagonal, as a PNG."""
+    plt = _pyplot()
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    filled = [b for b in range(bins) if (which == b).any()]
+    predicted = [p[which == b].mean() for b in filled]
+    observed = [y[which == b].mean() for b in filled]
+    counts = np.array([(which == b).sum() for b in filled])
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    axis.plot(predicted, observed, color="tab:blue")
+    axis.scatter(predicted, observed, s=20 + 200 * counts / counts.max(), color="tab:blue")
+    axis.set_xlabel("mean predicted probability")
+    axis.set_ylabel("observed fraction positive")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    _save(figure, Path(path))

@@ -71,7 +71,7 @@ def test_evaluate_writes_metrics_and_figures(tiny_run, tiny_data, tmp_path, caps
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n"] == 48 and sum(map(sum, metrics["confusion"])) == 48
-    for name in ("metrics.json", "predictions.csv", "roc.png", "confusion.png"):
+    for name in ("metrics.json", "predictions.csv", "roc.png", "confusion.png", "reliability.png"):
         assert (out / name).stat().st_size > 0
 
 

@@ -24,7 +24,7 @@ from pneumocnn.errors import DatasetError
 def test_run_folder_holds_every_artifact(tiny_run):
     run = tiny_run.run_dir
     for name in ("model.keras", "history.csv", "curves.png", "metrics.json", "report.md",
-                 "config.json"):
+                 "config.json", "reliability.png"):
         assert (run / name).stat().st_size > 0, name
     assert set(tiny_run.tflite_models) == {"float32", "float16", "dynamic-int8", "int8"}
     assert len(tiny_run.history) == 2

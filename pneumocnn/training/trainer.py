@@ -104,6 +104,7 @@ def train(
 def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verbose) -> TrainingResult:
     import keras
 
+    from pneumocnn.plots import plot_reliability
     from pneumocnn.training import export
     from pneumocnn.training.architectures import get_architecture, make_optimizer
     from pneumocnn.training.pipeline import AUGMENTATIONS, decode_all, make_dataset
@@ -171,6 +172,8 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     tflite_paths = export.export_tflite(model, description, run_dir, representative)
     metrics["tflite"] = _score_tflite(tflite_paths, val_data)
     _write_reports(run_dir, config, description, metrics, history, val_images, train_images)
+    plot_reliability(val_data.labels, description.calibrate(probabilities),
+                     run_dir / "reliability.png")
     return TrainingResult(run_dir, keras_path, tflite_paths, metrics, history)
 
 
