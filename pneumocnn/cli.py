@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", choices=("patients", "folder"), default="patients")
     p.add_argument("--validation-fraction", type=float, default=0.1)
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    p.add_argument("--keep-best", action="store_true",
+                   help="export the epoch with the lowest validation loss, not the last")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", default="0.5",
                    help="decision threshold, or 'sensitivity' for --target-sensitivity")
@@ -234,7 +236,8 @@ def _train(args) -> int:
         learning_rate=args.learning_rate, input_size=args.input_size, channels=args.channels,
         augment=args.augment, augmentation=args.augmentation, class_weight=args.class_weight,
         validation=args.validation, validation_fraction=args.validation_fraction,
-        early_stopping=args.early_stopping, seed=args.seed, threshold=threshold,
+        early_stopping=args.early_stopping, keep_best=args.keep_best, seed=args.seed,
+        threshold=threshold,
         target_sensitivity=args.target_sensitivity, calibrate=args.calibrate,
     )
     print((result.run_dir / "report.md").read_text())

@@ -202,3 +202,19 @@ def test_shift_augmentation_is_deterministic_and_in_range():
     assert np.array_equal(first, again) and not np.allclose(first, other)
     assert first.min() >= 0.0 and first.max() <= 1.0
     assert not np.allclose(first, _augment(images, SEED_AUGMENTATION, seed).numpy())
+
+
+def test_keep_best_exports_the_epoch_with_the_lowest_validation_loss(tiny_data, tmp_path):
+    import keras
+
+    settings = {**TINY_SETTINGS, "epochs": 3, "keep_best": True}
+    result = pneumocnn.train(tiny_data, tmp_path / "best", **settings)
+    losses = [row["val_loss"] for row in result.history]
+    best_epoch = int(np.argmin(losses)) + 1
+    described = read_from_tflite(result.tflite_models["int8"].read_bytes(), "int8")
+    assert described.info["provenance"]["exported_epoch"] == best_epoch
+    assert f"exported epoch: {best_epoch} (lowest validation loss)" in (
+        result.run_dir / "report.md").read_text()
+    best = keras.saving.load_model(result.run_dir / "checkpoints" / "best.keras").get_weights()
+    for a, b in zip(best, keras.saving.load_model(result.keras_model).get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

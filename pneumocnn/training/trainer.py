@@ -50,6 +50,7 @@ class TrainingConfig:
     validation: str = "patients"  # "patients": split train by patient; "folder": ROOT/val
     validation_fraction: float = 0.1
     early_stopping: int | None = None  # patience in epochs on validation loss
+    keep_best: bool = False  # export the epoch of lowest validation loss, not the last one
     seed: int = 0
     threshold: float | str = 0.5  # a probability, or "sensitivity" for the target below
     target_sensitivity: float = 0.95
@@ -89,7 +90,8 @@ def train(
     ``input_size=150``, ``channels=3``, ``augment=True``, ``augmentation="seed"`` (or
     ``"shift"``), ``class_weight=None`` (or ``"balanced"``),
     ``validation="patients"`` (or ``"folder"`` for ``ROOT/val``), ``validation_fraction=0.1``,
-    ``early_stopping=None`` (a patience in epochs), ``seed=0``, ``threshold=0.5`` (or
+    ``early_stopping=None`` (a patience in epochs), ``keep_best=False`` (export the epoch
+    of lowest validation loss instead of the last), ``seed=0``, ``threshold=0.5`` (or
     ``"sensitivity"``), ``target_sensitivity=0.95``, ``calibrate=True``,
     ``representative_images=300``. ``resume=True`` continues an interrupted run in ``out``
     from its last complete checkpoint, with the settings saved there. ``verbose`` is Keras's:
@@ -158,7 +160,12 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
         row = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in fit.history.items()},
                "seconds": round(time.monotonic() - started, 2)}
         history.append(row)
-        checkpoints.save(model, history)
+        checkpoints.save(model, history,
+                         best=config.keep_best and _best_row(history) is row)
+
+    if config.keep_best and history:
+        model = keras.saving.load_model(checkpoints.best)
+        log.info("exporting epoch %d, the lowest validation loss", _best_row(history)["epoch"])
 
     probabilities = _positive_probability(model.predict(val_dataset, verbose=0))
     description, metrics = _describe(config, spec, architecture.name, val_data.labels,
@@ -214,11 +221,15 @@ class _Checkpoints:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def save(self, model, history: list[dict]) -> None:
+    def save(self, model, history: list[dict], best: bool = False) -> None:
+        """Checkpoint the epoch that ends ``history``; with ``best``, also as ``best.keras``
+        (written before ``state.json``, so the state never names an epoch not saved)."""
         from pneumocnn.training.export import save_keras
 
         self.folder.mkdir(parents=True, exist_ok=True)
         save_keras(model, ModelDescription(), self._path(len(history)))
+        if best:
+            save_keras(model, ModelDescription(), self.best)
         write_text(self.folder / "state.json", json.dumps({"history": history}, indent=1))
         for old in sorted(self.folder.glob("epoch-*.keras"))[:-CHECKPOINTS_KEPT]:
             old.unlink()
@@ -241,6 +252,11 @@ class _Checkpoints:
         log.warning("no usable checkpoint in %s; starting over", self.folder)
         return None, []
 
+    @property
+    def best(self) -> Path:
+        """The checkpoint of the epoch with the lowest validation loss (``keep_best`` runs)."""
+        return self.folder / "best.keras"
+
     def _path(self, epochs: int) -> Path:
         return self.folder / f"epoch-{epochs:04d}.keras"
 
@@ -251,6 +267,11 @@ def _reseed_dropout(model, seed: int, epoch: int) -> None:
     states = [v for v in model.variables if v.path.endswith("seed_generator_state")]
     for index, state in enumerate(states):
         state.assign(np.array([seed * 1000 + index, epoch * 1_000_003], dtype=state.dtype))
+
+
+def _best_row(history: list[dict]) -> dict:
+    """The first epoch with the lowest validation loss."""
+    return min(history, key=lambda row: row["val_loss"])
 
 
 def _should_stop(history: list[dict], patience: int | None) -> bool:
@@ -311,6 +332,8 @@ def _describe(config, spec, architecture, labels, raw, train_data, val_data, his
                 "validation_images": val_data.labels.size,
                 "validation_counts": np.bincount(val_data.labels, minlength=2).tolist(),
                 "epochs": len(history),
+                "exported_epoch": _best_row(history)["epoch"] if config.keep_best and history
+                else len(history),
                 "config": asdict(config),
                 "versions": {"pneumocnn": __version__, "tensorflow": tf.__version__,
                              "keras": keras.__version__, "numpy": np.__version__,
@@ -360,6 +383,8 @@ def _report_text(config, description, metrics, history, val_images, train_images
         f"seed {config.seed}): {_summary(val_images)}",
         f"- epochs: {len(history)}; median seconds per epoch: "
         f"{np.median(seconds) if seconds else float('nan'):.1f}",
+        f"- exported epoch: {description.info['provenance']['exported_epoch']}"
+        + (" (lowest validation loss)" if config.keep_best else " (the last)"),
         f"- calibration temperature: {description.temperature:.3f}",
         f"- threshold: {description.threshold:.4f} ({description.info['threshold_source']})",
         "",
