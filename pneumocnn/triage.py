@@ -28,7 +28,7 @@ from pneumocnn.dicom import IDENTIFIERS
 from pneumocnn.errors import PneumocnnError
 from pneumocnn.explain import occlusion, overlay, save_png
 from pneumocnn.model import Model, expand_inputs, load
-from pneumocnn.preprocessing import load_gray
+from pneumocnn.preprocessing import load_gray, load_pixels
 
 COLUMNS = ["probability", "label", "threshold", "file", *IDENTIFIERS, "error"]
 THUMBNAIL = 384
@@ -91,15 +91,18 @@ def _score(model: Model, item, name: str, images: Path, heatmaps: bool) -> dict[
     row = dict.fromkeys(COLUMNS, "")
     row["file"] = name
     try:
-        prediction = model.predict(item)
+        # Decode twice, not once per use: the model's pixels exactly as predict(path) makes
+        # them, and the full-size image for display.
+        pixels = load_pixels(item, model.description.preprocessing, name)
         gray = load_gray(item, name)
+        prediction = model.predict(pixels)
         row.update(_identifiers(item))
         stem = _stem(name)
         thumbnail = gray.copy()
         thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
         save_png(thumbnail, images / f"{stem}-xray.png")
         if heatmaps:
-            save_png(overlay(item, occlusion(model, item)), images / f"{stem}-heatmap.png")
+            save_png(overlay(gray, occlusion(model, pixels)), images / f"{stem}-heatmap.png")
     except PneumocnnError as error:
         row["error"] = getattr(error, "reason", str(error))
         return row

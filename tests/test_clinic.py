@@ -147,6 +147,9 @@ def test_triage_worklist_sorted_resumable_with_errors_apart(tiny_run, tmp_path):
     assert len(scored) == 7 and [r["file"] for r in rows if r["error"]] == [str(scans / "broken.jpeg")]
     probabilities = [float(r["probability"]) for r in scored]
     assert probabilities == sorted(probabilities, reverse=True)
+    first_jpeg = next(r for r in scored if r["file"].endswith(".jpeg"))
+    assert float(first_jpeg["probability"]) == pytest.approx(
+        model.predict(first_jpeg["file"]).probability, abs=1e-6)  # the answer predict gives
     assert rows[-1]["error"]
     dicom_row = next(r for r in rows if r["file"].endswith("study.dcm"))
     assert dicom_row["PatientID"] == "P123" and dicom_row["AccessionNumber"] == "A9"
