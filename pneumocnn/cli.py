@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pneumocnn.errors import PneumocnnError
+from pneumocnn.training.trainer import TrainingConfig
 
 OK, SOME_FAILED, USAGE = 0, 1, 2
 
@@ -92,29 +93,48 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_info)
 
     p = commands.add_parser("train", help="train a model on a labelled folder (needs [train])")
+    defaults = TrainingConfig()
     p.add_argument("data", help="ROOT/{train,val,test}/{NORMAL,PNEUMONIA} or ROOT/{NORMAL,...}")
     p.add_argument("--out", default="runs/pneumocnn", help="run folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--architecture", default="seed-to-be",
+    p.add_argument("--architecture", default=defaults.architecture,
                    choices=("seed-to-be", "seed-as-is", "small-bn"))
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--input-size", type=int, default=150)
-    p.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    p.add_argument("--output", choices=("sigmoid", "softmax"),
+                   help="classifier head (default: the architecture's)")
+    p.add_argument("--loss", choices=("binary_crossentropy", "categorical_crossentropy"),
+                   help="default: the architecture's")
+    p.add_argument("--optimizer", help="Keras optimizer name, e.g. adam, rmsprop "
+                   "(default: the architecture's)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--input-size", type=int, default=defaults.input_size)
+    p.add_argument("--channels", type=int, default=defaults.channels, choices=(1, 3))
+    p.add_argument("--normalize", default=defaults.normalize,
+                   choices=("none", "equalize", "autocontrast"),
+                   help="intensity normalisation, stored in the model file "
+                   "(default: %(default)s)")
     p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--augmentation", default="seed", choices=("seed", "shift"),
-                   help="seed: the report's shear/zoom/flip; shift: acquisition differences")
-    p.add_argument("--class-weight", choices=("balanced",))
-    p.add_argument("--validation", choices=("patients", "folder"), default="patients")
-    p.add_argument("--validation-fraction", type=float, default=0.1)
-    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
-    p.add_argument("--keep-best", action="store_true",
-                   help="export the epoch with the lowest validation loss, not the last")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threshold", default="0.5",
-                   help="decision threshold, or 'sensitivity' for --target-sensitivity")
-    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument("--augmentation", default=defaults.augmentation, choices=("seed", "shift", "shift-flip"),
+                   help="seed: the report's shear/zoom/flip; shift: acquisition differences; "
+                   "shift-flip: shift plus horizontal flip "
+                   "(default: %(default)s)")
+    p.add_argument("--class-weight", choices=("balanced",), default=defaults.class_weight)
+    p.add_argument("--validation", choices=("patients", "folder"), default=defaults.validation)
+    p.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
+    p.add_argument("--fold", type=int, help="validate on this patient fold of --folds "
+                   "(instead of --validation-fraction)")
+    p.add_argument("--folds", type=int, default=defaults.folds)
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   default=defaults.early_stopping)
+    p.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=defaults.keep_best,
+                   help="export the epoch with the lowest validation loss, not the last "
+                   "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--threshold", default=str(defaults.threshold),
+                   help="decision threshold, or 'sensitivity' for --target-sensitivity "
+                   "(default: %(default)s)")
+    p.add_argument("--target-sensitivity", type=float, default=defaults.target_sensitivity)
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false")
     p.set_defaults(run=_train)
 
@@ -232,10 +252,12 @@ def _train(args) -> int:
     threshold = args.threshold if args.threshold == "sensitivity" else float(args.threshold)
     result = train(
         args.data, args.out, resume=args.resume, verbose=2,
-        architecture=args.architecture, epochs=args.epochs, batch_size=args.batch_size,
+        architecture=args.architecture, output=args.output, loss=args.loss,
+        optimizer=args.optimizer, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, input_size=args.input_size, channels=args.channels,
-        augment=args.augment, augmentation=args.augmentation, class_weight=args.class_weight,
-        validation=args.validation, validation_fraction=args.validation_fraction,
+        normalize=args.normalize, augment=args.augment, augmentation=args.augmentation,
+        class_weight=args.class_weight, validation=args.validation,
+        validation_fraction=args.validation_fraction, fold=args.fold, folds=args.folds,
         early_stopping=args.early_stopping, keep_best=args.keep_best, seed=args.seed,
         threshold=threshold,
         target_sensitivity=args.target_sensitivity, calibrate=args.calibrate,

@@ -148,6 +148,35 @@ def split_by_patient(
     )
 
 
+def patient_folds(images: LabelledImages, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Assign every image to one of ``folds`` patient-level folds: returns the fold index
+    (0 to ``folds - 1``) of each image. Each patient (and each byte-identical file) lies in one
+    fold; within each class, patients are dealt in a ``seed``-shuffled order to the fold that
+    holds the fewest images of that class, so folds are near-equal in size and class mix."""
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    groups = _patient_groups(images)
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    for label in (0, 1):
+        sizes: dict[str, int] = defaultdict(int)
+        for i in np.flatnonzero(images.labels == label):
+            sizes[groups[i]] += 1
+        order = sorted(sizes)
+        rng.shuffle(order)
+        filled = np.zeros(folds, dtype=np.int64)
+        for group, fold in fold_of.items():  # mixed-class groups already placed
+            filled[fold] += sizes.get(group, 0)
+        for group in order:
+            if group not in fold_of:
+                fold_of[group] = int(np.argmin(filled))
+                filled[fold_of[group]] += sizes[group]
+    assignment = np.array([fold_of[group] for group in groups], dtype=np.int64)
+    if len(np.unique(assignment)) < folds:
+        raise DatasetError(f"too few patients for {folds} folds")
+    return assignment
+
+
 def _patient_groups(images: LabelledImages) -> list[str]:
     """Patient id per image, with patients that share a byte-identical file merged."""
     parent: dict[str, str] = {}

@@ -6,7 +6,10 @@ An input (file path, bytes, binary file, PIL image or numpy array) becomes:
    twice the model input size (Pillow's draft mode); EXIF orientation is applied; colour,
    palette, CMYK and alpha images are converted to luminance; 16-bit images are scaled by
    their bit depth;
-2. ``pixels``: that image resized to the model input (bilinear, antialiased), uint8 ``(H, W)``;
+2. ``pixels``: that image resized to the model input (bilinear, antialiased), uint8 ``(H, W)``,
+   then, if the model asks for it, intensity-normalised: ``"equalize"`` (histogram
+   equalisation) or ``"autocontrast"`` (stretch the 1st-99th percentile to 0-255), so that
+   exposures and contrast curves of different machines look alike;
 3. the model input: ``pixels * scale`` as float32, repeated to the model's channel count.
 
 Training caches step 2 and applies step 3 in the TensorFlow graph with the same arithmetic;
@@ -34,6 +37,11 @@ from pneumocnn.errors import InputError
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+_NORMALIZATIONS = {
+    "none": lambda image: image,
+    "equalize": ImageOps.equalize,
+    "autocontrast": lambda image: ImageOps.autocontrast(image, cutoff=1),
+}
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 # Only these decoders ever see an input: no PostScript (Ghostscript), PDF or other exotic formats.
 FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP", "JPEG2000", "PPM")
@@ -41,13 +49,15 @@ FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP", "JPEG2000", "PPM")
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an X-ray becomes a model input: size, channels, resampling and scale."""
+    """How an X-ray becomes a model input: size, channels, resampling, intensity
+    normalisation and scale."""
 
     height: int = 150
     width: int = 150
     channels: int = 3
     resize: str = "bilinear"
     scale: float = 1.0 / 255.0
+    normalize: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "channels"):
@@ -63,6 +73,9 @@ class Preprocessing:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.resize not in _RESAMPLING:
             raise ValueError(f"resize must be one of {sorted(_RESAMPLING)}, got {self.resize!r}")
+        if self.normalize not in _NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {sorted(_NORMALIZATIONS)}, "
+                             f"got {self.normalize!r}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -103,14 +116,15 @@ def preprocess(source: ImageInput, spec: Preprocessing, name: str | None = None)
 
 
 def load_pixels(source: ImageInput, spec: Preprocessing, name: str | None = None) -> np.ndarray:
-    """Decode one input and resize it to the model input: uint8 ``(height, width)``.
+    """Decode one input, resize it to the model input and normalise its intensities as
+    ``spec`` says: uint8 ``(height, width)``.
 
     Raises :class:`~pneumocnn.errors.InputError` naming the input when it cannot be used.
     """
     name = name or describe(source)
     gray = _to_gray(source, spec, name)
     resized = gray.resize((spec.width, spec.height), _RESAMPLING[spec.resize])
-    return np.asarray(resized, dtype=np.uint8)
+    return np.asarray(_NORMALIZATIONS[spec.normalize](resized), dtype=np.uint8)
 
 
 def to_model_input(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:

@@ -14,14 +14,22 @@ class Architecture:
     """A named model recipe: how to build it and how the seed compiled it."""
 
     name: str
-    build: Callable[[tuple[int, int, int]], keras.Model]
+    build: Callable[[tuple[int, int, int], int], keras.Model]  # (input shape, outputs)
     loss: str
     optimizer: str
     outputs: int  # 1: sigmoid probability of the positive class; 2: softmax over both classes
 
 
-def seed_to_be(input_shape: tuple[int, int, int]) -> keras.Model:
-    """The seed's final (TO-BE) CNN: four same-padded 3x3 conv blocks, Dense 128, sigmoid."""
+def output_layer(outputs: int) -> layers.Dense:
+    """The classifier head: one sigmoid unit, or a softmax over two classes."""
+    if outputs not in (1, 2):
+        raise ValueError(f"outputs must be 1 (sigmoid) or 2 (softmax), got {outputs}")
+    return layers.Dense(outputs, activation="sigmoid" if outputs == 1 else "softmax")
+
+
+def seed_to_be(input_shape: tuple[int, int, int], outputs: int = 1) -> keras.Model:
+    """The seed's final (TO-BE) CNN: four same-padded 3x3 conv blocks, Dense 128, then
+    (by default) one sigmoid unit."""
     return keras.Sequential(
         [
             keras.Input(input_shape),
@@ -37,14 +45,15 @@ def seed_to_be(input_shape: tuple[int, int, int]) -> keras.Model:
             layers.Flatten(),
             layers.Dense(128, activation="relu"),
             layers.Dropout(0.5),
-            layers.Dense(1, activation="sigmoid"),
+            output_layer(outputs),
         ],
         name="seed_to_be",
     )
 
 
-def seed_as_is(input_shape: tuple[int, int, int]) -> keras.Model:
-    """The seed's starting (AS-IS) CNN: three valid-padded conv blocks, Dense 64, softmax."""
+def seed_as_is(input_shape: tuple[int, int, int], outputs: int = 2) -> keras.Model:
+    """The seed's starting (AS-IS) CNN: three valid-padded conv blocks, Dense 64, then
+    (by default) a two-class softmax."""
     return keras.Sequential(
         [
             keras.Input(input_shape),
@@ -59,15 +68,15 @@ def seed_as_is(input_shape: tuple[int, int, int]) -> keras.Model:
             layers.Flatten(),
             layers.Dense(64, activation="relu"),
             layers.Dropout(0.5),
-            layers.Dense(2, activation="softmax"),
+            output_layer(outputs),
         ],
         name="seed_as_is",
     )
 
 
-def small_bn(input_shape: tuple[int, int, int]) -> keras.Model:
+def small_bn(input_shape: tuple[int, int, int], outputs: int = 1) -> keras.Model:
     """A small CNN in the seed's compute budget: five 3x3 conv + batch-norm blocks (16 to 128
-    filters) with 2x2 max-pooling, global average pooling, Dropout 0.3, sigmoid."""
+    filters) with 2x2 max-pooling, global average pooling, Dropout 0.3, (by default) one sigmoid unit."""
     blocks = []
     for filters in (16, 32, 64, 128, 128):
         blocks += [
@@ -78,7 +87,7 @@ def small_bn(input_shape: tuple[int, int, int]) -> keras.Model:
         ]
     return keras.Sequential(
         [keras.Input(input_shape), *blocks, layers.GlobalAveragePooling2D(),
-         layers.Dropout(0.3), layers.Dense(1, activation="sigmoid")],
+         layers.Dropout(0.3), output_layer(outputs)],
         name="small_bn",
     )
 

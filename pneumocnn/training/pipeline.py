@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,11 @@ SEED_AUGMENTATION = Augmentation()
 SHIFT_AUGMENTATION = Augmentation(shear_degrees=2.0, zoom=0.15, horizontal_flip=False,
                                   rotation_degrees=10.0, translate=0.08, brightness=0.1,
                                   contrast=0.25, gamma=0.3, noise=0.02)
-AUGMENTATIONS = {"seed": SEED_AUGMENTATION, "shift": SHIFT_AUGMENTATION}
+AUGMENTATIONS = {
+    "seed": SEED_AUGMENTATION,
+    "shift": SHIFT_AUGMENTATION,
+    "shift-flip": replace(SHIFT_AUGMENTATION, horizontal_flip=True),  # for the flip study
+}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 
 from pneumocnn import __version__
 from pneumocnn._files import exclusive_lock, remove_temporaries, write_text
-from pneumocnn.datasets import LabelledImages, find_splits, split_by_patient
+from pneumocnn.datasets import LabelledImages, find_splits, patient_folds, split_by_patient
 from pneumocnn.description import ModelDescription
 from pneumocnn.errors import DatasetError
 from pneumocnn.metrics import binary_metrics, fit_temperature, threshold_for_sensitivity
@@ -39,16 +39,22 @@ class TrainingConfig:
     """Every setting of a run; saved as ``config.json`` and reused by ``resume``."""
 
     architecture: str = "seed-to-be"
+    output: str | None = None  # "sigmoid" or "softmax"; None: the architecture's own
+    loss: str | None = None  # "binary_crossentropy", "categorical_crossentropy"; None: as above
+    optimizer: str | None = None  # a Keras optimizer name ("adam", "rmsprop"); None: as above
     epochs: int = 50
     batch_size: int = 16
     learning_rate: float | None = None
     input_size: int = 150
     channels: int = 3
+    normalize: str = "none"  # intensity normalisation, see pneumocnn.preprocessing.Preprocessing
     augment: bool = True
     augmentation: str = "seed"  # "seed" (the report's) or "shift" (acquisition differences)
     class_weight: str | None = None  # None or "balanced"
     validation: str = "patients"  # "patients": split train by patient; "folder": ROOT/val
     validation_fraction: float = 0.1
+    fold: int | None = None  # with validation="patients": validate on this patient fold ...
+    folds: int = 5  # ... of this many (see pneumocnn.datasets.patient_folds)
     early_stopping: int | None = None  # patience in epochs on validation loss
     keep_best: bool = False  # export the epoch of lowest validation loss, not the last one
     seed: int = 0
@@ -59,7 +65,15 @@ class TrainingConfig:
 
     def preprocessing(self) -> Preprocessing:
         """The preprocessing every model file of this run declares."""
-        return Preprocessing(height=self.input_size, width=self.input_size, channels=self.channels)
+        return Preprocessing(height=self.input_size, width=self.input_size, channels=self.channels,
+                             normalize=self.normalize)
+
+    def compile_settings(self, architecture) -> tuple[int, str, str]:
+        """``(outputs, loss, optimizer)``: the architecture's own unless overridden here."""
+        outputs = {None: architecture.outputs, "sigmoid": 1, "softmax": 2}.get(self.output)
+        if outputs is None:
+            raise ValueError(f"output must be 'sigmoid' or 'softmax', got {self.output!r}")
+        return (outputs, self.loss or architecture.loss, self.optimizer or architecture.optimizer)
 
 
 @dataclass
@@ -125,17 +139,18 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     log.info("train: %s; validation: %s", _summary(train_images), _summary(val_images))
     train_data = decode_all(train_images, spec, run_dir / "cache")
     val_data = decode_all(val_images, spec, run_dir / "cache")
-    one_hot = architecture.outputs == 2
+    outputs, loss, optimizer = config.compile_settings(architecture)
+    one_hot = outputs == 2
     val_dataset = make_dataset(val_data, spec, config.batch_size, one_hot=one_hot)
 
     keras.utils.set_random_seed(config.seed)  # also seeds tf.data's shuffle: set on resume too
     checkpoints = _Checkpoints(run_dir / "checkpoints")
     model, history = checkpoints.restore(keras)
     if model is None:
-        model = architecture.build(spec.input_shape)
+        model = architecture.build(spec.input_shape, outputs)
         model.compile(
-            optimizer=make_optimizer(architecture.optimizer, config.learning_rate),
-            loss=architecture.loss,
+            optimizer=make_optimizer(optimizer, config.learning_rate),
+            loss=loss,
             metrics=["accuracy"],
         )
     class_weight = _class_weight(train_data.labels) if config.class_weight == "balanced" else None
@@ -201,6 +216,12 @@ def _start_run(run_dir: Path, config: TrainingConfig, resume: bool) -> TrainingC
 
 def _split(root: Path, config: TrainingConfig) -> tuple[LabelledImages, LabelledImages]:
     splits = find_splits(root)
+    if config.validation == "patients" and config.fold is not None:
+        if not 0 <= config.fold < config.folds:
+            raise ValueError(f"fold must lie in [0, {config.folds}), got {config.fold}")
+        in_fold = patient_folds(splits["train"], config.folds, config.seed) == config.fold
+        return (splits["train"].subset(np.flatnonzero(~in_fold)),
+                splits["train"].subset(np.flatnonzero(in_fold)))
     if config.validation == "patients":
         return split_by_patient(splits["train"], config.validation_fraction, config.seed)
     if config.validation == "folder":

@@ -1,0 +1,117 @@
+"""Score a training run's int8 model on its validation images as they are and under simulated
+acquisition shifts, and on the official ``val`` folder.
+
+The hold-out this project is judged on was acquired apart from the training images, and models
+selected on splits of train over-call pneumonia there. No image here comes from elsewhere, so
+the study imitates what differs between machines and sites — exposure (gamma), contrast,
+sharpness, noise, compression, field of view, collimation borders — and measures how far each
+model's specificity and ROC AUC fall. The shifts are deterministic, applied to the decoded
+grayscale image before the model's own preprocessing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+import pneumocnn
+from pneumocnn.datasets import LabelledImages, find_splits, patient_folds, split_by_patient
+from pneumocnn.metrics import binary_metrics
+from pneumocnn.preprocessing import load_gray
+
+
+def _gamma(exponent: float) -> Callable[[Image.Image], Image.Image]:
+    table = [round(255 * (v / 255) ** exponent) for v in range(256)]
+    return lambda image: image.point(table)
+
+
+def _contrast(factor: float) -> Callable[[Image.Image], Image.Image]:
+    def apply(image: Image.Image) -> Image.Image:
+        pixels = np.asarray(image, dtype=np.float32)
+        mean = pixels.mean()
+        return Image.fromarray(np.clip(mean + factor * (pixels - mean), 0, 255).astype(np.uint8))
+    return apply
+
+
+def _noise(image: Image.Image) -> Image.Image:
+    rng = np.random.default_rng(np.asarray(image).sum() % 2**32)
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 8, image.size[::-1])
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _jpeg(image: Image.Image) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=20)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def _zoom(image: Image.Image) -> Image.Image:
+    w, h = image.size
+    return image.crop((w // 12, h // 12, w - w // 12, h - h // 12))
+
+
+def _border(image: Image.Image) -> Image.Image:
+    w, h = image.size
+    return ImageOps.expand(image.resize((w * 9 // 10, h * 9 // 10)), (w // 20, h // 20), fill=0)
+
+
+SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "gamma 0.6 (brighter)": _gamma(0.6),
+    "gamma 1.6 (darker)": _gamma(1.6),
+    "contrast x0.6": _contrast(0.6),
+    "contrast x1.4": _contrast(1.4),
+    "blur r=1.5": lambda image: image.filter(ImageFilter.GaussianBlur(1.5)),
+    "noise sd=8": _noise,
+    "JPEG quality 20": _jpeg,
+    "zoom in 1.2x": _zoom,
+    "black border 5%": _border,
+}
+
+
+def validation_images(config: dict, data: Path) -> LabelledImages:
+    """The validation images of a run with training settings ``config`` (its config.json)."""
+    splits = find_splits(data)
+    if config.get("validation") == "folder":
+        return splits["val"]
+    if config.get("fold") is not None:
+        in_fold = patient_folds(splits["train"], config["folds"], config["seed"]) == config["fold"]
+        return splits["train"].subset(np.flatnonzero(in_fold))
+    return split_by_patient(splits["train"], config["validation_fraction"], config["seed"])[1]
+
+
+def _scores(model, labels: np.ndarray, inputs: list) -> dict:
+    probabilities = np.array([r.probability for r in model.predict(inputs)])
+    return {"at_model_threshold": binary_metrics(labels, probabilities, model.threshold),
+            "at_0.5": binary_metrics(labels, probabilities, 0.5)}
+
+
+def score_model(run: Path, data: Path) -> dict:
+    """Scores of ``run``'s int8 model: ``validation``, ``shifts`` (one entry per shift) and
+    ``official_val``; also the run's Keras figures and settings from its own files."""
+    config = json.loads((run / "config.json").read_text())
+    model = pneumocnn.load(run / "model-int8.tflite")
+    images = validation_images(config, data)
+    grays = [load_gray(path) for path in images.paths]
+    official = find_splits(data)["val"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    seconds = [float(row["seconds"]) for row in csv.DictReader(io.StringIO(
+        (run / "history.csv").read_text()))]
+    return {
+        "config": config,
+        "threshold": model.threshold,
+        "temperature": model.description.temperature,
+        "exported_epoch": model.description.info["provenance"].get("exported_epoch"),
+        "epochs_trained": len(seconds),
+        "training_seconds": round(sum(seconds)),
+        "keras_validation": metrics["validation"],
+        "validation": _scores(model, images.labels, grays),
+        "shifts": {name: _scores(model, images.labels, [shift(g) for g in grays])
+                   for name, shift in SHIFTS.items()},
+        "official_val": _scores(model, official.labels, list(official.paths)),
+    }
