@@ -249,19 +249,11 @@ def _info(args) -> int:
 def _train(args) -> int:
     from pneumocnn.training.trainer import train
 
-    threshold = args.threshold if args.threshold == "sensitivity" else float(args.threshold)
-    result = train(
-        args.data, args.out, resume=args.resume, verbose=2,
-        architecture=args.architecture, output=args.output, loss=args.loss,
-        optimizer=args.optimizer, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, input_size=args.input_size, channels=args.channels,
-        normalize=args.normalize, augment=args.augment, augmentation=args.augmentation,
-        class_weight=args.class_weight, validation=args.validation,
-        validation_fraction=args.validation_fraction, fold=args.fold, folds=args.folds,
-        early_stopping=args.early_stopping, keep_best=args.keep_best, seed=args.seed,
-        threshold=threshold,
-        target_sensitivity=args.target_sensitivity, calibrate=args.calibrate,
-    )
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig)
+                if hasattr(args, f.name)}
+    if settings["threshold"] != "sensitivity":
+        settings["threshold"] = float(settings["threshold"])
+    result = train(args.data, args.out, resume=args.resume, verbose=2, **settings)
     print((result.run_dir / "report.md").read_text())
     return OK
 

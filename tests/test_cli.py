@@ -125,3 +125,28 @@ def test_convert_saved_model_folder(tiny_run, tiny_data, tmp_path):
 
     x = preprocess(image, converted.description.preprocessing)[None]
     assert converted._backend.run(x)[0] == pytest.approx(reference._backend.run(x)[0], abs=1e-5)
+
+
+def test_train_options_default_to_the_training_config(monkeypatch, tmp_path):
+    """``pneumocnn train DATA`` trains exactly ``pneumocnn.train(DATA)``; flags reach the run."""
+    import dataclasses
+
+    from pneumocnn.training import trainer
+
+    seen = []
+
+    def fake_train(data, out, resume, verbose, **settings):
+        seen.append(trainer.TrainingConfig(**settings))
+        raise pneumocnn.errors.DatasetError("stop here")
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    assert main(["train", str(tmp_path)]) == 2
+    assert seen[-1] == trainer.TrainingConfig()
+    main(["train", str(tmp_path), "--no-keep-best", "--normalize", "autocontrast", "--fold", "2",
+          "--optimizer", "rmsprop", "--threshold", "sensitivity", "--augmentation", "shift-flip"])
+    changed = {f.name for f in dataclasses.fields(trainer.TrainingConfig)
+               if getattr(seen[-1], f.name) != getattr(trainer.TrainingConfig(), f.name)}
+    assert changed <= {"keep_best", "normalize", "fold", "optimizer", "threshold", "augmentation"}
+    assert (seen[-1].normalize, seen[-1].fold, seen[-1].optimizer, seen[-1].threshold,
+            seen[-1].augmentation) == ("autocontrast", 2, "rmsprop", "sensitivity", "shift-flip")
+    assert seen[-1].keep_best is False

@@ -15,6 +15,7 @@ from pneumocnn.datasets import (
     LabelledImages,
     find_splits,
     index_folder,
+    patient_folds,
     patient_id,
     split_by_patient,
 )
@@ -228,6 +229,41 @@ def test_split_needs_enough_patients(tmp_path):
     )
     with pytest.raises(DatasetError):
         split_by_patient(images, 0.1)
+
+
+def test_patient_folds_on_the_real_train_split(train_index):
+    folds = patient_folds(train_index, 5, seed=0)
+    assert set(folds) == {0, 1, 2, 3, 4}
+    fold_of_patient = defaultdict(set)
+    for patient, fold in zip(train_index.patients(), folds, strict=True):
+        fold_of_patient[patient].add(fold)
+    assert all(len(f) == 1 for f in fold_of_patient.values())
+    for label in (0, 1):  # each fold holds a fifth of each class, within a few images
+        per_fold = np.bincount(folds[train_index.labels == label], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 10, per_fold
+    assert np.array_equal(folds, patient_folds(train_index, 5, seed=0))
+    assert not np.array_equal(folds, patient_folds(train_index, 5, seed=1))
+
+
+def test_patient_folds_keep_byte_identical_files_together(tmp_path):
+    files = _synthetic_files()
+    files["PNEUMONIA/person5_virus_1.jpeg"] = files["NORMAL/IM-0005-0001.jpeg"]
+    images = _write_folder(tmp_path, files)
+    index = {path: i for i, path in enumerate(images.paths)}
+    for seed in range(20):
+        folds = patient_folds(images, 4, seed=seed)
+        assert folds[index[tmp_path / "NORMAL/IM-0005-0001.jpeg"]] == \
+            folds[index[tmp_path / "PNEUMONIA/person5_virus_1.jpeg"]]
+
+
+def test_patient_folds_need_two_folds_and_enough_patients(tmp_path):
+    images = _write_folder(
+        tmp_path, {"NORMAL/IM-0001-0001.jpeg": b"a", "PNEUMONIA/person1_virus_1.jpeg": b"b"}
+    )
+    with pytest.raises(ValueError, match="at least 2"):
+        patient_folds(images, 1)
+    with pytest.raises(DatasetError, match="too few patients for 5 folds"):
+        patient_folds(images, 5)
 
 
 # ---------------------------------------------------------------------------------------------

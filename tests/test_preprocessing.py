@@ -324,10 +324,41 @@ def test_preprocess_bicubic(xray, gray):
 
 
 def test_preprocessing_round_trips_through_its_dictionary():
-    spec = Preprocessing(height=120, width=160, channels=1, resize="bicubic")
+    spec = Preprocessing(height=120, width=160, channels=1, resize="bicubic", normalize="equalize")
     assert Preprocessing.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError):
         Preprocessing(channels=2)
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        Preprocessing(normalize="clahe")
+
+
+def test_description_without_normalize_means_none():
+    """Model files written before intensity normalisation existed keep their meaning."""
+    older = {k: v for k, v in Preprocessing().to_dict().items() if k != "normalize"}
+    assert Preprocessing.from_dict(older).normalize == "none"
+
+
+def _washed_out(gray: np.ndarray) -> np.ndarray:
+    """The same X-ray as a flat, bright exposure from another machine: 120-220 of 0-255."""
+    return (120 + gray.astype(np.float64) * 100 / 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("normalize", ["equalize", "autocontrast"])
+def test_intensity_normalisation_makes_exposures_alike(xray, gray, normalize):
+    spec = Preprocessing(normalize=normalize)
+    plain = load_pixels(gray, Preprocessing())
+    washed = load_pixels(_washed_out(gray), Preprocessing())
+    assert mean_abs_diff(plain, washed) > 40
+    normalized, normalized_washed = load_pixels(gray, spec), load_pixels(_washed_out(gray), spec)
+    assert normalized.min() <= 3 and normalized.max() >= 252  # stretched over the full range
+    assert mean_abs_diff(normalized, normalized_washed) < 6
+    assert np.array_equal(load_pixels(xray, spec), normalized)  # the file and its pixels agree
+
+
+def test_equalize_flattens_the_histogram(gray):
+    pixels = load_pixels(gray, Preprocessing(normalize="equalize"))
+    quartiles = np.percentile(pixels, [25, 50, 75])
+    np.testing.assert_allclose(quartiles, [64, 128, 191], atol=16)
 
 
 # ---------------------------------------------------------------------------------------------

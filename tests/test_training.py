@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_SETTINGS, real_images
+from PIL import Image
 
 import pneumocnn
 from pneumocnn.description import read_from_tflite
@@ -218,3 +219,36 @@ def test_keep_best_exports_the_epoch_with_the_lowest_validation_loss(tiny_data, 
     best = keras.saving.load_model(result.run_dir / "checkpoints" / "best.keras").get_weights()
     for a, b in zip(best, keras.saving.load_model(result.keras_model).get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_fold_normalisation_and_compile_overrides_reach_the_model_file(tiny_data, tmp_path):
+    """Validation on patient fold 1 of 3, histogram equalisation, softmax + binary CE, RMSprop:
+    the run uses them, and the model file makes the runtime equalise too."""
+    from pneumocnn.datasets import index_folder, patient_folds
+
+    settings = {**TINY_SETTINGS, "epochs": 1, "fold": 1, "folds": 3, "normalize": "equalize",
+                "output": "softmax", "loss": "binary_crossentropy", "optimizer": "rmsprop"}
+    result = pneumocnn.train(tiny_data, tmp_path / "fold", **settings)
+    images = index_folder(tiny_data)
+    expected = int((patient_folds(images, 3, seed=0) == 1).sum())
+    assert result.metrics["validation"]["n"] == expected
+    keras_model = pneumocnn.load(result.keras_model)
+    float32 = pneumocnn.load(result.tflite_models["float32"])
+    assert float32.description.preprocessing.normalize == "equalize"
+    assert keras_model.description.info["provenance"]["config"]["optimizer"] == "rmsprop"
+    assert float32.description.info["architecture"] == "seed-to-be"
+    import keras
+
+    saved = keras.saving.load_model(result.keras_model)
+    assert saved.output_shape == (None, 2) and saved.loss == "binary_crossentropy"
+    assert isinstance(saved.optimizer, keras.optimizers.RMSprop)
+    image = real_images("PNEUMONIA", 1, start=300)[0]
+    assert keras_model.predict(image).probability == pytest.approx(
+        float32.predict(image).probability, abs=1e-4)
+    plain = float32.predict(image).probability
+    flat = Image.open(image).convert("L").point(lambda v: 120 + v * 100 // 255)
+    assert float32.predict(flat).probability == pytest.approx(plain, abs=0.05)
+    with pytest.raises(ValueError, match="fold must lie in"):
+        pneumocnn.train(tiny_data, tmp_path / "bad-fold", **{**settings, "fold": 3})
+    with pytest.raises(ValueError, match="output must be"):
+        pneumocnn.train(tiny_data, tmp_path / "bad-output", **{**settings, "output": "tanh"})

@@ -1,0 +1,130 @@
+"""The study's results table: every configuration's scores, mean +- sd over the folds run,
+written as ``results.md`` and ``results.json``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pneumocnn._files import write_text
+
+# SEED.md, "Reported results": one run each, test = the official 624-image test split.
+SEED_REPORTED = {
+    "seed-to-be": "sigmoid + binary CE, Adam: test 0.9311 (val 0.9375 on 16 images)",
+    "seed-softmax-cce": "softmax + categorical CE, Adam: test 0.8622",
+    "seed-softmax-bce": "softmax + binary CE, Adam: test 0.7708",
+    "seed-rmsprop": "sigmoid + binary CE, RMSprop: test 0.8638",
+    "seed-no-augment": "no augmentation (dropout 0.4/0.25/0.5): test 0.8349",
+    "seed-as-is": "AS-IS: test 0.7708",
+}
+
+_COLUMNS = [
+    ("AUC", lambda s: s["validation"]["at_model_threshold"]["roc_auc"]),
+    ("sens", lambda s: s["validation"]["at_model_threshold"]["sensitivity"]),
+    ("spec", lambda s: s["validation"]["at_model_threshold"]["specificity"]),
+    ("acc", lambda s: s["validation"]["at_model_threshold"]["accuracy"]),
+    ("acc@0.5", lambda s: s["validation"]["at_0.5"]["accuracy"]),
+    ("spec@0.5", lambda s: s["validation"]["at_0.5"]["specificity"]),
+    ("ECE", lambda s: s["validation"]["at_model_threshold"]["ece"]),
+    ("shift AUC", lambda s: _mean_shift(s, "roc_auc")),
+    ("shift spec", lambda s: _mean_shift(s, "specificity")),
+    ("worst shift spec", lambda s: min(m["at_model_threshold"]["specificity"]
+                                       for m in s["shifts"].values())),
+    ("val-16 acc", lambda s: s["official_val"]["at_model_threshold"]["accuracy"]),
+]
+
+
+def _mean_shift(scores: dict, metric: str) -> float:
+    return float(np.mean([m["at_model_threshold"][metric] for m in scores["shifts"].values()]))
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def collect(configurations, runs: Path) -> dict[str, list[dict]]:
+    """The scores of every finished fold, by configuration name (configurations with none are
+    left out)."""
+    found = {}
+    for configuration in configurations:
+        scores = [json.loads(path.read_text())
+                  for path in sorted((runs / configuration.name).glob("fold-*/scores.json"))]
+        if scores:
+            found[configuration.name] = scores
+    return found
+
+
+def write_report(configurations, runs: Path, out: Path) -> str:
+    """Write ``out/results.md`` and ``out/results.json`` over the finished runs in ``runs``;
+    return the markdown."""
+    found = collect(configurations, runs)
+    header = "| configuration | group | folds | " + " | ".join(c for c, _ in _COLUMNS) + \
+        " | epochs (exported) | train min |"
+    lines = [
+        "# Accuracy study",
+        "",
+        f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} by "
+        "`python -m benchmarks.study --report` (see `benchmarks/study.py`).",
+        "",
+        "Scores of each run's **int8** TFLite model on its validation fold (5 patient-level folds"
+        " of the official train split; mean ± sd when more than one fold was run), at the "
+        "threshold chosen on that fold for sensitivity >= 0.97 (calibrated probability), and "
+        "at 0.5. *shift*: the same images under nine simulated acquisition shifts "
+        "(`benchmarks/shifts.py`), mean over shifts, and the worst shift's specificity. "
+        "*val-16*: the official 16-image val folder. The validation fold also chose the "
+        "threshold, the temperature and (for keep-best runs) the epoch, so its figures are "
+        "optimistic; the shift and val-16 columns are the robustness check.",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
+    for configuration in configurations:
+        scores = found.get(configuration.name)
+        if not scores:
+            continue
+        cells = [_cell([get(s) for s in scores]) for _, get in _COLUMNS]
+        epochs = "/".join(f"{s['epochs_trained']} ({s['exported_epoch']})" for s in scores)
+        minutes = np.mean([s["training_seconds"] for s in scores]) / 60
+        lines.append(f"| {configuration.name} | {configuration.group} | {len(scores)} | "
+                     + " | ".join(cells) + f" | {epochs} | {minutes:.1f} |")
+    lines += ["", "## Configurations", ""]
+    lines += [f"- **{c.name}**: {c.note}. Settings: `{json.dumps(c.settings)}`"
+              for c in configurations]
+    lines += ["", "## The seed's ablation beside the report's figures", "",
+              "| configuration | here: acc@0.5 | AUC | spec@0.5 | shift spec | seed report |",
+              "|---|---|---|---|---|---|"]
+    for name, reported in SEED_REPORTED.items():
+        scores = found.get(name)
+        if scores:
+            lines.append(
+                f"| {name} | {_cell([s['validation']['at_0.5']['accuracy'] for s in scores])} | "
+                f"{_cell([s['validation']['at_model_threshold']['roc_auc'] for s in scores])} | "
+                f"{_cell([s['validation']['at_0.5']['specificity'] for s in scores])} | "
+                f"{_cell([_mean_shift(s, 'specificity') for s in scores])} | {reported} |")
+    lines += _shift_table(found)
+    markdown = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "results.md", markdown)
+    write_text(out / "results.json", json.dumps(found, indent=1))
+    return markdown
+
+
+def _shift_table(found: dict[str, list[dict]]) -> list[str]:
+    """Specificity per shift (mean over folds) for every configuration."""
+    if not found:
+        return []
+    shifts = list(next(iter(found.values()))[0]["shifts"])
+    lines = ["", "## Specificity under each simulated shift (int8, model threshold)", "",
+             "| configuration | clean | " + " | ".join(shifts) + " |",
+             "|---|---|" + "---|" * len(shifts)]
+    for name, scores in found.items():
+        clean = np.mean([s["validation"]["at_model_threshold"]["specificity"] for s in scores])
+        cells = [np.mean([s["shifts"][k]["at_model_threshold"]["specificity"] for s in scores])
+                 for k in shifts]
+        lines.append(f"| {name} | {clean:.3f} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return lines
