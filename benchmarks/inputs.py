@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import REPO, SHARED_DATA
-from pneumocnn.datasets import LabelledImages, find_splits, index_folder, split_by_patient
+from pneumocnn.datasets import LabelledImages, index_folder
 from pneumocnn.preprocessing import Preprocessing, to_model_input
+from pneumocnn.training.trainer import TrainingConfig, split
 
 CHEST_XRAY = SHARED_DATA / "chest_xray"
 FULL_RESOLUTION = SHARED_DATA / "full_resolution"
@@ -38,15 +39,18 @@ def run_config(run_dir: Path) -> dict:
 
 def run_splits(run_dir: Path, data: Path = CHEST_XRAY) -> RunSplits:
     """Recompute the run's train / validation split of ``data`` from its ``config.json``."""
-    config = run_config(run_dir)
-    splits = find_splits(data)
+    config = TrainingConfig(**run_config(run_dir))
+    train, validation = split(data, config)
     shown = os.path.relpath(data, REPO)
-    if config.get("validation", "patients") == "folder":
-        return RunSplits(splits["train"], splits["val"], f"{shown}/val (the run's validation folder)")
-    fraction, seed = config.get("validation_fraction", 0.1), config.get("seed", 0)
-    train, validation = split_by_patient(splits["train"], fraction, seed)
-    return RunSplits(train, validation,
-                     f"patient-level validation split of {shown}/train (fraction {fraction}, seed {seed})")
+    if config.validation == "folder":
+        source = f"{shown}/val (the run's validation folder)"
+    elif config.fold is not None:
+        source = (f"patient-level fold {config.fold} of {config.folds} of {shown}/train "
+                  f"(seed {config.seed})")
+    else:
+        source = (f"patient-level validation split of {shown}/train "
+                  f"(fraction {config.validation_fraction}, seed {config.seed})")
+    return RunSplits(train, validation, source)
 
 
 def folder_images(folder: Path) -> LabelledImages:

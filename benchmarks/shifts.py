@@ -21,9 +21,10 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 import pneumocnn
-from pneumocnn.datasets import LabelledImages, find_splits, patient_folds, split_by_patient
+from pneumocnn.datasets import find_splits
 from pneumocnn.metrics import binary_metrics
 from pneumocnn.preprocessing import load_gray
+from pneumocnn.training.trainer import TrainingConfig, split
 
 
 def _gamma(exponent: float) -> Callable[[Image.Image], Image.Image]:
@@ -58,7 +59,8 @@ def _zoom(image: Image.Image) -> Image.Image:
 
 def _border(image: Image.Image) -> Image.Image:
     w, h = image.size
-    return ImageOps.expand(image.resize((w * 9 // 10, h * 9 // 10)), (w // 20, h // 20), fill=0)
+    inner = image.resize((w - 2 * (w // 20), h - 2 * (h // 20)))
+    return ImageOps.expand(inner, (w // 20, h // 20), fill=0)
 
 
 SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
@@ -74,17 +76,6 @@ SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
 }
 
 
-def validation_images(config: dict, data: Path) -> LabelledImages:
-    """The validation images of a run with training settings ``config`` (its config.json)."""
-    splits = find_splits(data)
-    if config.get("validation") == "folder":
-        return splits["val"]
-    if config.get("fold") is not None:
-        in_fold = patient_folds(splits["train"], config["folds"], config["seed"]) == config["fold"]
-        return splits["train"].subset(np.flatnonzero(in_fold))
-    return split_by_patient(splits["train"], config["validation_fraction"], config["seed"])[1]
-
-
 def _scores(model, labels: np.ndarray, inputs: list) -> dict:
     probabilities = np.array([r.probability for r in model.predict(inputs)])
     return {"at_model_threshold": binary_metrics(labels, probabilities, model.threshold),
@@ -93,12 +84,13 @@ def _scores(model, labels: np.ndarray, inputs: list) -> dict:
 
 def score_model(run: Path, data: Path) -> dict:
     """Scores of ``run``'s int8 model: ``validation``, ``shifts`` (one entry per shift) and
-    ``official_val``; also the run's Keras figures and settings from its own files."""
+    ``official_val`` (``None`` without a ``val`` folder); also the run's Keras figures and
+    settings from its own files."""
     config = json.loads((run / "config.json").read_text())
     model = pneumocnn.load(run / "model-int8.tflite")
-    images = validation_images(config, data)
+    images = split(data, TrainingConfig(**config))[1]
     grays = [load_gray(path) for path in images.paths]
-    official = find_splits(data)["val"]
+    official = find_splits(data).get("val")
     metrics = json.loads((run / "metrics.json").read_text())
     seconds = [float(row["seconds"]) for row in csv.DictReader(io.StringIO(
         (run / "history.csv").read_text()))]
@@ -113,5 +105,5 @@ def score_model(run: Path, data: Path) -> dict:
         "validation": _scores(model, images.labels, grays),
         "shifts": {name: _scores(model, images.labels, [shift(g) for g in grays])
                    for name, shift in SHIFTS.items()},
-        "official_val": _scores(model, official.labels, list(official.paths)),
+        "official_val": official and _scores(model, official.labels, list(official.paths)),
     }

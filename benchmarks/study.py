@@ -10,7 +10,7 @@ folder. The table over all runs is written to ``benchmarks/results/study/results
 
     python -m benchmarks.study                       # train what is missing, then tabulate
     python -m benchmarks.study --only small-bn-eq --folds 0 1 2 3 4
-    python -m benchmarks.study --report              # tabulate the runs that exist
+    python -m benchmarks.study --report              # score finished runs, tabulate; no training
 """
 
 from __future__ import annotations
@@ -133,11 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(BY_NAME), help="configurations to run")
     parser.add_argument("--folds", nargs="+", type=int, default=[0],
                         help=f"folds to run, of {FOLDS} (default: 0, the screening fold)")
-    parser.add_argument("--report", action="store_true", help="only tabulate existing runs")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: score the finished runs that have no scores.json, "
+                        "then tabulate")
     parser.add_argument("--out", type=Path, default=RESULTS / "study")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if not args.report:
+    if args.report:
+        for metrics in sorted(args.runs.glob("*/fold-*/metrics.json")):
+            if not (metrics.parent / "scores.json").exists():
+                score_run(metrics.parent, args.data)
+    else:
         for configuration in [BY_NAME[n] for n in args.only] if args.only else CONFIGURATIONS:
             train_missing(configuration, args.folds, args.runs, args.data)
     from benchmarks.study_report import write_report

@@ -33,7 +33,7 @@ _COLUMNS = [
     ("shift spec", lambda s: _mean_shift(s, "specificity")),
     ("worst shift spec", lambda s: min(m["at_model_threshold"]["specificity"]
                                        for m in s["shifts"].values())),
-    ("val-16 acc", lambda s: s["official_val"]["at_model_threshold"]["accuracy"]),
+    ("val-16 acc", lambda s: s["official_val"] and s["official_val"]["at_model_threshold"]["accuracy"]),
 ]
 
 
@@ -41,7 +41,9 @@ def _mean_shift(scores: dict, metric: str) -> float:
     return float(np.mean([m["at_model_threshold"][metric] for m in scores["shifts"].values()]))
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float | None]) -> str:
+    if None in values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import FULL_RESOLUTION
+import numpy as np
+import pytest
+from conftest import FULL_RESOLUTION, real_images
 
 
 def test_quick_benchmark_writes_results(tiny_run, tiny_data, tmp_path):
@@ -56,3 +58,45 @@ def test_quick_benchmark_writes_results(tiny_run, tiny_data, tmp_path):
     for column in ("accuracy", "ROC AUC", "sensitivity", "specificity", "agreement %", "max abs diff",
                    "size MB", "median ms", "p95 ms", "batch-32 img/s"):
         assert column in header
+
+
+def test_every_simulated_shift_changes_a_real_xray_and_keeps_it_gray():
+    from PIL import Image
+
+    from benchmarks.shifts import SHIFTS
+
+    xray = Image.open(real_images("NORMAL", 1)[0]).convert("L")
+    for name, shift in SHIFTS.items():
+        shifted = shift(xray)
+        assert shifted.mode == "L", name
+        assert shifted.size == xray.size or name.startswith("zoom"), name
+        assert not np.array_equal(np.asarray(shifted.resize(xray.size)), np.asarray(xray)), name
+
+
+def test_study_scores_runs_and_tabulates_folds(tiny_run, tiny_data, tmp_path):
+    """A run's scores.json, and the table over two folds of one configuration: mean +- sd."""
+    import json
+    import shutil
+
+    from benchmarks.study import BY_NAME, main, score_run
+
+    for fold in (0, 1):
+        shutil.copytree(tiny_run.run_dir, tmp_path / "runs" / "small-bn" / f"fold-{fold}",
+                        ignore=shutil.ignore_patterns("cache", "checkpoints", ".lock"))
+    scores = score_run(tmp_path / "runs" / "small-bn" / "fold-0", tiny_data)
+    assert set(scores["shifts"]) == set(__import__("benchmarks.shifts").shifts.SHIFTS)
+    assert scores["official_val"] is None  # tiny_data has no val folder
+    validation = scores["validation"]["at_model_threshold"]
+    assert validation["n"] == tiny_run.metrics["validation"]["n"]
+    assert validation["accuracy"] == pytest.approx(tiny_run.metrics["tflite"]["int8"]["accuracy"])
+    # the second fold scores differently: make its figures differ to see the spread
+    changed = json.loads(json.dumps(scores))
+    changed["validation"]["at_model_threshold"]["roc_auc"] = 0.5
+    (tmp_path / "runs" / "small-bn" / "fold-1" / "scores.json").write_text(json.dumps(changed))
+    assert main(["--report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| small-bn |"))
+    auc = (validation["roc_auc"] + 0.5) / 2
+    assert f"| 2 | {auc:.3f} ± " in row
+    assert BY_NAME["small-bn"].note in table
+    assert set(json.loads((tmp_path / "out" / "results.json").read_text())) == {"small-bn"}

@@ -133,7 +133,7 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     if config.augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {sorted(AUGMENTATIONS)}, "
                          f"got {config.augmentation!r}")
-    train_images, val_images = _split(data, config)
+    train_images, val_images = split(data, config)
     if not (run_dir / "config.json").exists():
         write_text(run_dir / "config.json", json.dumps(asdict(config), indent=1))
     log.info("train: %s; validation: %s", _summary(train_images), _summary(val_images))
@@ -214,7 +214,8 @@ def _start_run(run_dir: Path, config: TrainingConfig, resume: bool) -> TrainingC
     return config
 
 
-def _split(root: Path, config: TrainingConfig) -> tuple[LabelledImages, LabelledImages]:
+def split(root: str | os.PathLike, config: TrainingConfig) -> tuple[LabelledImages, LabelledImages]:
+    """The ``(train, validation)`` images a run with ``config`` uses from the folder ``root``."""
     splits = find_splits(root)
     if config.validation == "patients" and config.fold is not None:
         if not 0 <= config.fold < config.folds:
