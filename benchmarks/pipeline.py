@@ -75,7 +75,8 @@ def training_pipelines(images: LabelledImages, config: dict, work_dir: Path, rep
     import tensorflow as tf
 
     from pneumocnn.training.architectures import get_architecture, make_optimizer
-    from pneumocnn.training.pipeline import SEED_AUGMENTATION, decode_all, make_dataset
+    from pneumocnn.training.augmentations import SEED_AUGMENTATION
+    from pneumocnn.training.pipeline import decode_all, make_dataset
 
     spec = Preprocessing(height=config["input_size"], width=config["input_size"],
                          channels=config["channels"])

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pneumocnn.errors import PneumocnnError
+from pneumocnn.training.augmentations import AUGMENTATIONS
 from pneumocnn.training.trainer import TrainingConfig
 
 OK, SOME_FAILED, USAGE = 0, 1, 2
@@ -115,9 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="intensity normalisation, stored in the model file "
                    "(default: %(default)s)")
     p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--augmentation", default=defaults.augmentation, choices=("seed", "shift", "shift-flip"),
+    p.add_argument("--augmentation", default=defaults.augmentation, choices=sorted(AUGMENTATIONS),
                    help="seed: the report's shear/zoom/flip; shift: acquisition differences; "
-                   "shift-flip: shift plus horizontal flip "
+                   "shift-flip: shift plus horizontal flip; shift-zoom: shift with zoom 0.7-1.3 "
                    "(default: %(default)s)")
     p.add_argument("--class-weight", choices=("balanced",), default=defaults.class_weight)
     p.add_argument("--validation", choices=("patients", "folder"), default=defaults.validation)

@@ -193,7 +193,8 @@ def test_small_bn_with_shift_augmentation_trains_exports_and_agrees(tiny_data, t
 def test_shift_augmentation_is_deterministic_and_in_range():
     import tensorflow as tf
 
-    from pneumocnn.training.pipeline import SEED_AUGMENTATION, SHIFT_AUGMENTATION, _augment
+    from pneumocnn.training.augmentations import SEED_AUGMENTATION, SHIFT_AUGMENTATION
+    from pneumocnn.training.pipeline import _augment
 
     images = tf.constant(np.random.default_rng(0).random((4, 32, 32, 1)), tf.float32)
     seed = tf.constant([3, 7], tf.int64)

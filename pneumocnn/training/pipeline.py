@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,43 +30,9 @@ from pneumocnn._files import atomic_write
 from pneumocnn.datasets import LabelledImages
 from pneumocnn.errors import DatasetError, InputError
 from pneumocnn.preprocessing import Preprocessing, load_pixels
+from pneumocnn.training.augmentations import Augmentation
 
 log = logging.getLogger("pneumocnn")
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Random augmentation. Geometry: shear and rotation in degrees, zoom and translation as
-    +- fractions, horizontal flip. Intensity (0 = off): brightness as +- a fraction of full
-    scale, contrast as +- a fraction around the image mean, gamma as +- log exponent, Gaussian
-    noise as a standard deviation in full-scale units."""
-
-    shear_degrees: float = 0.2
-    zoom: float = 0.2
-    horizontal_flip: bool = True
-    rotation_degrees: float = 0.0
-    translate: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    gamma: float = 0.0
-    noise: float = 0.0
-
-    def to_dict(self) -> dict:
-        """JSON-ready form for run reports."""
-        return asdict(self)
-
-
-SEED_AUGMENTATION = Augmentation()
-# Differences between machines and sites (exposure, contrast curve, noise, positioning);
-# no flip: it moves the heart to the other side.
-SHIFT_AUGMENTATION = Augmentation(shear_degrees=2.0, zoom=0.15, horizontal_flip=False,
-                                  rotation_degrees=10.0, translate=0.08, brightness=0.1,
-                                  contrast=0.25, gamma=0.3, noise=0.02)
-AUGMENTATIONS = {
-    "seed": SEED_AUGMENTATION,
-    "shift": SHIFT_AUGMENTATION,
-    "shift-flip": replace(SHIFT_AUGMENTATION, horizontal_flip=True),  # for the flip study
-}
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,8 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     from pneumocnn.plots import plot_reliability
     from pneumocnn.training import export
     from pneumocnn.training.architectures import get_architecture, make_optimizer
-    from pneumocnn.training.pipeline import AUGMENTATIONS, decode_all, make_dataset
+    from pneumocnn.training.augmentations import AUGMENTATIONS
+    from pneumocnn.training.pipeline import decode_all, make_dataset
 
     config = _start_run(run_dir, config, resume)
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "cache"):

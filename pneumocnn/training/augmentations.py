@@ -1,0 +1,43 @@
+"""Named training augmentations: plain settings, applied in the tf.data graph by
+:mod:`pneumocnn.training.pipeline`. TensorFlow-free, so the command line can list them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random augmentation. Geometry: shear and rotation in degrees, zoom and translation as
+    +- fractions, horizontal flip. Intensity (0 = off): brightness as +- a fraction of full
+    scale, contrast as +- a fraction around the image mean, gamma as +- log exponent, Gaussian
+    noise as a standard deviation in full-scale units."""
+
+    shear_degrees: float = 0.2
+    zoom: float = 0.2
+    horizontal_flip: bool = True
+    rotation_degrees: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+    noise: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready form for run reports."""
+        return asdict(self)
+
+
+SEED_AUGMENTATION = Augmentation()
+# Differences between machines and sites (exposure, contrast curve, noise, positioning);
+# no flip: it moves the heart to the other side.
+SHIFT_AUGMENTATION = Augmentation(shear_degrees=2.0, zoom=0.15, horizontal_flip=False,
+                                  rotation_degrees=10.0, translate=0.08, brightness=0.1,
+                                  contrast=0.25, gamma=0.3, noise=0.02)
+AUGMENTATIONS = {
+    "seed": SEED_AUGMENTATION,
+    "shift": SHIFT_AUGMENTATION,
+    "shift-flip": replace(SHIFT_AUGMENTATION, horizontal_flip=True),  # for the flip study
+    # Wider framing differences (zoom 0.7-1.3): field of view and collimation vary by site.
+    "shift-zoom": replace(SHIFT_AUGMENTATION, zoom=0.3),
+}
