@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pneumocnn.errors import PneumocnnError
 from pneumocnn.training.augmentations import AUGMENTATIONS
-from pneumocnn.training.trainer import TrainingConfig
+from pneumocnn.training.trainer import RECIPES, TrainingConfig
 
 OK, SOME_FAILED, USAGE = 0, 1, 2
 
@@ -93,49 +93,46 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="model file (default: the bundled model)")
     p.set_defaults(run=_info)
 
-    p = commands.add_parser("train", help="train a model on a labelled folder (needs [train])")
-    defaults = TrainingConfig()
+    p = commands.add_parser(
+        "train", argument_default=argparse.SUPPRESS,  # unset options: the recipe's value
+        help="train a model on a labelled folder (needs [train])",
+        description="Settings not given come from --recipe; `pneumocnn train DATA` trains the "
+        "recipe the bundled model was made with.")
     p.add_argument("data", help="ROOT/{train,val,test}/{NORMAL,PNEUMONIA} or ROOT/{NORMAL,...}")
     p.add_argument("--out", default="runs/pneumocnn", help="run folder (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--architecture", default=defaults.architecture,
-                   choices=("seed-to-be", "seed-as-is", "small-bn"))
-    p.add_argument("--output", choices=("sigmoid", "softmax"),
-                   help="classifier head (default: the architecture's)")
-    p.add_argument("--loss", choices=("binary_crossentropy", "categorical_crossentropy"),
-                   help="default: the architecture's")
-    p.add_argument("--optimizer", help="Keras optimizer name, e.g. adam, rmsprop "
-                   "(default: the architecture's)")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    p.add_argument("--input-size", type=int, default=defaults.input_size)
-    p.add_argument("--channels", type=int, default=defaults.channels, choices=(1, 3))
-    p.add_argument("--normalize", default=defaults.normalize,
-                   choices=("none", "equalize", "autocontrast"),
-                   help="intensity normalisation, stored in the model file "
-                   "(default: %(default)s)")
+    p.add_argument("--resume", action="store_true", default=False,
+                   help="continue the run in --out")
+    p.add_argument("--recipe", default="pneumocnn", choices=sorted(RECIPES),
+                   help="starting settings: pneumocnn (the bundled model's), seed (the seed "
+                   "report's TO-BE CNN) or seed-as-is (default: %(default)s)")
+    p.add_argument("--architecture", choices=("seed-to-be", "seed-as-is", "small-bn"))
+    p.add_argument("--output", choices=("sigmoid", "softmax"), help="classifier head")
+    p.add_argument("--loss", choices=("binary_crossentropy", "categorical_crossentropy"))
+    p.add_argument("--optimizer", help="Keras optimizer name, e.g. adam, rmsprop")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--channels", type=int, choices=(1, 3))
+    p.add_argument("--normalize", choices=("none", "equalize", "autocontrast"),
+                   help="intensity normalisation, stored in the model file")
     p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--augmentation", default=defaults.augmentation, choices=sorted(AUGMENTATIONS),
+    p.add_argument("--augmentation", choices=sorted(AUGMENTATIONS),
                    help="seed: the report's shear/zoom/flip; shift: acquisition differences; "
-                   "shift-flip: shift plus horizontal flip; shift-zoom: shift with zoom 0.7-1.3 "
-                   "(default: %(default)s)")
-    p.add_argument("--class-weight", choices=("balanced",), default=defaults.class_weight)
-    p.add_argument("--validation", choices=("patients", "folder"), default=defaults.validation)
-    p.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
+                   "shift-flip: shift plus horizontal flip; shift-zoom: shift with zoom 0.7-1.3")
+    p.add_argument("--class-weight", choices=("balanced", "none"))
+    p.add_argument("--validation", choices=("patients", "folder"))
+    p.add_argument("--validation-fraction", type=float)
     p.add_argument("--fold", type=int, help="validate on this patient fold of --folds "
                    "(instead of --validation-fraction)")
-    p.add_argument("--folds", type=int, default=defaults.folds)
-    p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
-                   default=defaults.early_stopping)
-    p.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=defaults.keep_best,
-                   help="export the epoch with the lowest validation loss, not the last "
-                   "(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--threshold", default=str(defaults.threshold),
-                   help="decision threshold, or 'sensitivity' for --target-sensitivity "
-                   "(default: %(default)s)")
-    p.add_argument("--target-sensitivity", type=float, default=defaults.target_sensitivity)
+    p.add_argument("--folds", type=int)
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    p.add_argument("--keep-best", action=argparse.BooleanOptionalAction,
+                   help="export the epoch with the lowest validation loss, not the last")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threshold", help="decision threshold, or 'sensitivity' for "
+                   "--target-sensitivity")
+    p.add_argument("--target-sensitivity", type=float)
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false")
     p.set_defaults(run=_train)
 
@@ -252,9 +249,12 @@ def _train(args) -> int:
 
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig)
                 if hasattr(args, f.name)}
-    if settings["threshold"] != "sensitivity":
+    if settings.get("threshold", "sensitivity") != "sensitivity":
         settings["threshold"] = float(settings["threshold"])
-    result = train(args.data, args.out, resume=args.resume, verbose=2, **settings)
+    if settings.get("class_weight") == "none":
+        settings["class_weight"] = None
+    result = train(args.data, args.out, recipe=args.recipe, resume=args.resume, verbose=2,
+                   **settings)
     print((result.run_dir / "report.md").read_text())
     return OK
 

@@ -127,26 +127,33 @@ def test_convert_saved_model_folder(tiny_run, tiny_data, tmp_path):
     assert converted._backend.run(x)[0] == pytest.approx(reference._backend.run(x)[0], abs=1e-5)
 
 
-def test_train_options_default_to_the_training_config(monkeypatch, tmp_path):
-    """``pneumocnn train DATA`` trains exactly ``pneumocnn.train(DATA)``; flags reach the run."""
+def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):
+    """``pneumocnn train DATA`` trains exactly ``pneumocnn.train(DATA)``; flags override the
+    recipe and reach the run; ``--recipe seed`` is the seed report's recipe."""
     import dataclasses
 
     from pneumocnn.training import trainer
 
     seen = []
 
-    def fake_train(data, out, resume, verbose, **settings):
-        seen.append(trainer.TrainingConfig(**settings))
+    def fake_train(data, out, recipe, resume, verbose, **settings):
+        seen.append(trainer.make_config(recipe, **settings))
         raise pneumocnn.errors.DatasetError("stop here")
 
     monkeypatch.setattr(trainer, "train", fake_train)
     assert main(["train", str(tmp_path)]) == 2
     assert seen[-1] == trainer.TrainingConfig()
     main(["train", str(tmp_path), "--no-keep-best", "--normalize", "autocontrast", "--fold", "2",
-          "--optimizer", "rmsprop", "--threshold", "sensitivity", "--augmentation", "shift-flip"])
+          "--optimizer", "rmsprop", "--threshold", "sensitivity", "--augmentation", "shift-flip",
+          "--class-weight", "none"])
     changed = {f.name for f in dataclasses.fields(trainer.TrainingConfig)
                if getattr(seen[-1], f.name) != getattr(trainer.TrainingConfig(), f.name)}
-    assert changed <= {"keep_best", "normalize", "fold", "optimizer", "threshold", "augmentation"}
+    assert changed <= {"keep_best", "normalize", "fold", "optimizer", "threshold", "augmentation",
+                       "class_weight"}
     assert (seen[-1].normalize, seen[-1].fold, seen[-1].optimizer, seen[-1].threshold,
             seen[-1].augmentation) == ("autocontrast", 2, "rmsprop", "sensitivity", "shift-flip")
-    assert seen[-1].keep_best is False
+    assert seen[-1].keep_best is False and seen[-1].class_weight is None
+    main(["train", str(tmp_path), "--recipe", "seed", "--epochs", "3"])
+    assert seen[-1] == dataclasses.replace(trainer.make_config("seed"), epochs=3)
+    assert (seen[-1].architecture, seen[-1].augmentation, seen[-1].threshold) == (
+        "seed-to-be", "seed", 0.5)

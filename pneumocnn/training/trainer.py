@@ -76,6 +76,27 @@ class TrainingConfig:
         return (outputs, self.loss or architecture.loss, self.optimizer or architecture.optimizer)
 
 
+# The seed report's recipes, reproduced (see README, "Training"): every setting they fix.
+_SEED_RECIPE = {
+    "architecture": "seed-to-be", "output": None, "loss": None, "optimizer": None,
+    "epochs": 50, "batch_size": 16, "learning_rate": None, "input_size": 150, "channels": 3,
+    "normalize": "none", "augment": True, "augmentation": "seed", "class_weight": None,
+    "early_stopping": None, "keep_best": False, "threshold": 0.5,
+}
+RECIPES: dict[str, dict] = {
+    "pneumocnn": {},  # TrainingConfig's defaults: the bundled model's recipe
+    "seed": _SEED_RECIPE,
+    "seed-as-is": {**_SEED_RECIPE, "architecture": "seed-as-is"},
+}
+
+
+def make_config(recipe: str = "pneumocnn", **settings) -> TrainingConfig:
+    """The settings of a run: the named recipe (see ``RECIPES``), then ``settings`` over it."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
+    return TrainingConfig(**{**RECIPES[recipe], **settings})
+
+
 @dataclass
 class TrainingResult:
     """What a finished run produced: file paths, validation metrics and per-epoch history."""
@@ -91,6 +112,7 @@ def train(
     data: str | os.PathLike,
     out: str | os.PathLike = "runs/pneumocnn",
     *,
+    recipe: str = "pneumocnn",
     resume: bool = False,
     verbose: int | str = "auto",
     **settings,
@@ -98,26 +120,24 @@ def train(
     """Train on ``data`` (``ROOT/{train,val,test}/{NORMAL,PNEUMONIA}`` or ``ROOT/{NORMAL,
     PNEUMONIA}``) into the run folder ``out`` and return a :class:`TrainingResult`.
 
-    ``settings`` are the fields of :class:`TrainingConfig`; the defaults reproduce the seed's
-    TO-BE recipe: ``architecture="seed-to-be"`` (or ``"seed-as-is"``, ``"small-bn"``),
-    ``epochs=50``, ``batch_size=16``, ``learning_rate=None`` (the optimizer's default),
-    ``input_size=150``, ``channels=3``, ``augment=True``, ``augmentation="seed"`` (or
-    ``"shift"``), ``class_weight=None`` (or ``"balanced"``),
-    ``validation="patients"`` (or ``"folder"`` for ``ROOT/val``), ``validation_fraction=0.1``,
-    ``early_stopping=None`` (a patience in epochs), ``keep_best=False`` (export the epoch
-    of lowest validation loss instead of the last), ``seed=0``, ``threshold=0.5`` (or
-    ``"sensitivity"``), ``target_sensitivity=0.95``, ``calibrate=True``,
-    ``representative_images=300``. ``resume=True`` continues an interrupted run in ``out``
-    from its last complete checkpoint, with the settings saved there. ``verbose`` is Keras's:
-    ``"auto"``/1 a progress bar, 2 one line per epoch, 0 silent.
+    ``recipe`` picks the starting settings: ``"pneumocnn"`` (the defaults of
+    :class:`TrainingConfig`, the bundled model's recipe), ``"seed"`` (the seed report's TO-BE
+    CNN: 50 epochs, shear/zoom/flip augmentation, last epoch, threshold 0.5) or
+    ``"seed-as-is"``. ``settings`` are fields of :class:`TrainingConfig` and override the
+    recipe. ``resume=True`` continues an interrupted run in ``out`` from its last complete
+    checkpoint, with the settings saved there. ``verbose`` is Keras's: ``"auto"``/1 a progress
+    bar, 2 one line per epoch, 0 silent.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     run_dir = Path(out)
+    config = make_config(recipe, **settings)
     with exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"):
-        return _train(Path(data), run_dir, TrainingConfig(**settings), resume, verbose)
+        return _train(Path(data), run_dir, config, resume, verbose,
+                      settings_given=bool(settings) or recipe != "pneumocnn")
 
 
-def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verbose) -> TrainingResult:
+def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verbose,
+           settings_given: bool) -> TrainingResult:
     import keras
 
     from pneumocnn.plots import plot_reliability
@@ -126,7 +146,7 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     from pneumocnn.training.augmentations import AUGMENTATIONS
     from pneumocnn.training.pipeline import decode_all, make_dataset
 
-    config = _start_run(run_dir, config, resume)
+    config = _start_run(run_dir, config, resume, settings_given)
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "cache"):
         remove_temporaries(folder)  # left by a killed run; this run holds the folder's lock
     spec = config.preprocessing()
@@ -200,7 +220,8 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     return TrainingResult(run_dir, keras_path, tflite_paths, metrics, history)
 
 
-def _start_run(run_dir: Path, config: TrainingConfig, resume: bool) -> TrainingConfig:
+def _start_run(run_dir: Path, config: TrainingConfig, resume: bool,
+               settings_given: bool) -> TrainingConfig:
     saved = run_dir / "config.json"
     if saved.exists():
         if not resume:
@@ -209,7 +230,7 @@ def _start_run(run_dir: Path, config: TrainingConfig, resume: bool) -> TrainingC
                 "or choose another folder"
             )
         stored = TrainingConfig(**json.loads(saved.read_text()))
-        if stored != config and config != TrainingConfig():
+        if settings_given and stored != config:
             log.warning("resuming %s with its saved settings, not the ones given", run_dir)
         return stored
     return config
