@@ -112,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)
+    p.add_argument("--schedule", choices=("constant", "cosine"),
+                   help="learning rate: constant, or cosine decay to 0 over the run")
     p.add_argument("--input-size", type=int)
     p.add_argument("--channels", type=int, choices=(1, 3))
     p.add_argument("--normalize", choices=("none", "equalize", "autocontrast"),

@@ -223,12 +223,13 @@ def test_keep_best_exports_the_epoch_with_the_lowest_validation_loss(tiny_data, 
 
 
 def test_fold_normalisation_and_compile_overrides_reach_the_model_file(tiny_data, tmp_path):
-    """Validation on patient fold 1 of 3, histogram equalisation, softmax + binary CE, RMSprop:
-    the run uses them, and the model file makes the runtime equalise too."""
+    """Validation on patient fold 1 of 3, histogram equalisation, softmax + binary CE, RMSprop
+    with a cosine schedule: the run uses them, and the model file makes the runtime equalise."""
     from pneumocnn.datasets import index_folder, patient_folds
 
     settings = {**TINY_SETTINGS, "epochs": 1, "fold": 1, "folds": 3, "normalize": "equalize",
-                "output": "softmax", "loss": "binary_crossentropy", "optimizer": "rmsprop"}
+                "output": "softmax", "loss": "binary_crossentropy", "optimizer": "rmsprop",
+                "schedule": "cosine"}
     result = pneumocnn.train(tiny_data, tmp_path / "fold", **settings)
     images = index_folder(tiny_data)
     expected = int((patient_folds(images, 3, seed=0) == 1).sum())
@@ -243,6 +244,8 @@ def test_fold_normalisation_and_compile_overrides_reach_the_model_file(tiny_data
     saved = keras.saving.load_model(result.keras_model)
     assert saved.output_shape == (None, 2) and saved.loss == "binary_crossentropy"
     assert isinstance(saved.optimizer, keras.optimizers.RMSprop)
+    assert int(saved.optimizer.iterations) > 0
+    assert float(saved.optimizer.learning_rate) < 1e-6  # decayed to 0 by the last step
     image = real_images("PNEUMONIA", 1, start=300)[0]
     assert keras_model.predict(image).probability == pytest.approx(
         float32.predict(image).probability, abs=1e-4)

@@ -109,9 +109,14 @@ def get_architecture(name: str) -> Architecture:
         raise ValueError(f"unknown architecture {name!r}; choose from {sorted(ARCHITECTURES)}") from None
 
 
-def make_optimizer(name: str, learning_rate: float | None) -> keras.optimizers.Optimizer:
-    """Build the named Keras optimizer, at its Keras default learning rate unless given."""
+def make_optimizer(name: str, learning_rate: float | None,
+                   cosine_decay_steps: int | None = None) -> keras.optimizers.Optimizer:
+    """Build the named Keras optimizer, at its Keras default learning rate unless given; with
+    ``cosine_decay_steps``, the rate decays from there to 0 along a cosine over that many steps."""
     optimizer = keras.optimizers.get(name)
-    if learning_rate is not None:
-        optimizer.learning_rate = learning_rate
+    rate = learning_rate if learning_rate is not None else float(optimizer.learning_rate)
+    if cosine_decay_steps:
+        return type(optimizer)(learning_rate=keras.optimizers.schedules.CosineDecay(
+            rate, decay_steps=cosine_decay_steps))
+    optimizer.learning_rate = rate
     return optimizer

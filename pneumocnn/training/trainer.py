@@ -45,6 +45,7 @@ class TrainingConfig:
     epochs: int = 50
     batch_size: int = 16
     learning_rate: float | None = None
+    schedule: str = "constant"  # learning rate: "constant", or "cosine" decay to 0 over the run
     input_size: int = 150
     channels: int = 3
     normalize: str = "none"  # intensity normalisation, see pneumocnn.preprocessing.Preprocessing
@@ -79,7 +80,8 @@ class TrainingConfig:
 # The seed report's recipes, reproduced (see README, "Training"): every setting they fix.
 _SEED_RECIPE = {
     "architecture": "seed-to-be", "output": None, "loss": None, "optimizer": None,
-    "epochs": 50, "batch_size": 16, "learning_rate": None, "input_size": 150, "channels": 3,
+    "epochs": 50, "batch_size": 16, "learning_rate": None, "schedule": "constant",
+    "input_size": 150, "channels": 3,
     "normalize": "none", "augment": True, "augmentation": "seed", "class_weight": None,
     "early_stopping": None, "keep_best": False, "threshold": 0.5,
 }
@@ -170,7 +172,8 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     if model is None:
         model = architecture.build(spec.input_shape, outputs)
         model.compile(
-            optimizer=make_optimizer(optimizer, config.learning_rate),
+            optimizer=make_optimizer(optimizer, config.learning_rate,
+                                     _decay_steps(config, train_data)),
             loss=loss,
             metrics=["accuracy"],
         )
@@ -311,6 +314,15 @@ def _reseed_dropout(model, seed: int, epoch: int) -> None:
     states = [v for v in model.variables if v.path.endswith("seed_generator_state")]
     for index, state in enumerate(states):
         state.assign(np.array([seed * 1000 + index, epoch * 1_000_003], dtype=state.dtype))
+
+
+def _decay_steps(config: TrainingConfig, train_data) -> int | None:
+    """Optimizer steps in the whole run, for a cosine schedule; ``None`` for a constant rate."""
+    if config.schedule == "constant":
+        return None
+    if config.schedule != "cosine":
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {config.schedule!r}")
+    return config.epochs * -(-len(train_data.labels) // config.batch_size)
 
 
 def _best_row(history: list[dict]) -> dict:
