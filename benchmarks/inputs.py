@@ -17,7 +17,7 @@ import numpy as np
 from benchmarks import REPO, SHARED_DATA
 from pneumocnn.datasets import LabelledImages, index_folder
 from pneumocnn.preprocessing import Preprocessing, to_model_input
-from pneumocnn.training.trainer import TrainingConfig, split
+from pneumocnn.training.trainer import saved_config, split
 
 CHEST_XRAY = SHARED_DATA / "chest_xray"
 FULL_RESOLUTION = SHARED_DATA / "full_resolution"
@@ -39,7 +39,7 @@ def run_config(run_dir: Path) -> dict:
 
 def run_splits(run_dir: Path, data: Path = CHEST_XRAY) -> RunSplits:
     """Recompute the run's train / validation split of ``data`` from its ``config.json``."""
-    config = TrainingConfig(**run_config(run_dir))
+    config = saved_config(run_dir)
     train, validation = split(data, config)
     shown = os.path.relpath(data, REPO)
     if config.validation == "folder":

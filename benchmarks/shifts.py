@@ -15,6 +15,7 @@ import csv
 import io
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import pneumocnn
 from pneumocnn.datasets import find_splits
 from pneumocnn.metrics import binary_metrics
 from pneumocnn.preprocessing import load_gray
-from pneumocnn.training.trainer import TrainingConfig, split
+from pneumocnn.training.trainer import saved_config, split
 
 
 def _gamma(exponent: float) -> Callable[[Image.Image], Image.Image]:
@@ -86,16 +87,16 @@ def score_model(run: Path, data: Path) -> dict:
     """Scores of ``run``'s int8 model: ``validation``, ``shifts`` (one entry per shift) and
     ``official_val`` (``None`` without a ``val`` folder); also the run's Keras figures and
     settings from its own files."""
-    config = json.loads((run / "config.json").read_text())
+    config = saved_config(run)
     model = pneumocnn.load(run / "model-int8.tflite")
-    images = split(data, TrainingConfig(**config))[1]
+    images = split(data, config)[1]
     grays = [load_gray(path) for path in images.paths]
     official = find_splits(data).get("val")
     metrics = json.loads((run / "metrics.json").read_text())
     seconds = [float(row["seconds"]) for row in csv.DictReader(io.StringIO(
         (run / "history.csv").read_text()))]
     return {
-        "config": config,
+        "config": asdict(config),
         "threshold": model.threshold,
         "temperature": model.description.temperature,
         "exported_epoch": model.description.info["provenance"].get("exported_epoch"),

@@ -41,7 +41,7 @@ TINY_SETTINGS = dict(
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data, tmp_path_factory):
-    """A real training run of the seed CNN at 64 px for 2 epochs, with all model files."""
+    """A real training run of the default recipe at 64 px for 2 epochs, with all model files."""
     import pneumocnn
 
     return pneumocnn.train(tiny_data, tmp_path_factory.mktemp("runs") / "tiny", **TINY_SETTINGS)

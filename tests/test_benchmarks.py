@@ -100,3 +100,13 @@ def test_study_scores_runs_and_tabulates_folds(tiny_run, tiny_data, tmp_path):
     assert f"| 2 | {auc:.3f} ± " in row
     assert BY_NAME["small-bn"].note in table
     assert set(json.loads((tmp_path / "out" / "results.json").read_text())) == {"small-bn"}
+
+
+def test_the_default_recipe_is_the_studys_chosen_configuration():
+    import dataclasses
+
+    from benchmarks.study import BY_NAME, CHOSEN, study_settings
+    from pneumocnn.training.trainer import TrainingConfig, make_config
+
+    studied = make_config("seed", **study_settings(BY_NAME[CHOSEN], fold=0))
+    assert dataclasses.replace(studied, fold=None) == TrainingConfig()

@@ -20,6 +20,7 @@ from PIL import Image
 import pneumocnn
 from pneumocnn.description import read_from_tflite
 from pneumocnn.errors import DatasetError
+from pneumocnn.training.trainer import TrainingConfig
 
 
 def test_run_folder_holds_every_artifact(tiny_run):
@@ -41,7 +42,8 @@ def test_tflite_files_describe_themselves(tiny_run):
     assert int8.labels == ("NORMAL", "PNEUMONIA")
     provenance = int8.info["provenance"]
     assert provenance["train_images"] + provenance["validation_images"] == 48
-    assert provenance["config"]["architecture"] == "seed-to-be"
+    assert provenance["config"]["architecture"] == TrainingConfig().architecture  # the default
+    assert int8.preprocessing.normalize == TrainingConfig().normalize
     assert "validation_metrics" in int8.info
 
 
@@ -228,6 +230,7 @@ def test_fold_normalisation_and_compile_overrides_reach_the_model_file(tiny_data
     from pneumocnn.datasets import index_folder, patient_folds
 
     settings = {**TINY_SETTINGS, "epochs": 1, "fold": 1, "folds": 3, "normalize": "equalize",
+                "architecture": "seed-to-be",
                 "output": "softmax", "loss": "binary_crossentropy", "optimizer": "rmsprop",
                 "schedule": "cosine"}
     result = pneumocnn.train(tiny_data, tmp_path / "fold", **settings)
@@ -256,3 +259,21 @@ def test_fold_normalisation_and_compile_overrides_reach_the_model_file(tiny_data
         pneumocnn.train(tiny_data, tmp_path / "bad-fold", **{**settings, "fold": 3})
     with pytest.raises(ValueError, match="output must be"):
         pneumocnn.train(tiny_data, tmp_path / "bad-output", **{**settings, "output": "tanh"})
+
+
+def test_runs_saved_before_a_setting_existed_keep_their_meaning(tmp_path):
+    """A config.json written before schedule, normalize, augmentation, keep_best... existed
+    (pneumocnn 0.1.0's, as in runs/seed) resumes and is scored as the run was trained."""
+    from pneumocnn.training.trainer import saved_config
+
+    old = {"architecture": "seed-to-be", "epochs": 50, "batch_size": 16, "learning_rate": None,
+           "input_size": 150, "channels": 3, "augment": True, "class_weight": None,
+           "validation": "patients", "validation_fraction": 0.1, "early_stopping": None,
+           "seed": 0, "threshold": 0.5, "target_sensitivity": 0.95, "calibrate": True,
+           "representative_images": 300}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = saved_config(tmp_path)
+    assert (config.schedule, config.normalize, config.augmentation, config.keep_best,
+            config.fold) == ("constant", "none", "seed", False, None)
+    assert config != TrainingConfig()
+    assert {k: getattr(config, k) for k in old} == old
