@@ -26,6 +26,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import REPO, RESULTS, SHARED_DATA  # noqa: E402
+from benchmarks.shifts import score_model  # noqa: E402
+from benchmarks.study_report import write_report  # noqa: E402
+from pneumocnn._files import write_text  # noqa: E402
+from pneumocnn.training.trainer import train  # noqa: E402
 
 log = logging.getLogger("pneumocnn")
 
@@ -119,8 +123,6 @@ def study_settings(configuration: Configuration, fold: int) -> dict:
 
 def train_missing(configuration: Configuration, folds: list[int], runs: Path, data: Path) -> None:
     """Train (or resume) every fold of ``configuration`` that has no scores yet, then score it."""
-    from pneumocnn.training.trainer import train
-
     for fold in folds:
         folder = run_dir(runs, configuration.name, fold)
         if (folder / "scores.json").exists():
@@ -137,11 +139,7 @@ def train_missing(configuration: Configuration, folds: list[int], runs: Path, da
 
 def score_run(folder: Path, data: Path) -> dict:
     """Score a finished run's int8 model; write and return ``scores.json``."""
-    from benchmarks.shifts import score_model
-
     scores = score_model(folder, data)
-    from pneumocnn._files import write_text
-
     write_text(folder / "scores.json", json.dumps(scores, indent=1))
     return scores
 
@@ -167,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for configuration in [BY_NAME[n] for n in args.only] if args.only else CONFIGURATIONS:
             train_missing(configuration, args.folds, args.runs, args.data)
-    from benchmarks.study_report import write_report
-
     write_report(CONFIGURATIONS, args.runs, args.out)
     return 0
 

@@ -536,10 +536,12 @@ def model_file_cases(model: bytes) -> dict[str, tuple[bytes, str]]:
         "channels-disagree": (described(model, preprocessing__channels=1), "disagrees"),
         "dtype-disagrees": (described(model, quantization="float32"),
                             "says 'float32' quantization but the input tensor is int8"),
+        # refused by pneumocnn's tensor check, or earlier by LiteRT's XNNPACK delegate when
+        # it runs the output layer (as for the default architecture)
         "output-scale-zero": (with_tensor(model, "output", scale=np.array([0.0], np.float32)),
-                              "invalid quantization"),
+                              ("invalid quantization", "unsupported scale value")),
         "output-scale-nan": (with_tensor(model, "output", scale=np.array([np.nan], np.float32)),
-                             "invalid quantization"),
+                             ("invalid quantization", "unsupported scale value")),
         "input-scale-negative": (with_tensor(model, "input", scale=np.array([-1.0], np.float32)),
                                  "cannot"),
         "output-zero-point-out-of-range": (
@@ -561,7 +563,8 @@ def test_damaged_and_inconsistent_model_files_are_refused_at_load(int8_path, tmp
     outcomes = load_in_subprocess([tmp_path / f"{name}.tflite" for name in [*cases, "folder"]])
     for name, (_, reason) in cases.items():
         kind, message = outcomes[f"{name}.tflite"]
-        assert kind == "refused" and reason in message, (name, kind, message)
+        reasons = reason if isinstance(reason, tuple) else (reason,)
+        assert kind == "refused" and any(r in message for r in reasons), (name, kind, message)
     assert outcomes["folder.tflite"] == ["refused", "is not a regular file"]
     assert len(outcomes) == 30
 
@@ -812,7 +815,8 @@ def test_full_disk_at_a_checkpoint_then_resume(tiny_data, tmp_path, monkeypatch)
     assert caught.value.errno == errno.ENOSPC
     monkeypatch.undo()
     checkpoints = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0001.keras", "state.json"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "best.keras", "epoch-0001.keras", "state.json"]  # keep_best is on by default
     result = pneumocnn.train(tiny_data, tmp_path / "run", resume=True, **settings)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert pneumocnn.load(result.tflite_models["int8"]).predict(np.full((8, 8), 0.5)).ok

@@ -55,10 +55,13 @@ def test_float32_tflite_matches_keras_and_int8_agrees(tiny_run, tiny_data):
     p_keras = np.array([r.probability for r in keras_model.predict(files)])
     p_float = np.array([r.probability for r in float32.predict(files)])
     assert np.abs(p_keras - p_float).max() < 1e-4
-    labels_keras = [r.label for r in keras_model.predict(files)]
-    labels_int8 = [r.label for r in int8.predict(files)]
-    agreement = np.mean([a == b for a, b in zip(labels_keras, labels_int8, strict=True)])
-    assert agreement >= 0.9
+    p_int8 = np.array([r.probability for r in int8.predict(files)])
+    assert np.abs(p_int8 - p_float).mean() < 0.03
+    # labels agree wherever quantization noise cannot cross the threshold (the validation
+    # threshold of a 2-epoch model sits among the scores)
+    clear = np.abs(p_float - int8.threshold) > 0.05
+    assert clear.sum() >= 24
+    assert np.array_equal(p_int8[clear] >= int8.threshold, p_float[clear] >= int8.threshold)
 
 
 def test_runtime_and_training_evaluation_agree_on_real_files(tiny_run, tiny_data):
