@@ -536,16 +536,15 @@ def model_file_cases(model: bytes) -> dict[str, tuple[bytes, str]]:
         "channels-disagree": (described(model, preprocessing__channels=1), "disagrees"),
         "dtype-disagrees": (described(model, quantization="float32"),
                             "says 'float32' quantization but the input tensor is int8"),
-        # refused by pneumocnn's tensor check, or earlier by LiteRT's XNNPACK delegate when
-        # it runs the output layer (as for the default architecture)
         "output-scale-zero": (with_tensor(model, "output", scale=np.array([0.0], np.float32)),
-                              ("invalid quantization", "unsupported scale value")),
+                              "invalid quantization"),
         "output-scale-nan": (with_tensor(model, "output", scale=np.array([np.nan], np.float32)),
-                             ("invalid quantization", "unsupported scale value")),
+                             "invalid quantization"),
         "input-scale-negative": (with_tensor(model, "input", scale=np.array([-1.0], np.float32)),
                                  "cannot"),
         "output-zero-point-out-of-range": (
-            with_tensor(model, "output", zeroPoint=np.array([300], np.int64)), "invalid quantization"),
+            with_tensor(model, "output", zeroPoint=np.array([300], np.int64)),
+            "invalid quantization"),
         "output-not-quantized": (with_tensor(model, "output", quantization=None),
                                  "invalid quantization"),
         "output-int32": (with_tensor(model, "output", type=2), "unsupported tensor type int32"),
@@ -561,9 +560,18 @@ def test_damaged_and_inconsistent_model_files_are_refused_at_load(int8_path, tmp
         (tmp_path / f"{name}.tflite").write_bytes(content)
     (tmp_path / "folder.tflite").mkdir()
     outcomes = load_in_subprocess([tmp_path / f"{name}.tflite" for name in [*cases, "folder"]])
+    intact = pneumocnn.load(int8_path).predict(np.full((8, 8), 0.5)).probability
     for name, (_, reason) in cases.items():
         kind, message = outcomes[f"{name}.tflite"]
-        reasons = reason if isinstance(reason, tuple) else (reason,)
+        if name == "output-three-classes" and kind == "loaded":
+            # LiteRT recomputes the output shape from the layer that writes it; the model is
+            # intact (as for the default architecture), and must answer as before
+            assert message == pytest.approx(intact), message
+            continue
+        # a damaged tensor is refused by pneumocnn's tensor check, or earlier by LiteRT when it
+        # prepares the op that uses it (for the default architecture: XNNPACK, LOGISTIC)
+        reasons = [reason, "cannot load this model"] if name.startswith(("input-", "output-")) \
+            else [reason]
         assert kind == "refused" and any(r in message for r in reasons), (name, kind, message)
     assert outcomes["folder.tflite"] == ["refused", "is not a regular file"]
     assert len(outcomes) == 30
@@ -898,7 +906,7 @@ def test_ten_kills_at_random_moments_then_the_run_finishes(tiny_data, tmp_path):
             assert entry["epochs_before"] - entry["resumed_after"] <= 1, runs
     history = json.loads((run / "checkpoints" / "state.json").read_text())["history"]
     assert [row["epoch"] for row in history] == list(range(1, 21))
-    assert check_model_files(run) == 7  # model.keras, 4 .tflite, 2 checkpoints
+    assert check_model_files(run) == 8  # model.keras, 4 .tflite, 2 checkpoints, best.keras
     assert not list(run.rglob("*.tmp")), "temporaries of killed writers are cleaned up"
     import keras
 
