@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ class Configuration:
     group: str
     settings: dict = field(default_factory=dict)
     note: str = ""
+    # Trained exactly as this other configuration, differing only in how the model is exported:
+    # the run starts from a copy of that run's checkpoints instead of training again.
+    derived_from: str | None = None
 
 
 _SEED = {"architecture": "seed-to-be", "epochs": SEED_ABLATION_EPOCHS}
@@ -94,6 +98,12 @@ CONFIGURATIONS = [
                   {**_MODERN, "architecture": "seed-to-be", "normalize": "equalize",
                    "augmentation": "shift-zoom", "schedule": "cosine"},
                   "the seed's TO-BE CNN (no batch norm) with small-bn-eq-zoom-cosine's recipe"),
+    Configuration("small-bn-eq-zoom-cosine-last-bn", "robustness",
+                  {**_MODERN, "normalize": "equalize", "augmentation": "shift-zoom",
+                   "schedule": "cosine", "keep_best": False, "recalibrate_batchnorm": True},
+                  "small-bn-eq-zoom-cosine exporting its last epoch, with batch-norm statistics "
+                  "re-estimated on un-augmented training images",
+                  derived_from="small-bn-eq-zoom-cosine"),
     Configuration("small-bn-autocontrast", "robustness", {**_MODERN, "normalize": "autocontrast"},
                   "small-bn + 1-99 % autocontrast"),
     Configuration("small-bn-flip", "robustness", {**_MODERN, "augmentation": "shift-flip"},
@@ -127,6 +137,8 @@ def train_missing(configuration: Configuration, folds: list[int], runs: Path, da
         folder = run_dir(runs, configuration.name, fold)
         if (folder / "scores.json").exists():
             continue
+        if configuration.derived_from and not (folder / "config.json").exists():
+            _copy_training(run_dir(runs, configuration.derived_from, fold), folder)
         if not (folder / "metrics.json").exists():
             started = time.monotonic()
             log.info("training %s fold %d in %s", configuration.name, fold, folder)
@@ -135,6 +147,18 @@ def train_missing(configuration: Configuration, folds: list[int], runs: Path, da
             log.info("trained %s fold %d in %.0f s", configuration.name, fold,
                      time.monotonic() - started)
         score_run(folder, data)
+
+
+def _copy_training(source: Path, folder: Path) -> None:
+    """Start ``folder`` from the finished training in ``source``: its decoded-image cache and
+    its checkpoints, so that resuming ``folder`` trains no epoch and only exports."""
+    if not (source / "metrics.json").exists():
+        raise RuntimeError(f"{source} has not finished; run its configuration first")
+    (folder / "checkpoints").mkdir(parents=True)
+    for path in (source / "checkpoints").glob("*"):
+        if path.name != "best.keras":
+            shutil.copy2(path, folder / "checkpoints" / path.name)
+    shutil.copytree(source / "cache", folder / "cache")
 
 
 def score_run(folder: Path, data: Path) -> dict:

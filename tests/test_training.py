@@ -280,3 +280,31 @@ def test_runs_saved_before_a_setting_existed_keep_their_meaning(tmp_path):
             config.fold) == ("constant", "none", "seed", False, None)
     assert config != TrainingConfig()
     assert {k: getattr(config, k) for k in old} == old
+
+
+def test_batchnorm_statistics_are_re_estimated_on_clean_training_images(tiny_data, tmp_path):
+    import keras
+
+    from pneumocnn.preprocessing import load_pixels, to_model_input
+    from pneumocnn.training.trainer import saved_config, split
+
+    settings = {**TINY_SETTINGS, "epochs": 1, "architecture": "small-bn", "keep_best": False,
+                "recalibrate_batchnorm": True}
+    result = pneumocnn.train(tiny_data, tmp_path / "bn", **settings)
+    model = keras.saving.load_model(result.keras_model)
+    config = saved_config(result.run_dir)
+    spec = config.preprocessing()
+    train_images = split(tiny_data, config)[0]
+    inputs = np.stack([to_model_input(load_pixels(p, spec), spec) for p in train_images.paths])
+    conv, norm = model.layers[0], model.layers[1]
+    assert isinstance(norm, keras.layers.BatchNormalization) and norm.momentum == 0.99
+    features = np.asarray(conv(inputs))
+    # the mean over batches of 8 of the batch means: the overall mean, up to the last batch
+    np.testing.assert_allclose(np.asarray(norm.moving_mean), features.mean(axis=(0, 1, 2)),
+                               rtol=0.05, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(norm.moving_variance), features.var(axis=(0, 1, 2)),
+                               rtol=0.2, atol=1e-3)
+    float32 = pneumocnn.load(result.tflite_models["float32"])
+    image = real_images("NORMAL", 1, start=300)[0]
+    assert pneumocnn.load(result.keras_model).predict(image).probability == pytest.approx(
+        float32.predict(image).probability, abs=1e-4)

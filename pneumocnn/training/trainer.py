@@ -59,6 +59,8 @@ class TrainingConfig:
     folds: int = 5  # ... of this many (see pneumocnn.datasets.patient_folds)
     early_stopping: int | None = None  # patience in epochs on validation loss
     keep_best: bool = True  # export the epoch of lowest validation loss, not the last one
+    # re-estimate batch-norm statistics on un-augmented training images before export
+    recalibrate_batchnorm: bool = False
     seed: int = 0
     threshold: float | str = "sensitivity"  # a probability, or "sensitivity" for the target below
     target_sensitivity: float = 0.97
@@ -84,7 +86,8 @@ _SEED_RECIPE = {
     "epochs": 50, "batch_size": 16, "learning_rate": None, "schedule": "constant",
     "input_size": 150, "channels": 3,
     "normalize": "none", "augment": True, "augmentation": "seed", "class_weight": None,
-    "early_stopping": None, "keep_best": False, "threshold": 0.5, "target_sensitivity": 0.95,
+    "early_stopping": None, "keep_best": False, "recalibrate_batchnorm": False,
+    "threshold": 0.5, "target_sensitivity": 0.95,
 }
 RECIPES: dict[str, dict] = {
     "pneumocnn": {},  # TrainingConfig's defaults: the bundled model's recipe
@@ -212,6 +215,8 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     if config.keep_best and history:
         model = keras.saving.load_model(checkpoints.best)
         log.info("exporting epoch %d, the lowest validation loss", _best_row(history)["epoch"])
+    if config.recalibrate_batchnorm:
+        _recalibrate_batchnorm(model, train_data.pixels, spec, config.batch_size, config.seed)
 
     probabilities = _positive_probability(model.predict(val_dataset, verbose=0))
     description, metrics = _describe(config, spec, architecture.name, val_data.labels,
@@ -321,6 +326,26 @@ def _reseed_dropout(model, seed: int, epoch: int) -> None:
     states = [v for v in model.variables if v.path.endswith("seed_generator_state")]
     for index, state in enumerate(states):
         state.assign(np.array([seed * 1000 + index, epoch * 1_000_003], dtype=state.dtype))
+
+
+def _recalibrate_batchnorm(model, pixels: np.ndarray, spec: Preprocessing, batch_size: int,
+                           seed: int) -> None:
+    """Replace each batch-norm layer's moving mean and variance by their averages over one pass
+    of the training images without augmentation. Training leaves statistics of augmented
+    batches, weighted towards the last steps, which shift the logits of clean images."""
+    import keras
+
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return
+    momentum = [layer.momentum for layer in layers]
+    order = np.random.default_rng(seed).permutation(len(pixels))
+    for k, start in enumerate(range(0, len(order), batch_size)):
+        for layer in layers:
+            layer.momentum = k / (k + 1)  # moving value = the mean over the batches so far
+        model(_model_inputs(pixels[order[start:start + batch_size]], spec), training=True)
+    for layer, value in zip(layers, momentum, strict=True):
+        layer.momentum = value
 
 
 def _decay_steps(config: TrainingConfig, train_data) -> int | None:
