@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
     p.add_argument("--keep-best", action=argparse.BooleanOptionalAction,
                    help="export the epoch with the lowest validation loss, not the last")
+    p.add_argument("--recalibrate-batchnorm", action=argparse.BooleanOptionalAction,
+                   help="re-estimate batch-norm statistics on un-augmented training images "
+                   "before export")
     p.add_argument("--seed", type=int)
     p.add_argument("--threshold", help="decision threshold, or 'sensitivity' for "
                    "--target-sensitivity")

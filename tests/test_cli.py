@@ -145,11 +145,12 @@ def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):
     assert seen[-1] == trainer.TrainingConfig()
     main(["train", str(tmp_path), "--no-keep-best", "--normalize", "autocontrast", "--fold", "2",
           "--optimizer", "rmsprop", "--threshold", "sensitivity", "--augmentation", "shift-flip",
-          "--class-weight", "none"])
+          "--class-weight", "none", "--recalibrate-batchnorm"])
     changed = {f.name for f in dataclasses.fields(trainer.TrainingConfig)
                if getattr(seen[-1], f.name) != getattr(trainer.TrainingConfig(), f.name)}
     assert changed <= {"keep_best", "normalize", "fold", "optimizer", "threshold", "augmentation",
-                       "class_weight"}
+                       "class_weight", "recalibrate_batchnorm"}
+    assert seen[-1].recalibrate_batchnorm is True
     assert (seen[-1].normalize, seen[-1].fold, seen[-1].optimizer, seen[-1].threshold,
             seen[-1].augmentation) == ("autocontrast", 2, "rmsprop", "sensitivity", "shift-flip")
     assert seen[-1].keep_best is False and seen[-1].class_weight is None
