@@ -47,9 +47,9 @@ QUICK = Plan(64, 40, 5, 3, 1, 6, 1, 96, 1)
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--run", type=Path, default=REPO / "runs" / "seed",
+    parser.add_argument("--run", type=Path, default=REPO / "runs" / "pneumocnn",
                         help="trained run folder with model.keras, model-*.tflite, config.json "
-                             "(default: runs/seed in the repository)")
+                             "(default: runs/pneumocnn in the repository, where `pneumocnn train` writes)")
     parser.add_argument("--data", type=Path, default=None,
                         help="labelled evaluation folder {NORMAL,PNEUMONIA}/ (default: the run's "
                              "patient-level validation split of ../shared/data/chest_xray)")
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not (args.run / "model.keras").exists():
         raise SystemExit(f"{args.run}: no trained run here (model.keras, model-*.tflite, "
                          "config.json); make one with `pneumocnn train ../shared/data/chest_xray "
-                         f"--out {args.run}` (about 30 min on 2 cores) or pass --run")
+                         f"--out {args.run}` (about 6 min on 2 cores) or pass --run")
     plan = QUICK if args.quick else FULL
     started, counters = time.perf_counter(), report.cpu_seconds()
     results = {
