@@ -472,7 +472,9 @@ def _report_text(config, description, metrics, history, val_images, train_images
         f"- epochs: {len(history)}; median seconds per epoch: "
         f"{np.median(seconds) if seconds else float('nan'):.1f}",
         f"- exported epoch: {description.info['provenance']['exported_epoch']}"
-        + (" (lowest validation loss)" if config.keep_best else " (the last)"),
+        + (" (lowest validation loss)" if config.keep_best else " (the last)")
+        + ("; batch-norm statistics re-estimated on the training images without augmentation"
+           if config.recalibrate_batchnorm else ""),
         f"- calibration temperature: {description.temperature:.3f}",
         f"- threshold: {description.threshold:.4f} ({description.info['threshold_source']})",
         "",
