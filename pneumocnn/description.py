@@ -18,7 +18,7 @@ from pneumocnn.errors import MissingDependencyError, ModelFileError
 from pneumocnn.preprocessing import Preprocessing
 
 FORMAT = "pneumocnn-model"
-VERSION = 1
+VERSION = 2  # 2: calibration may carry a bias; written only when it does
 METADATA_NAME = "pneumocnn"
 
 
@@ -27,15 +27,17 @@ class ModelDescription:
     """What a loader needs to use a model, plus informational provenance.
 
     ``labels`` are ``(negative, positive)``; the model outputs the positive-class probability.
-    ``temperature`` calibrates it (``sigmoid(logit(p) / temperature)``); ``threshold`` applies to
-    the calibrated probability. ``info`` holds architecture, quantization, training provenance,
-    alternative thresholds and validation metrics, and is never used for computation.
+    ``temperature`` and ``bias`` calibrate it (``sigmoid(logit(p) / temperature + bias)``);
+    ``threshold`` applies to the calibrated probability. ``info`` holds architecture,
+    quantization, training provenance, alternative thresholds and validation metrics, and is
+    never used for computation.
     """
 
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     labels: tuple[str, str] = ("NORMAL", "PNEUMONIA")
     threshold: float = 0.5
     temperature: float = 1.0
+    bias: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -46,14 +48,17 @@ class ModelDescription:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not math.isfinite(self.bias):
+            raise ValueError(f"calibration bias must be finite, got {self.bias}")
 
     def calibrate(self, probability: np.ndarray) -> np.ndarray:
-        """Map raw model probabilities to calibrated ones (identity when temperature is 1)."""
+        """Map raw model probabilities to calibrated ones (identity when temperature is 1 and
+        bias 0)."""
         p = np.asarray(probability, dtype=np.float64)
-        if self.temperature == 1.0:
+        if self.temperature == 1.0 and self.bias == 0.0:
             return p
         p = np.clip(p, 1e-7, 1 - 1e-7)
-        return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / self.temperature))
+        return 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) / self.temperature + self.bias)))
 
     def with_info(self, **info: Any) -> ModelDescription:
         """Return a copy whose ``info`` is updated with the given keys."""
@@ -64,7 +69,7 @@ class ModelDescription:
         return json.dumps(
             {
                 "format": FORMAT,
-                "version": VERSION,
+                "version": VERSION if self.bias else 1,  # readable by 0.1.0 where it can be
                 "input": {
                     "height": self.preprocessing.height,
                     "width": self.preprocessing.width,
@@ -73,7 +78,8 @@ class ModelDescription:
                 "preprocessing": self.preprocessing.to_dict(),
                 "labels": list(self.labels),
                 "threshold": self.threshold,
-                "calibration": {"method": "temperature", "temperature": self.temperature},
+                "calibration": {"method": "temperature", "temperature": self.temperature,
+                                **({"bias": self.bias} if self.bias else {})},
                 **self.info,
             },
             indent=1,
@@ -110,6 +116,7 @@ class ModelDescription:
                 labels=tuple(data["labels"]),
                 threshold=float(data["threshold"]),
                 temperature=float(data.get("calibration", {}).get("temperature", 1.0)),
+                bias=float(data.get("calibration", {}).get("bias", 0.0)),
                 info=info,
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:

@@ -87,25 +87,35 @@ def expected_calibration_error(
     return float(error)
 
 
-def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """The temperature ``T`` minimising the log loss of ``sigmoid(logit(p) / T)``."""
+def fit_calibration(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
+    """The temperature ``T`` and bias ``b`` minimising the log loss of
+    ``sigmoid(logit(p) / T + b)`` (Platt scaling of the logit), within T in [0.05, 20] and
+    b in [-10, 10] (bounded, so that separable data give a finite answer)."""
     y = np.asarray(labels, dtype=np.float64)
     p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
     logits = np.log(p / (1 - p))
 
-    def log_loss(log_t: float) -> float:
-        z = logits / math.exp(log_t)
+    def log_loss(inverse_t: float, bias: float) -> float:
+        z = logits * inverse_t + bias
         return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
-    low, high = math.log(0.05), math.log(20.0)
+    inverse_t, bias = 1.0, 0.0
+    for _ in range(100):  # the loss is convex in (1/T, b): minimise each in turn
+        inverse_t = _golden_minimum(lambda a, b=bias: log_loss(a, b), 1 / 20, 20.0)
+        bias = _golden_minimum(lambda b, a=inverse_t: log_loss(a, b), -10.0, 10.0)
+    return 1.0 / inverse_t, bias
+
+
+def _golden_minimum(function, low: float, high: float, steps: int = 60) -> float:
+    """The minimum of a unimodal function on [low, high], by golden-section search."""
     golden = (math.sqrt(5) - 1) / 2
-    for _ in range(80):  # golden-section search on log T
+    for _ in range(steps):
         a, b = high - golden * (high - low), low + golden * (high - low)
-        if log_loss(a) < log_loss(b):
+        if function(a) < function(b):
             high = b
         else:
             low = a
-    return math.exp((low + high) / 2)
+    return (low + high) / 2
 
 
 def _ratio(numerator: float, denominator: float) -> float:

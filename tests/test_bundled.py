@@ -19,7 +19,16 @@ def test_bundled_model_is_small_int8_and_described():
     description = read_from_tflite(path.read_bytes(), str(path))
     assert description.info["quantization"] == "int8"
     assert description.info["provenance"]["validation_images"] > 0
-    assert model.labels == ("NORMAL", "PNEUMONIA") and model.threshold == 0.5
+    assert model.labels == ("NORMAL", "PNEUMONIA") and 0.0 < model.threshold < 1.0
+
+
+def test_bundled_model_was_made_by_the_default_recipe():
+    """`pneumocnn train DATA` (the default recipe) is the command that made the bundled model."""
+    from pneumocnn.training.trainer import TrainingConfig
+
+    provenance = pneumocnn.load().description.info["provenance"]
+    assert TrainingConfig(**provenance["config"]) == TrainingConfig()
+    assert provenance["validation_images"] == 523 and provenance["train_images"] == 4693
 
 
 def test_bundled_model_scores_the_example_xrays():

@@ -10,7 +10,7 @@ import pytest
 from pneumocnn.metrics import (
     binary_metrics,
     expected_calibration_error,
-    fit_temperature,
+    fit_calibration,
     roc_auc,
     roc_curve,
     threshold_for_sensitivity,
@@ -158,20 +158,29 @@ def test_threshold_for_sensitivity_needs_positives():
 # calibration
 
 
-@pytest.mark.parametrize("true_temperature", [2.5, 0.5])
-def test_fit_temperature_recovers_a_known_temperature(true_temperature):
+@pytest.mark.parametrize(("true_temperature", "true_bias"), [(2.5, 0.0), (0.5, 0.0), (1.0, 1.5),
+                                                         (2.0, -1.0)])
+def test_fit_calibration_recovers_a_known_temperature_and_bias(true_temperature, true_bias):
     rng = np.random.default_rng(7)
-    logits = rng.normal(0.0, 3.0, 20_000)
-    labels = (rng.random(logits.size) < sigmoid(logits / true_temperature)).astype(int)
-    fitted = fit_temperature(labels, sigmoid(logits))
-    assert fitted == pytest.approx(true_temperature, rel=0.1)
+    logits = rng.normal(1.0, 3.0, 20_000)
+    labels = (rng.random(logits.size) < sigmoid(logits / true_temperature + true_bias)).astype(int)
+    temperature, bias = fit_calibration(labels, sigmoid(logits))
+    assert temperature == pytest.approx(true_temperature, rel=0.1)
+    assert bias == pytest.approx(true_bias, abs=0.1)
 
 
-def test_fit_temperature_of_calibrated_probabilities_is_one():
+def test_fit_calibration_of_calibrated_probabilities_is_the_identity():
     rng = np.random.default_rng(8)
     probabilities = rng.random(20_000)
     labels = rng.random(probabilities.size) < probabilities
-    assert fit_temperature(labels, probabilities) == pytest.approx(1.0, rel=0.1)
+    temperature, bias = fit_calibration(labels, probabilities)
+    assert temperature == pytest.approx(1.0, rel=0.1) and bias == pytest.approx(0.0, abs=0.1)
+
+
+def test_fit_calibration_of_separable_scores_stays_finite():
+    scores = np.linspace(0.01, 0.99, 200)
+    temperature, bias = fit_calibration(scores > 0.5, scores)
+    assert 0.05 <= temperature <= 20 and -10 <= bias <= 10
 
 
 def test_expected_calibration_error_hand_checked():

@@ -197,6 +197,27 @@ def test_description_round_trips_through_the_file(int8_path):
     changed = dataclasses.replace(original, threshold=0.25)
     again = read_from_tflite(embed_in_tflite(int8_path.read_bytes(), changed), "copy")
     assert again == changed
+    biased = dataclasses.replace(original, temperature=0.8, bias=1.5)
+    again = read_from_tflite(embed_in_tflite(int8_path.read_bytes(), biased), "copy")
+    assert again == biased
+
+
+def test_calibration_bias_needs_description_version_2():
+    """A description without a bias stays version 1 (readable by pneumocnn 0.1.0); one with a
+    bias is version 2, which 0.1.0 refuses rather than misreading the probability."""
+    import json
+
+    from pneumocnn.description import ModelDescription
+
+    plain, biased = ModelDescription(temperature=0.7), ModelDescription(temperature=0.7, bias=1.5)
+    assert json.loads(plain.to_json())["version"] == 1
+    assert json.loads(biased.to_json())["version"] == 2
+    assert ModelDescription.from_json(biased.to_json(), "m") == biased
+    p = np.array([0.2, 0.5, 0.9])
+    logits = np.log(p / (1 - p))
+    np.testing.assert_allclose(biased.calibrate(p), 1 / (1 + np.exp(-(logits / 0.7 + 1.5))))
+    with pytest.raises(ValueError, match="bias must be finite"):
+        ModelDescription(bias=float("nan"))
 
 
 def _run_without(modules: list[str], code: str) -> subprocess.CompletedProcess:

@@ -26,7 +26,7 @@ from pneumocnn._files import exclusive_lock, remove_temporaries, write_text
 from pneumocnn.datasets import LabelledImages, find_splits, patient_folds, split_by_patient
 from pneumocnn.description import ModelDescription
 from pneumocnn.errors import DatasetError
-from pneumocnn.metrics import binary_metrics, fit_temperature, threshold_for_sensitivity
+from pneumocnn.metrics import binary_metrics, fit_calibration, threshold_for_sensitivity
 from pneumocnn.preprocessing import Preprocessing
 
 log = logging.getLogger("pneumocnn")
@@ -386,8 +386,8 @@ def _model_inputs(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
 
 
 def _describe(config, spec, architecture, labels, raw, train_data, val_data, history):
-    temperature = fit_temperature(labels, raw) if config.calibrate else 1.0
-    description = ModelDescription(preprocessing=spec, temperature=temperature)
+    temperature, bias = fit_calibration(labels, raw) if config.calibrate else (1.0, 0.0)
+    description = ModelDescription(preprocessing=spec, temperature=temperature, bias=bias)
     calibrated = description.calibrate(raw)
     sensitivity_threshold = threshold_for_sensitivity(labels, calibrated, config.target_sensitivity)
     if config.threshold == "sensitivity":
@@ -408,6 +408,7 @@ def _describe(config, spec, architecture, labels, raw, train_data, val_data, his
         preprocessing=spec,
         threshold=threshold,
         temperature=temperature,
+        bias=bias,
         info={
             "architecture": architecture,
             "threshold_source": source,
@@ -475,7 +476,8 @@ def _report_text(config, description, metrics, history, val_images, train_images
         + (" (lowest validation loss)" if config.keep_best else " (the last)")
         + ("; batch-norm statistics re-estimated on the training images without augmentation"
            if config.recalibrate_batchnorm else ""),
-        f"- calibration temperature: {description.temperature:.3f}",
+        f"- calibration: sigmoid(logit(p) / {description.temperature:.3f} "
+        f"{description.bias:+.3f}), fitted on validation",
         f"- threshold: {description.threshold:.4f} ({description.info['threshold_source']})",
         "",
         "| model | accuracy | ROC AUC | sensitivity | specificity | ECE |",
