@@ -116,7 +116,7 @@ CONFIGURATIONS = [
 ]
 BY_NAME = {c.name: c for c in CONFIGURATIONS}
 # The configuration that became pneumocnn's default recipe (TrainingConfig's defaults).
-CHOSEN = "small-bn-eq-zoom-cosine"
+CHOSEN = "small-bn-eq-zoom-cosine-last-bn"
 
 
 def run_dir(runs: Path, name: str, fold: int) -> Path:

@@ -823,8 +823,7 @@ def test_full_disk_at_a_checkpoint_then_resume(tiny_data, tmp_path, monkeypatch)
     assert caught.value.errno == errno.ENOSPC
     monkeypatch.undo()
     checkpoints = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == [
-        "best.keras", "epoch-0001.keras", "state.json"]  # keep_best is on by default
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0001.keras", "state.json"]
     result = pneumocnn.train(tiny_data, tmp_path / "run", resume=True, **settings)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert pneumocnn.load(result.tflite_models["int8"]).predict(np.full((8, 8), 0.5)).ok
@@ -906,7 +905,7 @@ def test_ten_kills_at_random_moments_then_the_run_finishes(tiny_data, tmp_path):
             assert entry["epochs_before"] - entry["resumed_after"] <= 1, runs
     history = json.loads((run / "checkpoints" / "state.json").read_text())["history"]
     assert [row["epoch"] for row in history] == list(range(1, 21))
-    assert check_model_files(run) == 8  # model.keras, 4 .tflite, 2 checkpoints, best.keras
+    assert check_model_files(run) == 7  # model.keras, 4 .tflite, 2 checkpoints
     assert not list(run.rglob("*.tmp")), "temporaries of killed writers are cleaned up"
     import keras
 

@@ -58,9 +58,9 @@ class TrainingConfig:
     fold: int | None = None  # with validation="patients": validate on this patient fold ...
     folds: int = 5  # ... of this many (see pneumocnn.datasets.patient_folds)
     early_stopping: int | None = None  # patience in epochs on validation loss
-    keep_best: bool = True  # export the epoch of lowest validation loss, not the last one
+    keep_best: bool = False  # export the epoch of lowest validation loss, not the last one
     # re-estimate batch-norm statistics on un-augmented training images before export
-    recalibrate_batchnorm: bool = False
+    recalibrate_batchnorm: bool = True
     seed: int = 0
     threshold: float | str = "sensitivity"  # a probability, or "sensitivity" for the target below
     target_sensitivity: float = 0.97
