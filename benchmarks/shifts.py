@@ -99,6 +99,7 @@ def score_model(run: Path, data: Path) -> dict:
         "config": asdict(config),
         "threshold": model.threshold,
         "temperature": model.description.temperature,
+        "bias": model.description.bias,
         "exported_epoch": model.description.info["provenance"].get("exported_epoch"),
         "epochs_trained": len(seconds),
         "training_seconds": round(sum(seconds)),

@@ -66,7 +66,7 @@ def write_report(configurations, runs: Path, out: Path) -> str:
     return the markdown."""
     found = collect(configurations, runs)
     header = "| configuration | group | folds | " + " | ".join(c for c, _ in _COLUMNS) + \
-        " | epochs (exported) | train min |"
+        " | calibration | epochs (exported) | train min |"
     lines = [
         "# Accuracy study",
         "",
@@ -80,7 +80,9 @@ def write_report(configurations, runs: Path, out: Path) -> str:
         "(`benchmarks/shifts.py`), mean over shifts, and the worst shift's specificity. "
         "*val-16*: the official 16-image val folder. The validation fold also chose the "
         "threshold, the temperature and (for keep-best runs) the epoch, so its figures are "
-        "optimistic; the shift and val-16 columns are the robustness check.",
+        "optimistic; the shift and val-16 columns are the robustness check. *calibration*: "
+        "`T` for runs exported while pneumocnn fitted a temperature only, `T + b` for runs "
+        "exported with a temperature and a bias (the ECE of `T` rows is not comparable).",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -92,8 +94,9 @@ def write_report(configurations, runs: Path, out: Path) -> str:
         cells = [_cell([get(s) for s in scores]) for _, get in _COLUMNS]
         epochs = "/".join(f"{s['epochs_trained']} ({s['exported_epoch']})" for s in scores)
         minutes = np.mean([s["training_seconds"] for s in scores]) / 60
+        calibration = "T + b" if all("bias" in s for s in scores) else "T"
         lines.append(f"| {configuration.name} | {configuration.group} | {len(scores)} | "
-                     + " | ".join(cells) + f" | {epochs} | {minutes:.1f} |")
+                     + " | ".join(cells) + f" | {calibration} | {epochs} | {minutes:.1f} |")
     lines += ["", "## Configurations", ""]
     lines += [f"- **{c.name}**: {c.note}. Settings: `{json.dumps(c.settings)}`"
               for c in configurations]
