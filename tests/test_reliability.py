@@ -524,7 +524,7 @@ def model_file_cases(model: bytes) -> dict[str, tuple[bytes, str]]:
         "non-utf8-json": (with_metadata(model, b'{"format": "\xff\xfe"}'), "not valid JSON"),
         "deeply-nested-json": (with_metadata(model, b"[" * 100_000), "not valid JSON"),
         "json-not-an-object": (with_metadata(model, b"[1, 2, 3]"), "not a pneumocnn description"),
-        "future-version": (with_metadata(model, b'{"format": "pneumocnn-model", "version": 2}'),
+        "future-version": (with_metadata(model, b'{"format": "pneumocnn-model", "version": 3}'),
                            "newer"),
         "future-version-full": (described(model, version=7), "newer"),
         "version-not-a-number": (described(model, version="1"), "not valid"),
