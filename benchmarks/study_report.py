@@ -82,7 +82,10 @@ def write_report(configurations, runs: Path, out: Path) -> str:
         "threshold, the temperature and (for keep-best runs) the epoch, so its figures are "
         "optimistic; the shift and val-16 columns are the robustness check. *calibration*: "
         "`T` for runs exported while pneumocnn fitted a temperature only, `T + b` for runs "
-        "exported with a temperature and a bias (the ECE of `T` rows is not comparable).",
+        "exported with a temperature and a bias (the ECE of `T` rows is not comparable). "
+        "*train min*: minutes of training epochs per run (decoding and export not included). "
+        "A row's runs come from `python -m benchmarks.study --only NAME --folds K ...` on 2 CPU "
+        "cores.",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
