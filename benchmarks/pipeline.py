@@ -97,7 +97,8 @@ def training_pipelines(images: LabelledImages, config: dict, work_dir: Path, rep
     n = len(decoded.labels)
     targets = (np.eye(2, dtype=np.float32)[decoded.labels] if one_hot
                else decoded.labels.astype(np.float32)[:, None])
-    ours = make_dataset(decoded, spec, batch, one_hot=one_hot, augmentation=SEED_AUGMENTATION)
+    ours = make_dataset(decoded, spec, batch, one_hot=one_hot, shuffle=True,
+                        augmentation=SEED_AUGMENTATION)
     memory = tf.data.Dataset.from_tensor_slices((model_inputs(decoded.pixels, spec), targets)).batch(batch)
     feeds = {"pneumocnn": (ours, None, n), "in-memory": (memory, None, n)}
     flow = _seed_flow(images, spec, batch, one_hot, work_dir)

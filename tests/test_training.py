@@ -308,3 +308,25 @@ def test_batchnorm_statistics_are_re_estimated_on_clean_training_images(tiny_dat
     image = real_images("NORMAL", 1, start=300)[0]
     assert pneumocnn.load(result.keras_model).predict(image).probability == pytest.approx(
         float32.predict(image).probability, abs=1e-4)
+
+
+def test_training_batches_are_shuffled_with_or_without_augmentation():
+    """Class folders are read in order: unshuffled training batches would hold one class at a
+    time (a run without augmentation collapsed that way before this was fixed)."""
+    from pneumocnn.preprocessing import Preprocessing
+    from pneumocnn.training.pipeline import DecodedImages, make_dataset
+
+    labels = np.repeat([0, 1], 32)
+    data = DecodedImages(np.zeros((64, 8, 8), np.uint8), labels, tuple(), ())
+    spec = Preprocessing(height=8, width=8, channels=1)
+
+    def order(**options) -> np.ndarray:
+        return np.concatenate([t.numpy().ravel() for _, t in make_dataset(data, spec, 8, **options)])
+
+    assert np.array_equal(order(), labels)  # evaluation keeps the order
+    shuffled = order(shuffle=True, seed=0, epoch=0)
+    assert sorted(shuffled) == sorted(labels) and not np.array_equal(shuffled, labels)
+    assert np.array_equal(shuffled, order(shuffle=True, seed=0, epoch=0))
+    assert not np.array_equal(shuffled, order(shuffle=True, seed=0, epoch=1))
+    first_batches = shuffled[:32]
+    assert 0 < first_batches.mean() < 1  # both classes early in the epoch

@@ -101,19 +101,21 @@ def make_dataset(
     batch_size: int,
     *,
     one_hot: bool = False,
+    shuffle: bool = False,
     augmentation: Augmentation | None = None,
     seed: int = 0,
     epoch: int = 0,
 ) -> tf.data.Dataset:
     """A batched, prefetched ``tf.data`` pipeline over decoded images.
 
-    With ``augmentation`` the order is shuffled and images are augmented, both determined by
-    ``(seed, epoch)``; without it the order is kept (evaluation).
+    With ``shuffle`` (training) the order is shuffled, with ``augmentation`` the images are
+    augmented, both determined by ``(seed, epoch)``; without either, images come as they are,
+    in order (evaluation).
     """
     labels = data.labels.astype(np.float32)
     targets = np.eye(2, dtype=np.float32)[data.labels] if one_hot else labels[:, None]
     dataset = tf.data.Dataset.from_tensor_slices((data.pixels, targets))
-    if augmentation is not None:
+    if shuffle:
         dataset = dataset.shuffle(len(labels), seed=seed * 100_003 + epoch,
                                   reshuffle_each_iteration=False)
     dataset = dataset.batch(batch_size).enumerate()

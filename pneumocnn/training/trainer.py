@@ -196,7 +196,7 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
         _reseed_dropout(model, config.seed, epoch)
         started = time.monotonic()
         fit = model.fit(
-            make_dataset(train_data, spec, config.batch_size, one_hot=one_hot,
+            make_dataset(train_data, spec, config.batch_size, one_hot=one_hot, shuffle=True,
                          augmentation=AUGMENTATIONS[config.augmentation] if config.augment else None,
                          seed=config.seed, epoch=epoch),
             validation_data=val_dataset,
