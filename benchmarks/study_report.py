@@ -103,7 +103,7 @@ def write_report(configurations, runs: Path, out: Path) -> str:
                      + " | ".join(cells) + f" | {calibration} | {epochs} | {minutes:.1f} |")
     lines += ["", "## Configurations", ""]
     lines += [f"- **{c.name}**: {c.note}. Settings: `{json.dumps(c.settings)}`"
-              for c in configurations]
+              + ("" if c.name in found else " *Not run yet.*") for c in configurations]
     lines += ["", "## The seed's ablation beside the report's figures", "",
               "Here: int8, validation fold, 10 epochs, last epoch; accuracies and specificity at "
               "0.5 like the report's, shift spec at the run's threshold for sensitivity 0.97. The "
