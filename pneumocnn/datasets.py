@@ -125,11 +125,7 @@ def split_by_patient(
     chosen: set[str] = set()
     decided: set[str] = set()  # a group with images in both classes is placed once, by class 0
     for label in (0, 1):
-        sizes: dict[str, int] = defaultdict(int)
-        for i in np.flatnonzero(images.labels == label):
-            sizes[groups[i]] += 1
-        order = sorted(sizes)
-        rng.shuffle(order)
+        sizes, order = _shuffled_group_sizes(groups, images.labels, label, rng)
         target = fraction * sum(sizes.values())
         taken = sum(n for group, n in sizes.items() if group in chosen)
         for group in order:
@@ -159,11 +155,7 @@ def patient_folds(images: LabelledImages, folds: int = 5, seed: int = 0) -> np.n
     rng = np.random.default_rng(seed)
     fold_of: dict[str, int] = {}
     for label in (0, 1):
-        sizes: dict[str, int] = defaultdict(int)
-        for i in np.flatnonzero(images.labels == label):
-            sizes[groups[i]] += 1
-        order = sorted(sizes)
-        rng.shuffle(order)
+        sizes, order = _shuffled_group_sizes(groups, images.labels, label, rng)
         filled = np.zeros(folds, dtype=np.int64)
         for group, fold in fold_of.items():  # mixed-class groups already placed
             filled[fold] += sizes.get(group, 0)
@@ -175,6 +167,18 @@ def patient_folds(images: LabelledImages, folds: int = 5, seed: int = 0) -> np.n
     if len(np.unique(assignment)) < folds:
         raise DatasetError(f"too few patients for {folds} folds")
     return assignment
+
+
+def _shuffled_group_sizes(groups: list[str], labels: np.ndarray, label: int,
+                          rng: np.random.Generator) -> tuple[dict[str, int], list[str]]:
+    """Images of class ``label`` per patient group, and those groups in a ``rng``-shuffled
+    order (shuffled from sorted, so the order depends only on the names and the seed)."""
+    sizes: dict[str, int] = defaultdict(int)
+    for i in np.flatnonzero(labels == label):
+        sizes[groups[i]] += 1
+    order = sorted(sizes)
+    rng.shuffle(order)
+    return sizes, order
 
 
 def _patient_groups(images: LabelledImages) -> list[str]:
