@@ -71,8 +71,8 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     from benchmarks.pipeline import training_pipelines
     from benchmarks.quality import score
     from benchmarks.variants import build_variants, load_keras
-    from pneumocnn.datasets import index_folder
-    from pneumocnn.training.pipeline import decode_all
+    from pneumocnn.core.folders import index_folder
+    from pneumocnn.training.data import decode_all
 
     run_dir = args.run.resolve()
     config = run_config(run_dir)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 import pneumocnn
-from pneumocnn.preprocessing import load_pixels
+from pneumocnn.core.preprocessing import load_pixels
 
 PATHS = {
     "pneumocnn": "pneumocnn Model.predict(path), LiteRT int8",

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import REPO, SHARED_DATA
-from pneumocnn.datasets import LabelledImages, index_folder
-from pneumocnn.preprocessing import Preprocessing, to_model_input
+from pneumocnn.core.folders import LabelledImages, index_folder
+from pneumocnn.core.preprocessing import Preprocessing, to_model_input
 from pneumocnn.training.trainer import saved_config, split
 
 CHEST_XRAY = SHARED_DATA / "chest_xray"

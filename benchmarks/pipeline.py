@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.inputs import model_inputs
-from pneumocnn.datasets import LabelledImages
-from pneumocnn.preprocessing import Preprocessing
+from pneumocnn.core.folders import LabelledImages
+from pneumocnn.core.preprocessing import Preprocessing
 
 LABELS = {
     "pneumocnn": "pneumocnn make_dataset (cached pixels, augmentation in graph)",
@@ -76,7 +76,7 @@ def training_pipelines(images: LabelledImages, config: dict, work_dir: Path, rep
 
     from pneumocnn.training.architectures import get_architecture, make_optimizer
     from pneumocnn.training.augmentations import SEED_AUGMENTATION
-    from pneumocnn.training.pipeline import decode_all, make_dataset
+    from pneumocnn.training.data import decode_all, make_dataset
 
     spec = Preprocessing(height=config["input_size"], width=config["input_size"],
                          channels=config["channels"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.variants import Variant
-from pneumocnn.metrics import binary_metrics
+from pneumocnn.core.metrics import binary_metrics
 
 REFERENCE = "keras-compiled"
 CHUNK = 32

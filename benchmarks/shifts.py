@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 import pneumocnn
-from pneumocnn.datasets import find_splits
-from pneumocnn.metrics import binary_metrics
-from pneumocnn.preprocessing import load_gray
+from pneumocnn.core.folders import find_splits
+from pneumocnn.core.metrics import binary_metrics
+from pneumocnn.core.preprocessing import load_gray
 from pneumocnn.training.trainer import saved_config, split
 
 

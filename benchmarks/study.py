@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from benchmarks import REPO, RESULTS, SHARED_DATA  # noqa: E402
 from benchmarks.shifts import score_model  # noqa: E402
 from benchmarks.study_report import write_report  # noqa: E402
-from pneumocnn._files import write_text  # noqa: E402
+from pneumocnn.core.files import write_text  # noqa: E402
 from pneumocnn.training.trainer import train  # noqa: E402
 
 log = logging.getLogger("pneumocnn")

@@ -19,8 +19,7 @@ import numpy as np
 
 import pneumocnn
 from benchmarks.inputs import model_inputs
-from pneumocnn.backends import read_keras_description
-from pneumocnn.description import ModelDescription
+from pneumocnn.core.modelfile import ModelDescription, read_keras_description
 from pneumocnn.training.export import QUANTIZATIONS
 
 TF_THREADS = "all (TF default)"

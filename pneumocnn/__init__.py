@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from pneumocnn.errors import (
+from pneumocnn.core.errors import (
     DatasetError,
     InputError,
     MissingDependencyError,
     ModelFileError,
     PneumocnnError,
 )
-from pneumocnn.evaluation import evaluate
-from pneumocnn.model import Model, Prediction, load, predict
+from pneumocnn.runtime.evaluation import evaluate
+from pneumocnn.runtime.model import Model, Prediction, load, predict
 
 if TYPE_CHECKING:
     from pneumocnn.training.trainer import TrainingResult

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pneumocnn.errors import PneumocnnError
+from pneumocnn.core.errors import PneumocnnError
 from pneumocnn.training.augmentations import AUGMENTATIONS
 from pneumocnn.training.trainer import RECIPES, TrainingConfig
 
@@ -155,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _predict(args) -> int:
-    from pneumocnn.model import Prediction, expand_inputs, load
+    from pneumocnn.core.folders import expand_inputs
+    from pneumocnn.runtime.model import Prediction, load
 
     if args.resume and not args.csv:
         raise ValueError("--resume needs --csv FILE")
@@ -212,7 +213,7 @@ def _kept_rows(path: Path, fields: list[str]) -> list[dict]:
 
 
 def _evaluate(args) -> int:
-    from pneumocnn.evaluation import evaluate
+    from pneumocnn.runtime.evaluation import evaluate
 
     result = evaluate(args.model, args.folder, threshold=args.threshold, out=args.out)
     print(json.dumps(result.metrics, indent=1) if args.json else result)
@@ -220,8 +221,8 @@ def _evaluate(args) -> int:
 
 
 def _explain(args) -> int:
-    from pneumocnn.explain import grad_cam, occlusion, overlay, save_png
-    from pneumocnn.model import load
+    from pneumocnn.runtime.explain import grad_cam, occlusion, overlay, save_png
+    from pneumocnn.runtime.model import load
 
     model = load(args.model)
     explanation = (grad_cam if args.method == "grad-cam" else occlusion)(model, args.image)
@@ -232,7 +233,7 @@ def _explain(args) -> int:
 
 
 def _triage(args) -> int:
-    from pneumocnn.triage import triage
+    from pneumocnn.runtime.triage import triage
 
     worklist = triage(args.folder, args.out, args.model, heatmaps=args.heatmaps)
     print(f"{len(worklist.rows) - len(worklist.failed)} scored, {len(worklist.failed)} failed; "
@@ -241,7 +242,7 @@ def _triage(args) -> int:
 
 
 def _info(args) -> int:
-    from pneumocnn.model import load
+    from pneumocnn.runtime.model import load
 
     model = load(args.model)
     print(model)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pneumocnn
-from pneumocnn.description import read_from_tflite
+from pneumocnn.core.modelfile import read_from_tflite
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -102,7 +102,7 @@ def test_convert_seed_weights_file(tiny_data, tmp_path):
     assert main(["convert", str(weights), "--out", str(out), "--quantization", "float32"]) == 0
     converted = pneumocnn.load(out)
     image = real_images("NORMAL", 1)[0]
-    from pneumocnn.preprocessing import preprocess
+    from pneumocnn.core.preprocessing import preprocess
 
     expected = float(seed_model(preprocess(image, converted.description.preprocessing)[None])[0, 0])
     assert converted.predict(image).probability == pytest.approx(expected, abs=1e-5)
@@ -121,7 +121,7 @@ def test_convert_saved_model_folder(tiny_run, tiny_data, tmp_path):
     assert converted.threshold == 0.4 and converted.description.preprocessing.height == 64
     reference = pneumocnn.load(tiny_run.tflite_models["float32"])
     image = real_images("NORMAL", 1)[0]
-    from pneumocnn.preprocessing import preprocess
+    from pneumocnn.core.preprocessing import preprocess
 
     x = preprocess(image, converted.description.preprocessing)[None]
     assert converted._backend.run(x)[0] == pytest.approx(reference._backend.run(x)[0], abs=1e-5)
@@ -138,7 +138,7 @@ def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):
 
     def fake_train(data, out, recipe, resume, verbose, **settings):
         seen.append(trainer.make_config(recipe, **settings))
-        raise pneumocnn.errors.DatasetError("stop here")
+        raise pneumocnn.core.errors.DatasetError("stop here")
 
     monkeypatch.setattr(trainer, "train", fake_train)
     assert main(["train", str(tmp_path)]) == 2

@@ -12,7 +12,7 @@ from conftest import TINY_SETTINGS, real_images
 from PIL import Image
 
 import pneumocnn
-from pneumocnn.explain import grad_cam, occlusion, overlay
+from pneumocnn.runtime.explain import grad_cam, occlusion, overlay
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -74,7 +74,7 @@ def test_dicom_made_from_a_jpeg_gives_the_jpeg_answer(tiny_run, xray, tmp_path):
 
 
 def test_dicom_window_is_applied(tmp_path):
-    from pneumocnn.preprocessing import load_gray
+    from pneumocnn.core.preprocessing import load_gray
 
     ramp = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (8, 1))
     write_dicom(tmp_path / "w.dcm", ramp, bits_stored=12, window=(2048, 1024))
@@ -128,7 +128,7 @@ def test_heatmaps_land_on_the_evidence(tmp_path):
 
 
 def test_triage_worklist_sorted_resumable_with_errors_apart(tiny_run, tmp_path):
-    from pneumocnn.triage import triage
+    from pneumocnn.runtime.triage import triage
 
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -172,7 +172,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def test_report_renders_in_a_real_browser(tmp_path):
     import subprocess
 
-    from pneumocnn.triage import triage
+    from pneumocnn.runtime.triage import triage
 
     examples = Path(__file__).resolve().parents[1] / "examples" / "xrays"
     worklist = triage(examples, tmp_path / "report", heatmaps=True)

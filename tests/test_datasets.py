@@ -1,4 +1,4 @@
-"""pneumocnn.datasets: patient ids, folder indexing and patient-level splits on the real data."""
+"""pneumocnn.core.folders: patient ids, folder indexing and patient-level splits on the real data."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumocnn.datasets import (
+from pneumocnn.core.errors import DatasetError
+from pneumocnn.core.folders import (
     LabelledImages,
     find_splits,
     index_folder,
@@ -19,7 +20,6 @@ from pneumocnn.datasets import (
     patient_id,
     split_by_patient,
 )
-from pneumocnn.errors import DatasetError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHEST_XRAY = DATA / "chest_xray"

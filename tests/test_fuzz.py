@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from pneumocnn.errors import InputError
-from pneumocnn.preprocessing import Preprocessing, describe, preprocess
+from pneumocnn.core.errors import InputError
+from pneumocnn.core.preprocessing import Preprocessing, describe, preprocess
 
 SPEC = Preprocessing(64, 64, 3)
 SLOWEST_CASE_SECONDS = 5.0

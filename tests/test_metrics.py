@@ -1,4 +1,4 @@
-"""pneumocnn.metrics against hand-checked values and brute-force definitions."""
+"""pneumocnn.core.metrics against hand-checked values and brute-force definitions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pneumocnn.metrics import (
+from pneumocnn.core.metrics import (
     binary_metrics,
     expected_calibration_error,
     fit_calibration,

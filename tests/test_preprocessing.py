@@ -1,4 +1,4 @@
-"""pneumocnn.preprocessing on real X-rays and on image files of every kind written here."""
+"""pneumocnn.core.preprocessing on real X-rays and on image files of every kind written here."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
-from pneumocnn.errors import InputError
-from pneumocnn.preprocessing import (
+from pneumocnn.core.errors import InputError
+from pneumocnn.core.preprocessing import (
     Preprocessing,
     describe,
     load_pixels,

@@ -28,8 +28,8 @@ from PIL import Image
 
 import pneumocnn
 from pneumocnn.cli import main
-from pneumocnn.description import ModelDescription
-from pneumocnn.preprocessing import Preprocessing
+from pneumocnn.core.modelfile import ModelDescription
+from pneumocnn.core.preprocessing import Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 ORIENTATION = 0x0112
@@ -467,7 +467,7 @@ def with_tensor(model: bytes, which: str, **changes) -> bytes:
 
 def described(model: bytes, **changes) -> bytes:
     """A copy of a ``.tflite`` file whose description JSON has ``changes`` applied."""
-    from pneumocnn.description import read_from_tflite
+    from pneumocnn.core.modelfile import read_from_tflite
 
     data = json.loads(read_from_tflite(model, "model").to_json())
     for key, value in changes.items():
@@ -637,7 +637,7 @@ KERAS_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import keras
     import pneumocnn
-    from pneumocnn.backends import KerasBackend
+    from pneumocnn.runtime.backends import KerasBackend
     outcomes = {}
     try:  # Keras itself, in the safe mode pneumocnn asks for
         KerasBackend(Path(sys.argv[1]))
@@ -750,7 +750,7 @@ def test_full_disk_while_writing_a_model_keeps_the_previous_file(tiny_run, tmp_p
                                                                   failing):
     """The OS layer fails as on a full disk while a .keras and a .tflite file are replaced:
     a clear error naming the file, the previous file intact and loadable, nothing left over."""
-    from pneumocnn._files import write_bytes
+    from pneumocnn.core.files import write_bytes
     from pneumocnn.training.export import save_keras
 
     keras_path, tflite_path = tmp_path / "model.keras", tmp_path / "model-int8.tflite"
@@ -785,7 +785,7 @@ def test_full_disk_while_writing_a_model_keeps_the_previous_file(tiny_run, tmp_p
 def test_really_full_disk_keeps_the_previous_model(tiny_run, tmp_path):
     """The same on a real 768 KiB tmpfs: a 0.2 MB int8 model is there, a 0.8 MB float32 model
     does not fit beside it while it is being replaced."""
-    from pneumocnn._files import write_bytes
+    from pneumocnn.core.files import write_bytes
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -937,7 +937,7 @@ def test_a_second_trainer_on_the_same_run_folder_is_refused(tiny_data, tmp_path)
     finally:
         first.kill()
         first.wait()
-    from pneumocnn._files import exclusive_lock
+    from pneumocnn.core.files import exclusive_lock
 
     with exclusive_lock(run / ".lock", "run folder"):
         pass
@@ -953,7 +953,7 @@ def test_model_files_get_the_usual_permissions(tiny_run):
 
 
 def test_temporaries_of_killed_writers_are_removed(tmp_path):
-    from pneumocnn._files import remove_temporaries
+    from pneumocnn.core.files import remove_temporaries
 
     (tmp_path / ".model.keras.x1y2.tmp").write_bytes(b"half a model")
     (tmp_path / ".epoch-0003.keras.a1b2.tmp").mkdir()

@@ -15,8 +15,8 @@ from conftest import FULL_RESOLUTION, real_images
 from PIL import Image
 
 import pneumocnn
-from pneumocnn.description import ModelDescription, embed_in_tflite, read_from_tflite
-from pneumocnn.preprocessing import Preprocessing
+from pneumocnn.core.modelfile import ModelDescription, embed_in_tflite, read_from_tflite
+from pneumocnn.core.preprocessing import Preprocessing
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_calibration_bias_needs_description_version_2():
     bias is version 2, which 0.1.0 refuses rather than misreading the probability."""
     import json
 
-    from pneumocnn.description import ModelDescription
+    from pneumocnn.core.modelfile import ModelDescription
 
     plain, biased = ModelDescription(temperature=0.7), ModelDescription(temperature=0.7, bias=1.5)
     assert json.loads(plain.to_json())["version"] == 1

@@ -18,8 +18,8 @@ from conftest import TINY_SETTINGS, real_images
 from PIL import Image
 
 import pneumocnn
-from pneumocnn.description import read_from_tflite
-from pneumocnn.errors import DatasetError
+from pneumocnn.core.errors import DatasetError
+from pneumocnn.core.modelfile import read_from_tflite
 from pneumocnn.training.trainer import TrainingConfig
 
 
@@ -173,7 +173,7 @@ def test_seed_as_is_softmax_model_trains_and_runs(tiny_data, tmp_path):
 
 
 def test_a_run_folder_in_use_is_refused(tiny_data, tmp_path):
-    from pneumocnn._files import exclusive_lock
+    from pneumocnn.core.files import exclusive_lock
 
     run = tmp_path / "busy"
     with exclusive_lock(run / ".lock", "test"), pytest.raises(pneumocnn.PneumocnnError,
@@ -199,7 +199,7 @@ def test_shift_augmentation_is_deterministic_and_in_range():
     import tensorflow as tf
 
     from pneumocnn.training.augmentations import SEED_AUGMENTATION, SHIFT_AUGMENTATION
-    from pneumocnn.training.pipeline import _augment
+    from pneumocnn.training.data import _augment
 
     images = tf.constant(np.random.default_rng(0).random((4, 32, 32, 1)), tf.float32)
     seed = tf.constant([3, 7], tf.int64)
@@ -230,7 +230,7 @@ def test_keep_best_exports_the_epoch_with_the_lowest_validation_loss(tiny_data, 
 def test_fold_normalisation_and_compile_overrides_reach_the_model_file(tiny_data, tmp_path):
     """Validation on patient fold 1 of 3, histogram equalisation, softmax + binary CE, RMSprop
     with a cosine schedule: the run uses them, and the model file makes the runtime equalise."""
-    from pneumocnn.datasets import index_folder, patient_folds
+    from pneumocnn.core.folders import index_folder, patient_folds
 
     settings = {**TINY_SETTINGS, "epochs": 1, "fold": 1, "folds": 3, "normalize": "equalize",
                 "architecture": "seed-to-be",
@@ -285,7 +285,7 @@ def test_runs_saved_before_a_setting_existed_keep_their_meaning(tmp_path):
 def test_batchnorm_statistics_are_re_estimated_on_clean_training_images(tiny_data, tmp_path):
     import keras
 
-    from pneumocnn.preprocessing import load_pixels, to_model_input
+    from pneumocnn.core.preprocessing import load_pixels, to_model_input
     from pneumocnn.training.trainer import saved_config, split
 
     settings = {**TINY_SETTINGS, "epochs": 1, "architecture": "small-bn", "keep_best": False,
@@ -313,8 +313,8 @@ def test_batchnorm_statistics_are_re_estimated_on_clean_training_images(tiny_dat
 def test_training_batches_are_shuffled_with_or_without_augmentation():
     """Class folders are read in order: unshuffled training batches would hold one class at a
     time (a run without augmentation collapsed that way before this was fixed)."""
-    from pneumocnn.preprocessing import Preprocessing
-    from pneumocnn.training.pipeline import DecodedImages, make_dataset
+    from pneumocnn.core.preprocessing import Preprocessing
+    from pneumocnn.training.data import DecodedImages, make_dataset
 
     labels = np.repeat([0, 1], 32)
     data = DecodedImages(np.zeros((64, 8, 8), np.uint8), labels, tuple(), ())

@@ -1,5 +1,5 @@
 """Named training augmentations: plain settings, applied in the tf.data graph by
-:mod:`pneumocnn.training.pipeline`. TensorFlow-free, so the command line can list them."""
+:mod:`pneumocnn.training.data`. TensorFlow-free, so the command line can list them."""
 
 from __future__ import annotations
 

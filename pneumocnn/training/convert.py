@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn._files import write_bytes
-from pneumocnn.backends import read_keras_description
-from pneumocnn.description import ModelDescription
-from pneumocnn.errors import InputError, ModelFileError
-from pneumocnn.model import expand_inputs
-from pneumocnn.preprocessing import Preprocessing, preprocess
+from pneumocnn.core.errors import InputError, ModelFileError
+from pneumocnn.core.files import write_bytes
+from pneumocnn.core.folders import walk_images
+from pneumocnn.core.modelfile import ModelDescription, read_keras_description
+from pneumocnn.core.preprocessing import Preprocessing, preprocess
 
 log = logging.getLogger("pneumocnn")
 
@@ -124,7 +123,7 @@ def _saved_model_input_shape(folder: Path) -> tuple[int, ...]:
 def _representative(folder: Path, spec: Preprocessing, count: int, seed: int) -> np.ndarray:
     if not folder.is_dir():
         raise InputError(str(folder), "representative data must be a folder of X-rays")
-    files = [path for path, _ in expand_inputs(folder)]
+    files = [path for path in walk_images(folder) if isinstance(path, Path)]
     if not files:
         raise InputError(str(folder), "holds no images")
     chosen = np.random.default_rng(seed).permutation(len(files))[:count]

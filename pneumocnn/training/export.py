@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from pneumocnn._files import TEMPORARY, atomic_write, write_bytes
-from pneumocnn.backends import KERAS_MEMBER
-from pneumocnn.description import ModelDescription, embed_in_tflite
+from pneumocnn.core.files import TEMPORARY, atomic_write, write_bytes
+from pneumocnn.core.modelfile import ModelDescription, embed_in_keras, embed_in_tflite
 
 QUANTIZATIONS = ("float32", "float16", "dynamic-int8", "int8")
 
@@ -28,8 +26,7 @@ def save_keras(model, description: ModelDescription, path: str | Path) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY) as scratch:
         staged = Path(scratch) / path.name
         model.save(staged)
-        with zipfile.ZipFile(staged, "a") as archive:
-            archive.writestr(KERAS_MEMBER, description.to_json())
+        embed_in_keras(staged, description)
         with atomic_write(path) as stream, staged.open("rb") as source:
             shutil.copyfileobj(source, stream)
 

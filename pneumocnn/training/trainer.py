@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn import __version__
-from pneumocnn._files import exclusive_lock, remove_temporaries, write_text
-from pneumocnn.datasets import LabelledImages, find_splits, patient_folds, split_by_patient
-from pneumocnn.description import ModelDescription
-from pneumocnn.errors import DatasetError
-from pneumocnn.metrics import binary_metrics, fit_calibration, threshold_for_sensitivity
-from pneumocnn.preprocessing import Preprocessing
+from pneumocnn.core.errors import DatasetError
+from pneumocnn.core.files import exclusive_lock, remove_temporaries, write_text
+from pneumocnn.core.folders import LabelledImages, find_splits, patient_folds, split_by_patient
+from pneumocnn.core.metrics import binary_metrics, fit_calibration, threshold_for_sensitivity
+from pneumocnn.core.modelfile import ModelDescription
+from pneumocnn.core.preprocessing import Preprocessing
 
 log = logging.getLogger("pneumocnn")
 
@@ -49,14 +49,14 @@ class TrainingConfig:
     schedule: str = "cosine"  # learning rate: "constant", or "cosine" decay to 0 over the run
     input_size: int = 150
     channels: int = 3
-    normalize: str = "equalize"  # intensity normalisation, see pneumocnn.preprocessing.Preprocessing
+    normalize: str = "equalize"  # intensity normalisation, see pneumocnn.core.preprocessing.Preprocessing
     augment: bool = True
     augmentation: str = "shift-zoom"  # a name in pneumocnn.training.augmentations.AUGMENTATIONS
     class_weight: str | None = None  # None or "balanced"
     validation: str = "patients"  # "patients": split train by patient; "folder": ROOT/val
     validation_fraction: float = 0.1
     fold: int | None = None  # with validation="patients": validate on this patient fold ...
-    folds: int = 5  # ... of this many (see pneumocnn.datasets.patient_folds)
+    folds: int = 5  # ... of this many (see pneumocnn.core.folders.patient_folds)
     early_stopping: int | None = None  # patience in epochs on validation loss
     keep_best: bool = False  # export the epoch of lowest validation loss, not the last one
     # re-estimate batch-norm statistics on un-augmented training images before export
@@ -152,11 +152,11 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
            settings_given: bool) -> TrainingResult:
     import keras
 
-    from pneumocnn.plots import plot_reliability
+    from pneumocnn.core.plots import plot_reliability
     from pneumocnn.training import export
     from pneumocnn.training.architectures import get_architecture, make_optimizer
     from pneumocnn.training.augmentations import AUGMENTATIONS
-    from pneumocnn.training.pipeline import decode_all, make_dataset
+    from pneumocnn.training.data import decode_all, make_dataset
 
     config = _start_run(run_dir, config, resume, settings_given)
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "cache"):
@@ -380,7 +380,7 @@ def _positive_probability(outputs: np.ndarray) -> np.ndarray:
 
 
 def _model_inputs(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
-    from pneumocnn.preprocessing import to_model_input
+    from pneumocnn.core.preprocessing import to_model_input
 
     return np.stack([to_model_input(p, spec) for p in pixels])
 
@@ -435,7 +435,7 @@ def _describe(config, spec, architecture, labels, raw, train_data, val_data, his
 
 
 def _score_tflite(paths: dict[str, Path], val_data) -> dict:
-    from pneumocnn.model import load
+    from pneumocnn.runtime.model import load
 
     scores = {}
     for quantization, path in paths.items():
@@ -446,7 +446,7 @@ def _score_tflite(paths: dict[str, Path], val_data) -> dict:
 
 
 def _write_reports(run_dir, config, description, metrics, history, val_images, train_images):
-    from pneumocnn.plots import plot_history
+    from pneumocnn.core.plots import plot_history
 
     columns = list(history[0]) if history else ["epoch"]
     buffer = io.StringIO()

@@ -8,17 +8,23 @@ NORMAL (any case) is the negative class, otherwise the first name in sorted orde
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from pneumocnn.errors import DatasetError
+from pneumocnn.core.dicom import is_dicom_file
+from pneumocnn.core.errors import DatasetError, InputError
+from pneumocnn.core.preprocessing import ImageInput
 
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 SPLIT_NAMES = ("train", "val", "test")
+_SINGLE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
 
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_"),  # personN_bacteria_M.jpeg, personN_virus_M.jpeg
@@ -101,10 +107,7 @@ def index_folder(folder: str | Path) -> LabelledImages:
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(class_names):
-        files = sorted(
-            p for p in (folder / name).rglob("*")
-            if is_image_file(p.relative_to(folder)) and p.is_file()
-        )
+        files = [p for p in walk_images(folder / name) if isinstance(p, Path)]
         if not files:
             raise DatasetError(f"{folder / name}: class folder holds no images")
         paths += files
@@ -202,3 +205,60 @@ def _patient_groups(images: LabelledImages) -> list[str]:
         if a != b:
             parent[max(a, b)] = min(a, b)
     return [root(p) for p in patients]
+
+
+def is_single(inputs: object) -> bool:
+    """True for one input (a file path, bytes, a binary file, a PIL image or an array);
+    False for a folder or an iterable of inputs."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return not Path(inputs).is_dir()
+    return isinstance(inputs, _SINGLE) or hasattr(inputs, "read") or not isinstance(inputs, Iterable)
+
+
+def expand_inputs(
+    inputs: ImageInput | Iterable[ImageInput],
+) -> Iterator[tuple[ImageInput | InputError, str | None]]:
+    """Yield ``(input, name)`` for every input: folders become their image files (recursive,
+    sorted), iterables are flattened; ``name`` is None for unnamed in-memory inputs. A folder
+    that cannot be listed is yielded as an :class:`InputError` in place of an input."""
+    if isinstance(inputs, (str, os.PathLike)):
+        path = Path(inputs)
+        if path.is_dir():
+            for file in walk_images(path):
+                yield file, file.source if isinstance(file, InputError) else str(file)
+        else:
+            yield inputs, os.fsdecode(inputs)
+    elif isinstance(inputs, InputError):
+        yield inputs, inputs.source
+    elif is_single(inputs):
+        name = getattr(inputs, "name", None)
+        yield inputs, name if isinstance(name, str) else None
+    else:
+        for item in inputs:
+            yield from expand_inputs(item)
+
+
+def walk_images(folder: Path) -> Iterator[Path | InputError]:
+    """Yield the image and DICOM files under ``folder`` (recursive, sorted, hidden names skipped,
+    symlinked folders followed once); a folder that cannot be listed is yielded as an
+    :class:`InputError` in its place. Every verb that takes a folder lists it with this."""
+    seen: set[Path] = set()
+    unreadable: list[OSError] = []
+    for root, dirs, files in os.walk(folder, onerror=unreadable.append, followlinks=True):
+        yield from _folder_errors(unreadable)
+        real = Path(root).resolve()
+        if real in seen:  # a symlink loop: each real folder is walked once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if is_image_file(Path(name)) or is_dicom_file(Path(root) / name):
+                yield Path(root) / name
+    yield from _folder_errors(unreadable)
+
+
+def _folder_errors(errors: list[OSError]) -> Iterator[InputError]:
+    while errors:
+        error = errors.pop(0)
+        yield InputError(os.fsdecode(error.filename), f"folder cannot be read ({error.strerror})")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn._files import atomic_write
-from pneumocnn.errors import MissingDependencyError
+from pneumocnn.core.errors import MissingDependencyError
+from pneumocnn.core.files import atomic_write
 
 
 def _pyplot():

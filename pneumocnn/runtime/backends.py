@@ -7,24 +7,17 @@ runs ``.keras`` files and needs TensorFlow. Both are safe to call from several t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
 import weakref
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from pneumocnn.description import ModelDescription, read_from_tflite
-from pneumocnn.errors import MissingDependencyError, ModelFileError
-from pneumocnn.preprocessing import Preprocessing, to_model_input
-
-KERAS_MEMBER = "pneumocnn.json"
-MAX_DESCRIPTION_BYTES = 1 << 20
-MAX_CONFIG_BYTES = 64 << 20
+from pneumocnn.core.errors import MissingDependencyError, ModelFileError
+from pneumocnn.core.modelfile import ModelDescription, read_from_tflite, read_keras_description
+from pneumocnn.core.preprocessing import Preprocessing, to_model_input
 
 
 def _interpreter_class():
@@ -99,7 +92,7 @@ class TFLiteBackend:
     def run_pixels(self, pixels: np.ndarray, spec: Preprocessing) -> float:
         """Raw positive-class probability of uint8 ``(H, W)`` pixels; for an integer input
         tensor, pixels map straight to its values through a 256-entry table, which gives the
-        same tensor as quantizing :func:`~pneumocnn.preprocessing.to_model_input`."""
+        same tensor as quantizing :func:`~pneumocnn.core.preprocessing.to_model_input`."""
         if np.dtype(self._input["dtype"]) == np.float32:
             return float(self.run(to_model_input(pixels, spec)[np.newaxis])[0])
         table = self._pixel_tables.get(spec.scale)
@@ -213,51 +206,6 @@ class KerasBackend:
     def run_pixels(self, pixels: np.ndarray, spec: Preprocessing) -> float:
         """Raw positive-class probability of uint8 ``(H, W)`` pixels."""
         return float(self.run(to_model_input(pixels, spec)[np.newaxis])[0])
-
-
-def read_keras_description(path: Path) -> ModelDescription:
-    """Read the description stored in a ``.keras`` archive (no TensorFlow needed), after
-    refusing an archive whose model config could run code (see :func:`_refuse_code`)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            text = _read_member(archive, KERAS_MEMBER, MAX_DESCRIPTION_BYTES, str(path))
-            config = _read_member(archive, "config.json", MAX_CONFIG_BYTES, str(path))
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as error:
-        raise ModelFileError(str(path), f"not a readable .keras archive ({error})") from error
-    _refuse_code(config, str(path))
-    return ModelDescription.from_json(text, str(path))
-
-
-def _read_member(archive: zipfile.ZipFile, name: str, limit: int, source: str) -> bytes:
-    try:
-        info = archive.getinfo(name)
-    except KeyError:
-        what = "pneumocnn description; convert it with pneumocnn.convert()" if name == KERAS_MEMBER else name
-        raise ModelFileError(source, f"Keras model has no {what}") from None
-    if info.file_size > limit:  # a zip bomb
-        raise ModelFileError(source, f"{name} is over {limit:,} bytes")
-    return archive.read(info)
-
-
-def _refuse_code(config: bytes, source: str) -> None:
-    """Refuse a Keras model config that names a ``Lambda`` layer, a Python lambda, or any class
-    or function from outside Keras: loading it could run code. Keras's own safe mode refuses
-    lambdas too, but any code in the process can switch it off globally."""
-    try:
-        stack = [json.loads(config)]
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ModelFileError(source, f"Keras model config is not valid JSON ({error})") from error
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            module, name = item.get("module"), item.get("class_name")
-            if name in ("Lambda", "__lambda__") or (
-                    module is not None and str(module).split(".")[0] != "keras"):
-                raise ModelFileError(source, f"Keras model config names {module}.{name}: a "
-                                             "Lambda layer or code from outside Keras is refused")
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 def open_backend(path: Path, threads: int | None = None):

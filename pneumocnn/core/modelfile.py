@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pneumocnn.errors import MissingDependencyError, ModelFileError
-from pneumocnn.preprocessing import Preprocessing
+from pneumocnn.core.errors import MissingDependencyError, ModelFileError
+from pneumocnn.core.preprocessing import Preprocessing
 
 FORMAT = "pneumocnn-model"
 VERSION = 2  # 2: calibration may carry a bias; written only when it does
 METADATA_NAME = "pneumocnn"
+KERAS_MEMBER = "pneumocnn.json"
+MAX_DESCRIPTION_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -177,3 +183,55 @@ def _schema():
                 "reading .tflite model files needs the LiteRT runtime: pip install ai-edge-litert"
             ) from None
     return schema_py_generated
+
+
+def embed_in_keras(path: Path, description: ModelDescription) -> None:
+    """Add ``description`` to the ``.keras`` archive at ``path`` (in place: call it on a staged
+    copy, then move the copy into place)."""
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(KERAS_MEMBER, description.to_json())
+
+
+def read_keras_description(path: Path) -> ModelDescription:
+    """Read the description stored in a ``.keras`` archive (no TensorFlow needed), after
+    refusing an archive whose model config could run code (see :func:`_refuse_code`)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            text = _read_member(archive, KERAS_MEMBER, MAX_DESCRIPTION_BYTES, str(path))
+            config = _read_member(archive, "config.json", MAX_CONFIG_BYTES, str(path))
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as error:
+        raise ModelFileError(str(path), f"not a readable .keras archive ({error})") from error
+    _refuse_code(config, str(path))
+    return ModelDescription.from_json(text, str(path))
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, limit: int, source: str) -> bytes:
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        what = "pneumocnn description; convert it with pneumocnn.convert()" if name == KERAS_MEMBER else name
+        raise ModelFileError(source, f"Keras model has no {what}") from None
+    if info.file_size > limit:  # a zip bomb
+        raise ModelFileError(source, f"{name} is over {limit:,} bytes")
+    return archive.read(info)
+
+
+def _refuse_code(config: bytes, source: str) -> None:
+    """Refuse a Keras model config that names a ``Lambda`` layer, a Python lambda, or any class
+    or function from outside Keras: loading it could run code. Keras's own safe mode refuses
+    lambdas too, but any code in the process can switch it off globally."""
+    try:
+        stack = [json.loads(config)]
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ModelFileError(source, f"Keras model config is not valid JSON ({error})") from error
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            module, name = item.get("module"), item.get("class_name")
+            if name in ("Lambda", "__lambda__") or (
+                    module is not None and str(module).split(".")[0] != "keras"):
+                raise ModelFileError(source, f"Keras model config names {module}.{name}: a "
+                                             "Lambda layer or code from outside Keras is refused")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)

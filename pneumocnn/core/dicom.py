@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from pneumocnn.errors import InputError, MissingDependencyError
+from pneumocnn.core.errors import InputError, MissingDependencyError
 
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"

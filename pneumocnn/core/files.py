@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pneumocnn.errors import PneumocnnError
+from pneumocnn.core.errors import PneumocnnError
 
 TEMPORARY = ".tmp"
 

@@ -30,9 +30,9 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pneumocnn.dicom import DICOM_HEAD, has_dicom_preamble, read_dicom
-from pneumocnn.dicom import SUFFIXES as DICOM_SUFFIXES
-from pneumocnn.errors import InputError
+from pneumocnn.core.dicom import DICOM_HEAD, has_dicom_preamble, read_dicom
+from pneumocnn.core.dicom import SUFFIXES as DICOM_SUFFIXES
+from pneumocnn.core.errors import InputError
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 
@@ -119,7 +119,7 @@ def load_pixels(source: ImageInput, spec: Preprocessing, name: str | None = None
     """Decode one input, resize it to the model input and normalise its intensities as
     ``spec`` says: uint8 ``(height, width)``.
 
-    Raises :class:`~pneumocnn.errors.InputError` naming the input when it cannot be used.
+    Raises :class:`~pneumocnn.core.errors.InputError` naming the input when it cannot be used.
     """
     name = name or describe(source)
     gray = _to_gray(source, spec, name)
@@ -135,7 +135,7 @@ def to_model_input(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
 
 def load_gray(source: ImageInput, name: str | None = None) -> Image.Image:
     """Decode one input to the full-resolution 8-bit grayscale image (step 1 above), for
-    display; raises :class:`~pneumocnn.errors.InputError` naming the input."""
+    display; raises :class:`~pneumocnn.core.errors.InputError` naming the input."""
     return _to_gray(source, None, name or describe(source))
 
 

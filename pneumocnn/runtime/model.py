@@ -12,17 +12,14 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from pneumocnn.backends import open_backend
-from pneumocnn.datasets import is_image_file
-from pneumocnn.description import ModelDescription
-from pneumocnn.dicom import is_dicom_file
-from pneumocnn.errors import InputError, ModelFileError, PneumocnnError
-from pneumocnn.preprocessing import ImageInput, describe, load_pixels
+from pneumocnn.core.errors import InputError, ModelFileError, PneumocnnError
+from pneumocnn.core.folders import expand_inputs, is_single
+from pneumocnn.core.modelfile import ModelDescription
+from pneumocnn.core.preprocessing import ImageInput, describe, load_pixels
+from pneumocnn.runtime.backends import open_backend
 
 BUNDLED_MODEL = "pneumonia-int8.tflite"
-_SINGLE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ class Model:
         cannot be read; many return a list in input order, where unreadable inputs carry an
         ``error`` instead of a label. ``threshold`` overrides the model's for this call.
         """
-        if _is_single(inputs):
+        if is_single(inputs):
             source = describe(inputs)
             return self._score(inputs, source, threshold)
         return list(self.predict_iter(inputs, threshold))
@@ -112,8 +109,8 @@ class Model:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated positive-class probabilities of a batch: uint8 pixels ``(N, H, W)`` as
-        :func:`~pneumocnn.preprocessing.load_pixels` gives them (the path ``predict`` takes), or
-        float32 model inputs ``(N, H, W, C)`` as :func:`~pneumocnn.preprocessing.preprocess`
+        :func:`~pneumocnn.core.preprocessing.load_pixels` gives them (the path ``predict`` takes), or
+        float32 model inputs ``(N, H, W, C)`` as :func:`~pneumocnn.core.preprocessing.preprocess`
         gives them."""
         if images.dtype == np.uint8 and images.ndim == 3:
             spec = self.description.preprocessing
@@ -143,58 +140,6 @@ class Model:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         return float(threshold)
-
-
-def _is_single(inputs: object) -> bool:
-    if isinstance(inputs, (str, os.PathLike)):
-        return not Path(inputs).is_dir()
-    return isinstance(inputs, _SINGLE) or hasattr(inputs, "read") or not isinstance(inputs, Iterable)
-
-
-def expand_inputs(
-    inputs: ImageInput | Iterable[ImageInput],
-) -> Iterator[tuple[ImageInput | InputError, str | None]]:
-    """Yield ``(input, name)`` for every input: folders become their image files (recursive,
-    sorted), iterables are flattened; ``name`` is None for unnamed in-memory inputs. A folder
-    that cannot be listed is yielded as an :class:`InputError` in place of an input."""
-    if isinstance(inputs, (str, os.PathLike)):
-        path = Path(inputs)
-        if path.is_dir():
-            for file in _image_files(path):
-                yield file, file.source if isinstance(file, InputError) else str(file)
-        else:
-            yield inputs, os.fsdecode(inputs)
-    elif isinstance(inputs, InputError):
-        yield inputs, inputs.source
-    elif _is_single(inputs):
-        name = getattr(inputs, "name", None)
-        yield inputs, name if isinstance(name, str) else None
-    else:
-        for item in inputs:
-            yield from expand_inputs(item)
-
-
-def _image_files(folder: Path) -> Iterator[Path | InputError]:
-    seen: set[Path] = set()
-    unreadable: list[OSError] = []
-    for root, dirs, files in os.walk(folder, onerror=unreadable.append, followlinks=True):
-        yield from _folder_errors(unreadable)
-        real = Path(root).resolve()
-        if real in seen:  # a symlink loop: each real folder is walked once
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if is_image_file(Path(name)) or is_dicom_file(Path(root) / name):
-                yield Path(root) / name
-    yield from _folder_errors(unreadable)
-
-
-def _folder_errors(errors: list[OSError]) -> Iterator[InputError]:
-    while errors:
-        error = errors.pop(0)
-        yield InputError(os.fsdecode(error.filename), f"folder cannot be read ({error.strerror})")
 
 
 def load(path: str | os.PathLike | None = None, *, threads: int | None = None) -> Model:

@@ -23,12 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pneumocnn import __version__
-from pneumocnn._files import atomic_write, write_text
-from pneumocnn.dicom import IDENTIFIERS
-from pneumocnn.errors import PneumocnnError
-from pneumocnn.explain import occlusion, overlay, save_png
-from pneumocnn.model import Model, expand_inputs, load
-from pneumocnn.preprocessing import load_gray, load_pixels
+from pneumocnn.core.dicom import IDENTIFIERS
+from pneumocnn.core.errors import PneumocnnError
+from pneumocnn.core.files import atomic_write, write_text
+from pneumocnn.core.folders import expand_inputs
+from pneumocnn.core.preprocessing import load_gray, load_pixels
+from pneumocnn.runtime.explain import occlusion, overlay, save_png
+from pneumocnn.runtime.model import Model, load
 
 COLUMNS = ["probability", "label", "threshold", "file", *IDENTIFIERS, "error"]
 THUMBNAIL = 384
@@ -117,7 +118,7 @@ def _worklist_order(row: dict[str, str]) -> tuple[int, float]:
 
 
 def _identifiers(item) -> dict[str, str]:
-    from pneumocnn.dicom import read_identifiers
+    from pneumocnn.core.dicom import read_identifiers
 
     return read_identifiers(item) if isinstance(item, (str, os.PathLike)) else {}
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumocnn._files import atomic_write
-from pneumocnn.model import Model
-from pneumocnn.preprocessing import ImageInput, Preprocessing, describe, load_pixels, preprocess
+from pneumocnn.core.files import atomic_write
+from pneumocnn.core.preprocessing import ImageInput, Preprocessing, describe, load_pixels, preprocess
+from pneumocnn.runtime.model import Model
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Training input: decode each image once into a cache, then batch and augment in the graph.
 
-Decoding uses :func:`pneumocnn.preprocessing.load_pixels`, the same function the runtime uses,
+Decoding uses :func:`pneumocnn.core.preprocessing.load_pixels`, the same function the runtime uses,
 and the graph applies the same ``pixels * scale`` and channel repeat as
-:func:`pneumocnn.preprocessing.to_model_input`.
+:func:`pneumocnn.core.preprocessing.to_model_input`.
 
 Augmentation reproduces the seed's ``ImageDataGenerator(shear_range=0.2, zoom_range=0.2,
 horizontal_flip=True)``: a shear angle uniform in [-0.2, 0.2] *degrees* (Keras read the value
@@ -26,10 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from pneumocnn import __version__
-from pneumocnn._files import atomic_write
-from pneumocnn.datasets import LabelledImages
-from pneumocnn.errors import DatasetError, InputError
-from pneumocnn.preprocessing import Preprocessing, load_pixels
+from pneumocnn.core.errors import DatasetError, InputError
+from pneumocnn.core.files import atomic_write
+from pneumocnn.core.folders import LabelledImages
+from pneumocnn.core.preprocessing import Preprocessing, load_pixels
 from pneumocnn.training.augmentations import Augmentation
 
 log = logging.getLogger("pneumocnn")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn._files import write_text
-from pneumocnn.datasets import index_folder
-from pneumocnn.metrics import binary_metrics, roc_curve
-from pneumocnn.model import Model, Prediction, load
+from pneumocnn.core.files import write_text
+from pneumocnn.core.folders import index_folder
+from pneumocnn.core.metrics import binary_metrics, roc_curve
+from pneumocnn.runtime.model import Model, Prediction, load
 
 log = logging.getLogger("pneumocnn")
 
@@ -78,7 +78,7 @@ def evaluate(
 
 
 def _write(result: Evaluation, labels, probabilities, out: Path, names) -> None:
-    from pneumocnn.plots import plot_confusion, plot_reliability, plot_roc
+    from pneumocnn.core.plots import plot_confusion, plot_reliability, plot_roc
 
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "metrics.json", json.dumps(result.metrics, indent=1))
