@@ -16,7 +16,6 @@ import numpy as np
 
 from benchmarks import REPO, SHARED_DATA
 from pneumocnn.core.folders import LabelledImages, index_folder
-from pneumocnn.core.preprocessing import Preprocessing, to_model_input
 from pneumocnn.training.trainer import saved_config, split
 
 CHEST_XRAY = SHARED_DATA / "chest_xray"
@@ -63,11 +62,6 @@ def subsample(images: LabelledImages, limit: int | None) -> LabelledImages:
     if limit is None or limit >= len(images):
         return images
     return images.subset(np.unique(np.linspace(0, len(images) - 1, limit).astype(int)))
-
-
-def model_inputs(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
-    """Decoded uint8 ``(N, H, W)`` pixels as the float32 ``(N, H, W, C)`` every variant takes."""
-    return np.stack([to_model_input(p, spec) for p in pixels])
 
 
 def describe_images(images: LabelledImages) -> dict:

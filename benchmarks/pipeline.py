@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.inputs import model_inputs
 from pneumocnn.core.folders import LabelledImages
-from pneumocnn.core.preprocessing import Preprocessing
+from pneumocnn.core.preprocessing import Preprocessing, to_model_inputs
 
 LABELS = {
     "pneumocnn": "pneumocnn make_dataset (cached pixels, augmentation in graph)",
@@ -99,7 +98,7 @@ def training_pipelines(images: LabelledImages, config: dict, work_dir: Path, rep
                else decoded.labels.astype(np.float32)[:, None])
     ours = make_dataset(decoded, spec, batch, one_hot=one_hot, shuffle=True,
                         augmentation=SEED_AUGMENTATION)
-    memory = tf.data.Dataset.from_tensor_slices((model_inputs(decoded.pixels, spec), targets)).batch(batch)
+    memory = tf.data.Dataset.from_tensor_slices((to_model_inputs(decoded.pixels, spec), targets)).batch(batch)
     feeds = {"pneumocnn": (ours, None, n), "in-memory": (memory, None, n)}
     flow = _seed_flow(images, spec, batch, one_hot, work_dir)
     if flow is not None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import pneumocnn
-from benchmarks.inputs import model_inputs
-from pneumocnn.core.modelfile import ModelDescription, read_keras_description
+from pneumocnn.core.modelfile import ModelDescription, positive_probability, read_keras_description
+from pneumocnn.core.preprocessing import to_model_inputs
 from pneumocnn.training.export import QUANTIZATIONS
 
 TF_THREADS = "all (TF default)"
@@ -79,9 +79,10 @@ def build_variants(keras_model: KerasModel, run_dir: Path, work_dir: Path) -> li
                            input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
     variants = [
         Variant("keras-predict", "Keras model.predict", "Keras", "float32", TF_THREADS, size,
-                lambda px: calibrate(_positive(model.predict(model_inputs(px, spec), verbose=0)))),
+                lambda px: calibrate(positive_probability(
+                    model.predict(to_model_inputs(px, spec), verbose=0)))),
         Variant("keras-compiled", "Keras compiled call", "Keras", "float32", TF_THREADS, size,
-                lambda px: calibrate(_positive(compiled(model_inputs(px, spec)).numpy()))),
+                lambda px: calibrate(positive_probability(compiled(to_model_inputs(px, spec)).numpy()))),
     ]
     for quantization in QUANTIZATIONS:
         path = run_dir / f"model-{quantization}.tflite"
@@ -117,7 +118,8 @@ def onnx_variants(keras_model: KerasModel, work_dir: Path) -> list[Variant]:
         name = session.get_inputs()[0].name
 
         def run(pixels, session=session, name=name):
-            return calibrate(_positive(session.run(None, {name: model_inputs(pixels, spec)})[0]))
+            outputs = session.run(None, {name: to_model_inputs(pixels, spec)})[0]
+            return calibrate(positive_probability(outputs))
 
         variants.append(Variant(f"onnxruntime-float32-{threads}t", "ONNX Runtime float32",
                                 "ONNX Runtime", "float32", threads, path.stat().st_size, run))
@@ -143,7 +145,3 @@ def _bare_invoke(loaded: pneumocnn.Model) -> Callable[[np.ndarray], object]:
 def thread_counts() -> list[int]:
     """1 thread and all cores (one entry on a single-core machine)."""
     return sorted({1, os.cpu_count() or 1})
-
-
-def _positive(outputs) -> np.ndarray:
-    return np.asarray(outputs, dtype=np.float64)[:, -1]

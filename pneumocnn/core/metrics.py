@@ -87,13 +87,19 @@ def expected_calibration_error(
     return float(error)
 
 
+def logit(probabilities: np.ndarray | float) -> np.ndarray:
+    """``log(p / (1 - p))``, with ``p`` clipped to ``[1e-7, 1 - 1e-7]`` so that 0 and 1 give
+    finite values; the one logit every calibration and explanation uses."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
 def fit_calibration(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
     """The temperature ``T`` and bias ``b`` minimising the log loss of
     ``sigmoid(logit(p) / T + b)`` (Platt scaling of the logit), within T in [0.05, 20] and
     b in [-10, 10] (bounded, so that separable data give a finite answer)."""
     y = np.asarray(labels, dtype=np.float64)
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
-    logits = np.log(p / (1 - p))
+    logits = logit(probabilities)
 
     def log_loss(inverse_t: float, bias: float) -> float:
         z = logits * inverse_t + bias

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pneumocnn.core.errors import MissingDependencyError, ModelFileError
+from pneumocnn.core.metrics import logit
 from pneumocnn.core.preprocessing import Preprocessing
 
 FORMAT = "pneumocnn-model"
@@ -63,8 +64,7 @@ class ModelDescription:
         p = np.asarray(probability, dtype=np.float64)
         if self.temperature == 1.0 and self.bias == 0.0:
             return p
-        p = np.clip(p, 1e-7, 1 - 1e-7)
-        return 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) / self.temperature + self.bias)))
+        return 1.0 / (1.0 + np.exp(-(logit(p) / self.temperature + self.bias)))
 
     def with_info(self, **info: Any) -> ModelDescription:
         """Return a copy whose ``info`` is updated with the given keys."""
@@ -127,6 +127,12 @@ class ModelDescription:
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise ModelFileError(source, f"model description is incomplete or invalid ({error})") from error
+
+
+def positive_probability(outputs: np.ndarray) -> np.ndarray:
+    """The positive-class column of a model's ``(N, 1)`` sigmoid or ``(N, 2)`` softmax output,
+    as float64 ``(N,)``: the contract every model file's output follows."""
+    return np.asarray(outputs, dtype=np.float64)[:, -1]
 
 
 def embed_in_tflite(model: bytes, description: ModelDescription) -> bytes:

@@ -133,6 +133,11 @@ def to_model_input(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
     return np.repeat(scaled[..., np.newaxis], spec.channels, axis=-1)
 
 
+def to_model_inputs(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """:func:`to_model_input` over a batch: uint8 ``(N, H, W)`` to float32 ``(N, H, W, C)``."""
+    return np.stack([to_model_input(p, spec) for p in pixels])
+
+
 def load_gray(source: ImageInput, name: str | None = None) -> Image.Image:
     """Decode one input to the full-resolution 8-bit grayscale image (step 1 above), for
     display; raises :class:`~pneumocnn.core.errors.InputError` naming the input."""

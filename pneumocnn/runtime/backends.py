@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn.core.errors import MissingDependencyError, ModelFileError
-from pneumocnn.core.modelfile import ModelDescription, read_from_tflite, read_keras_description
+from pneumocnn.core.modelfile import (
+    ModelDescription,
+    positive_probability,
+    read_from_tflite,
+    read_keras_description,
+)
 from pneumocnn.core.preprocessing import Preprocessing, to_model_input
 
 
@@ -109,7 +114,7 @@ class TFLiteBackend:
             self._interpreter.set_tensor(self._input["index"], tensor)
             self._interpreter.invoke()
             output = self._interpreter.get_tensor(self._output["index"])
-        return float(_dequantize(output, self._output)[0, -1])
+        return float(positive_probability(_dequantize(output, self._output))[0])
 
 
 _BACKENDS: weakref.WeakSet[TFLiteBackend] = weakref.WeakSet()
@@ -201,7 +206,7 @@ class KerasBackend:
         """Raw positive-class probability for each image of a float32 ``(N, H, W, C)`` batch."""
         with self._lock:
             outputs = self._model(images, training=False)
-        return np.asarray(outputs, dtype=np.float64)[:, -1]
+        return positive_probability(outputs)
 
     def run_pixels(self, pixels: np.ndarray, spec: Preprocessing) -> float:
         """Raw positive-class probability of uint8 ``(H, W)`` pixels."""

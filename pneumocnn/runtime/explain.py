@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 from pneumocnn.core.files import atomic_write
+from pneumocnn.core.metrics import logit
+from pneumocnn.core.modelfile import positive_probability
 from pneumocnn.core.preprocessing import ImageInput, Preprocessing, describe, load_pixels, preprocess
 from pneumocnn.runtime.model import Model
 
@@ -48,7 +50,7 @@ def occlusion(model: Model, source: ImageInput, patch: int | None = None,
     occluded = np.repeat(image[np.newaxis], len(boxes), axis=0)
     for k, (r, c) in enumerate(boxes):
         occluded[k, r : r + patch, c : c + patch] = fill
-    drops = np.maximum(_logit(baseline) - _logit(model.probabilities(occluded)), 0.0)
+    drops = np.maximum(logit(baseline) - logit(model.probabilities(occluded)), 0.0)
     total = np.zeros((height, width))
     count = np.zeros((height, width))
     for drop, (r, c) in zip(drops, boxes, strict=True):
@@ -56,11 +58,6 @@ def occlusion(model: Model, source: ImageInput, patch: int | None = None,
         count[r : r + patch, c : c + patch] += 1
     heatmap = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
     return Explanation(name, baseline, heatmap.astype(np.float32), "occlusion")
-
-
-def _logit(p):
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 def grad_cam(model: Model, source: ImageInput) -> Explanation:
@@ -85,14 +82,14 @@ def grad_cam(model: Model, source: ImageInput) -> Explanation:
             if index == last_conv:
                 features = outputs
                 tape.watch(features)
-        score = outputs[:, -1]
+        score = outputs[:, -1]  # the positive class, as positive_probability picks it
     gradients = tape.gradient(score, features)
     weights = tf.reduce_mean(gradients, axis=(1, 2))
     cam = tf.nn.relu(tf.reduce_sum(features * weights[:, None, None, :], axis=-1))[0].numpy()
     height, width = image.shape[1:3]
     heatmap = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(
         (width, height), Image.Resampling.BILINEAR))
-    probability = float(model.description.calibrate(np.asarray(outputs)[:, -1])[0])
+    probability = float(model.description.calibrate(positive_probability(outputs))[0])
     return Explanation(name, probability, heatmap, "grad-cam")
 
 

@@ -26,8 +26,8 @@ from pneumocnn.core.errors import DatasetError
 from pneumocnn.core.files import exclusive_lock, remove_temporaries, write_text
 from pneumocnn.core.folders import LabelledImages, find_splits, patient_folds, split_by_patient
 from pneumocnn.core.metrics import binary_metrics, fit_calibration, threshold_for_sensitivity
-from pneumocnn.core.modelfile import ModelDescription
-from pneumocnn.core.preprocessing import Preprocessing
+from pneumocnn.core.modelfile import ModelDescription, positive_probability
+from pneumocnn.core.preprocessing import Preprocessing, to_model_inputs
 
 log = logging.getLogger("pneumocnn")
 
@@ -218,7 +218,7 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     if config.recalibrate_batchnorm:
         _recalibrate_batchnorm(model, train_data.pixels, spec, config.batch_size, config.seed)
 
-    probabilities = _positive_probability(model.predict(val_dataset, verbose=0))
+    probabilities = positive_probability(model.predict(val_dataset, verbose=0))
     description, metrics = _describe(config, spec, architecture.name, val_data.labels,
                                      probabilities, train_data, val_data, history)
     keras_path = run_dir / "model.keras"
@@ -226,7 +226,7 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     rng = np.random.default_rng(config.seed)
     chosen = rng.choice(len(train_data.labels),
                         min(config.representative_images, len(train_data.labels)), replace=False)
-    representative = _model_inputs(train_data.pixels[np.sort(chosen)], spec)
+    representative = to_model_inputs(train_data.pixels[np.sort(chosen)], spec)
     tflite_paths = export.export_tflite(model, description, run_dir, representative)
     metrics["tflite"] = _score_tflite(tflite_paths, val_data)
     _write_reports(run_dir, config, description, metrics, history, val_images, train_images)
@@ -343,7 +343,7 @@ def _recalibrate_batchnorm(model, pixels: np.ndarray, spec: Preprocessing, batch
     for k, start in enumerate(range(0, len(order), batch_size)):
         for layer in layers:
             layer.momentum = k / (k + 1)  # moving value = the mean over the batches so far
-        model(_model_inputs(pixels[order[start:start + batch_size]], spec), training=True)
+        model(to_model_inputs(pixels[order[start:start + batch_size]], spec), training=True)
     for layer, value in zip(layers, momentum, strict=True):
         layer.momentum = value
 
@@ -372,17 +372,6 @@ def _should_stop(history: list[dict], patience: int | None) -> bool:
 def _class_weight(labels: np.ndarray) -> dict[int, float]:
     counts = np.bincount(labels, minlength=2)
     return {k: float(len(labels) / (2 * counts[k])) for k in (0, 1)}
-
-
-def _positive_probability(outputs: np.ndarray) -> np.ndarray:
-    outputs = np.asarray(outputs, dtype=np.float64)
-    return outputs[:, -1]
-
-
-def _model_inputs(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
-    from pneumocnn.core.preprocessing import to_model_input
-
-    return np.stack([to_model_input(p, spec) for p in pixels])
 
 
 def _describe(config, spec, architecture, labels, raw, train_data, val_data, history):
