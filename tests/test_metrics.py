@@ -11,6 +11,7 @@ from pneumocnn.core.metrics import (
     binary_metrics,
     expected_calibration_error,
     fit_calibration,
+    reliability_bins,
     roc_auc,
     roc_curve,
     threshold_for_sensitivity,
@@ -190,6 +191,18 @@ def test_expected_calibration_error_hand_checked():
     assert expected_calibration_error(labels, probabilities) == pytest.approx(
         0.5 * 0.4 + 0.5 * 0.05
     )
+
+
+def test_reliability_bins_hand_checked():
+    """The one binning of the calibration error and the reliability diagram: empty bins are
+    left out, 1.0 falls in the last bin."""
+    predicted, observed, counts = reliability_bins(np.array([0, 1, 1, 1]),
+                                                   np.array([0.1, 0.1, 0.9, 1.0]))
+    assert predicted == pytest.approx([0.1, 0.95])
+    assert observed == pytest.approx([0.5, 1.0])
+    assert counts.tolist() == [2, 2]
+    assert [a.size for a in reliability_bins(np.array([]), np.array([]))] == [0, 0, 0]
+    assert expected_calibration_error(np.array([]), np.array([])) == 0.0
 
 
 def test_expected_calibration_error_of_calibrated_data_is_near_zero():

@@ -72,19 +72,31 @@ def threshold_for_sensitivity(
     return float(positive_scores[misses_allowed])
 
 
+def reliability_bins(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(predicted, observed, counts)`` over the non-empty ones of ``bins`` equal-width
+    probability bins: the mean predicted probability, the observed fraction positive and the
+    number of images in each; the one binning behind the calibration error and the reliability
+    diagram."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    filled = [b for b in range(bins) if (which == b).any()]
+    predicted = np.array([p[which == b].mean() for b in filled], dtype=np.float64)
+    observed = np.array([y[which == b].mean() for b in filled], dtype=np.float64)
+    counts = np.array([int((which == b).sum()) for b in filled], dtype=np.int64)
+    return predicted, observed, counts
+
+
 def expected_calibration_error(
     labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
 ) -> float:
     """Expected calibration error over ``bins`` equal-width probability bins."""
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.asarray(probabilities, dtype=np.float64)
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    error = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            error += inside.mean() * abs(y[inside].mean() - p[inside].mean())
-    return float(error)
+    predicted, observed, counts = reliability_bins(labels, probabilities, bins)
+    if counts.size == 0:
+        return 0.0
+    return float(np.sum(counts / counts.sum() * np.abs(observed - predicted)))
 
 
 def logit(probabilities: np.ndarray | float) -> np.ndarray:

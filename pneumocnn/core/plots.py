@@ -8,6 +8,7 @@ import numpy as np
 
 from pneumocnn.core.errors import MissingDependencyError
 from pneumocnn.core.files import atomic_write
+from pneumocnn.core.metrics import reliability_bins
 
 
 def _pyplot():
@@ -75,13 +76,7 @@ def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: str | 
     """The reliability diagram: observed positive rate against mean predicted probability in
     ``bins`` equal-width bins (point size: images in the bin), with the diagonal, as a PNG."""
     plt = _pyplot()
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.asarray(probabilities, dtype=np.float64)
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    filled = [b for b in range(bins) if (which == b).any()]
-    predicted = [p[which == b].mean() for b in filled]
-    observed = [y[which == b].mean() for b in filled]
-    counts = np.array([(which == b).sum() for b in filled])
+    predicted, observed, counts = reliability_bins(labels, probabilities, bins)
     figure, axis = plt.subplots(figsize=(4.5, 4.5))
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
     axis.plot(predicted, observed, color="tab:blue")
