@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import io
 import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from pneumocnn.core.errors import PneumocnnError
 from pneumocnn.training.augmentations import AUGMENTATIONS
@@ -155,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _predict(args) -> int:
+    from pneumocnn.core.files import resume_csv
     from pneumocnn.core.folders import expand_inputs
     from pneumocnn.runtime.model import Prediction, load
 
@@ -164,7 +163,7 @@ def _predict(args) -> int:
     fields = [field.name for field in dataclasses.fields(Prediction)]
     inputs, failed, sink, writer = args.inputs, 0, None, None
     if args.csv:
-        kept = _kept_rows(Path(args.csv), fields) if args.resume else []
+        kept = resume_csv(args.csv, fields, "`pneumocnn predict --csv`") if args.resume else []
         failed = sum(bool(row["error"]) for row in kept)
         done = {row["source"] for row in kept}
         if done:
@@ -192,24 +191,6 @@ def _predict(args) -> int:
     if failed:
         print(f"pneumocnn predict: {failed} input(s) could not be scored", file=sys.stderr)
     return SOME_FAILED if failed else OK
-
-
-def _kept_rows(path: Path, fields: list[str]) -> list[dict]:
-    """The rows of an earlier ``predict --csv`` output, after cutting off a last row that a
-    kill left unfinished; ``[]`` if the file does not exist or is empty."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        with path.open("r+b") as stream:
-            stream.truncate(len(complete))
-    reader = csv.DictReader(io.StringIO(complete.decode("utf-8", "surrogateescape"), newline=""))
-    if reader.fieldnames is None:
-        return []
-    if reader.fieldnames != fields:
-        raise ValueError(f"{path}: not a `pneumocnn predict --csv` file (columns {reader.fieldnames})")
-    return list(reader)
 
 
 def _evaluate(args) -> int:

@@ -1,12 +1,15 @@
-"""Atomic file writes: write beside the target, flush to disk, then rename over it."""
+"""Atomic file writes (write beside the target, flush to disk, then rename over it), and the
+one resume rule of the CSV files that are appended to a row at a time."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -64,6 +67,33 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Atomically replace ``path`` with UTF-8 ``text``."""
     write_bytes(path, text.encode("utf-8", "surrogateescape"))  # non-UTF-8 file names as they are
+
+
+def resume_csv(path: str | Path, columns: Sequence[str], what: str) -> list[dict[str, str]]:
+    """The rows of a CSV file written a row at a time (``predict --csv``, triage's
+    ``scores.csv``) by a run that may have been killed, ready to be appended to.
+
+    A last line without its newline is a row the kill cut short: it is dropped and cut off the
+    file, so that the next row appended starts on a line of its own. ``[]`` when the file does
+    not exist or is empty; a header other than ``columns`` raises ``ValueError`` naming
+    ``what`` and leaves the file as it was. Text is UTF-8, with file names that are not UTF-8
+    kept as their bytes (``surrogateescape``)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    reader = csv.DictReader(io.StringIO(complete.decode("utf-8", "surrogateescape"), newline=""))
+    if reader.fieldnames is None:
+        rows: list[dict[str, str]] = []
+    elif reader.fieldnames != list(columns):
+        raise ValueError(f"{path}: not a {what} file (columns {reader.fieldnames})")
+    else:
+        rows = list(reader)
+    if len(complete) < len(data):
+        with path.open("r+b") as stream:
+            stream.truncate(len(complete))
+    return rows
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from pathlib import Path
 from pneumocnn import __version__
 from pneumocnn.core.dicom import IDENTIFIERS
 from pneumocnn.core.errors import PneumocnnError
-from pneumocnn.core.files import atomic_write, write_text
+from pneumocnn.core.files import atomic_write, resume_csv, write_text
 from pneumocnn.core.folders import expand_inputs
 from pneumocnn.core.preprocessing import load_gray, load_pixels
 from pneumocnn.runtime.explain import occlusion, overlay, save_png
@@ -68,13 +68,12 @@ def triage(
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     scores = out / "scores.csv"
-    done = _already_scored(scores)
+    done = {row["file"] for row in _read_rows(scores)}  # drops a row a kill cut short
     todo = [(item, name) for item, name in expand_inputs(folder) if name not in done]
     progress = progress or _terminal_progress
-    new_file = not scores.exists()
     with scores.open("a", newline="", encoding="utf-8", errors="surrogateescape") as sink:
         writer = csv.DictWriter(sink, fieldnames=COLUMNS)
-        if new_file:
+        if sink.tell() == 0:
             writer.writeheader()
         for count, (item, name) in enumerate(todo, start=1):
             writer.writerow(_score(model, item, name, out / "images", heatmaps))
@@ -127,14 +126,11 @@ def _stem(name: str) -> str:
     return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def _already_scored(scores: Path) -> set[str]:
-    return {row["file"] for row in _read_rows(scores)} if scores.exists() else set()
-
-
 def _read_rows(scores: Path) -> list[dict[str, str]]:
-    with scores.open(newline="", encoding="utf-8", errors="surrogateescape") as source:
-        rows = [row for row in csv.DictReader(source) if row.get("file")]
-    return list({row["file"]: row for row in rows}.values())  # the last row of a file wins
+    """The rows of ``scores.csv``, by the resume rule of :func:`~pneumocnn.core.files.resume_csv`;
+    the last row of a file wins."""
+    rows = [row for row in resume_csv(scores, COLUMNS, "triage scores.csv") if row["file"]]
+    return list({row["file"]: row for row in rows}.values())
 
 
 def _to_csv(rows: list[dict[str, str]]) -> str:
