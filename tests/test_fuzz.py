@@ -27,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from pneumocnn.core.errors import InputError
-from pneumocnn.core.preprocessing import Preprocessing, describe, preprocess
+from pneumocnn.core.preprocessing import Preprocessing, preprocess, source_name
 
 SPEC = Preprocessing(64, 64, 3)
 SLOWEST_CASE_SECONDS = 5.0
@@ -114,7 +114,7 @@ def check_one(source) -> str:
             warnings.simplefilter("ignore")  # Pillow warns on some damaged files, as it should
             result = preprocess(source, SPEC)
     except InputError as error:
-        assert error.source == describe(source) and error.reason
+        assert error.source == source_name(source) and error.reason
         return "refused"
     assert result.shape == SPEC.input_shape and result.dtype == np.float32
     assert np.isfinite(result).all() and result.min() >= 0.0 and result.max() <= 1.0

@@ -13,9 +13,9 @@ from PIL import Image, JpegImagePlugin, PngImagePlugin
 from pneumocnn.core.errors import InputError
 from pneumocnn.core.preprocessing import (
     Preprocessing,
-    describe,
     load_pixels,
     preprocess,
+    source_name,
     to_model_input,
 )
 
@@ -401,7 +401,7 @@ def test_truncated_jpeg_is_refused_or_decoded(tmp_path, fraction):
         try:
             pixels = load_pixels(source, SPEC)
         except InputError as error:
-            assert error.source == describe(source)
+            assert error.source == source_name(source)
         else:
             assert pixels.shape == (SPEC.height, SPEC.width) and pixels.dtype == np.uint8
 
@@ -446,7 +446,7 @@ def test_decompression_bomb_is_refused_by_pixel_count(tmp_path, monkeypatch, sid
         for source in (path, path.read_bytes()):
             with pytest.raises(InputError, match="pixel") as caught:
                 load_pixels(source, SPEC)
-            assert caught.value.source == describe(source)
+            assert caught.value.source == source_name(source)
             assert "limit" in caught.value.reason
     assert loads == []  # ... refused before its pixels were decoded
 
@@ -490,7 +490,7 @@ def test_unusable_array_raises_input_error_naming_it(case):
     array = BAD_ARRAYS[case]
     with pytest.raises(InputError) as caught:
         load_pixels(array, SPEC)
-    assert caught.value.source == describe(array)
+    assert caught.value.source == source_name(array)
     assert str(caught.value).startswith(f"<array {array.dtype} {array.shape}>")
     with pytest.raises(InputError, match=r"^scan 7: "):
         preprocess(array, SPEC, name="scan 7")
@@ -507,7 +507,7 @@ def test_empty_pil_image():
 def test_unsupported_object_type(source):
     with pytest.raises(InputError, match="unsupported input type") as caught:
         load_pixels(source, SPEC)
-    assert caught.value.source == describe(source) == f"<{type(source).__name__}>"
+    assert caught.value.source == source_name(source) == f"<{type(source).__name__}>"
 
 
 def test_text_mode_file_is_refused(xray):

@@ -96,7 +96,7 @@ class Preprocessing:
         return cls(**fields)
 
 
-def describe(source: object) -> str:
+def source_name(source: object) -> str:
     """Return a short human name for an input, used in error messages and results."""
     if isinstance(source, (str, os.PathLike)):
         return os.fsdecode(source)
@@ -121,7 +121,7 @@ def load_pixels(source: ImageInput, spec: Preprocessing, name: str | None = None
 
     Raises :class:`~pneumocnn.core.errors.InputError` naming the input when it cannot be used.
     """
-    name = name or describe(source)
+    name = name or source_name(source)
     gray = _to_gray(source, spec, name)
     resized = gray.resize((spec.width, spec.height), _RESAMPLING[spec.resize])
     return np.asarray(_NORMALIZATIONS[spec.normalize](resized), dtype=np.uint8)
@@ -141,7 +141,7 @@ def to_model_inputs(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
 def load_gray(source: ImageInput, name: str | None = None) -> Image.Image:
     """Decode one input to the full-resolution 8-bit grayscale image (step 1 above), for
     display; raises :class:`~pneumocnn.core.errors.InputError` naming the input."""
-    return _to_gray(source, None, name or describe(source))
+    return _to_gray(source, None, name or source_name(source))
 
 
 def _to_gray(source: ImageInput, spec: Preprocessing | None, name: str) -> Image.Image:

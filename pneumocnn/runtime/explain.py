@@ -17,7 +17,7 @@ from PIL import Image
 from pneumocnn.core.files import atomic_write
 from pneumocnn.core.metrics import logit
 from pneumocnn.core.modelfile import positive_probability
-from pneumocnn.core.preprocessing import ImageInput, Preprocessing, describe, load_pixels, preprocess
+from pneumocnn.core.preprocessing import ImageInput, Preprocessing, load_pixels, preprocess, source_name
 from pneumocnn.runtime.model import Model
 
 
@@ -37,7 +37,7 @@ def occlusion(model: Model, source: ImageInput, patch: int | None = None,
               stride: int | None = None) -> Explanation:
     """Occlusion sensitivity of ``model`` on one input; ``patch`` and ``stride`` in model-input
     pixels (default: an eighth of the input side, and half of that)."""
-    name = describe(source)
+    name = source_name(source)
     image = preprocess(source, model.description.preprocessing, name)
     height, width = image.shape[:2]
     patch = patch or max(4, min(height, width) // 8)
@@ -73,7 +73,7 @@ def grad_cam(model: Model, source: ImageInput) -> Explanation:
                      if isinstance(layer, keras.layers.Conv2D)), default=None)
     if last_conv is None:
         raise ValueError(f"{model.path}: the model has no convolution layer")
-    name = describe(source)
+    name = source_name(source)
     image = preprocess(source, model.description.preprocessing, name)[np.newaxis]
     with tf.GradientTape() as tape:
         outputs = tf.constant(image)

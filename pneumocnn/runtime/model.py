@@ -16,7 +16,7 @@ import numpy as np
 from pneumocnn.core.errors import InputError, ModelFileError, PneumocnnError
 from pneumocnn.core.folders import expand_inputs, is_single
 from pneumocnn.core.modelfile import ModelDescription
-from pneumocnn.core.preprocessing import ImageInput, describe, load_pixels
+from pneumocnn.core.preprocessing import ImageInput, load_pixels, source_name
 from pneumocnn.runtime.backends import open_backend
 
 BUNDLED_MODEL = "pneumonia-int8.tflite"
@@ -86,7 +86,7 @@ class Model:
         ``error`` instead of a label. ``threshold`` overrides the model's for this call.
         """
         if is_single(inputs):
-            source = describe(inputs)
+            source = source_name(inputs)
             return self._score(inputs, source, threshold)
         return list(self.predict_iter(inputs, threshold))
 
