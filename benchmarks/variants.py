@@ -90,7 +90,7 @@ def build_variants(keras_model: KerasModel, run_dir: Path, work_dir: Path) -> li
             loaded = pneumocnn.load(path, threads=threads)
             variants.append(Variant(f"litert-{quantization}-{threads}t", f"LiteRT {quantization}",
                                     "LiteRT", quantization, threads, path.stat().st_size,
-                                    loaded.probabilities, bare=_bare_invoke(loaded)))
+                                    loaded.probabilities, bare=_bare_invoke(path, threads)))
     return variants + onnx_variants(keras_model, work_dir)
 
 
@@ -126,12 +126,15 @@ def onnx_variants(keras_model: KerasModel, work_dir: Path) -> list[Variant]:
     return variants
 
 
-def _bare_invoke(loaded: pneumocnn.Model) -> Callable[[np.ndarray], object]:
-    """``set_tensor``, ``invoke`` and ``get_tensor`` on the model's own interpreter with a fixed,
-    already quantized input: what any LiteRT caller pays, to show pneumocnn's overhead over it.
-    (Reaches into the backend's private attributes; a diagnostic, not an API.)"""
-    backend = loaded._backend
-    interpreter, tensor, output = backend._interpreter, backend._input, backend._output
+def _bare_invoke(path: Path, threads: int) -> Callable[[np.ndarray], object]:
+    """``set_tensor``, ``invoke`` and ``get_tensor`` with a fixed, already quantized input, on a
+    LiteRT interpreter of its own over the same file and threads: what any LiteRT caller pays,
+    to show pneumocnn's overhead over it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=path.read_bytes(), num_threads=threads)
+    interpreter.allocate_tensors()
+    tensor, output = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     fixed = np.zeros(tensor["shape"], tensor["dtype"])
 
     def call(_inputs):

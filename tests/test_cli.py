@@ -121,10 +121,11 @@ def test_convert_saved_model_folder(tiny_run, tiny_data, tmp_path):
     assert converted.threshold == 0.4 and converted.description.preprocessing.height == 64
     reference = pneumocnn.load(tiny_run.tflite_models["float32"])
     image = real_images("NORMAL", 1)[0]
-    from pneumocnn.core.preprocessing import preprocess
+    from pneumocnn.core.preprocessing import load_pixels
 
-    x = preprocess(image, converted.description.preprocessing)[None]
-    assert converted._backend.run(x)[0] == pytest.approx(reference._backend.run(x)[0], abs=1e-5)
+    x = load_pixels(image, converted.description.preprocessing)[None]
+    assert converted.backend.probabilities(x)[0] == pytest.approx(
+        reference.backend.probabilities(x)[0], abs=1e-5)
 
 
 def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):

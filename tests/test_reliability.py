@@ -763,7 +763,7 @@ def test_full_disk_while_writing_a_model_keeps_the_previous_file(tiny_run, tmp_p
         monkeypatch.setattr(os, "fdopen", lambda *args, **kw: _FullDisk(real_fdopen(*args, **kw)))
     else:
         monkeypatch.setattr(os, failing, _no_space)
-    writes = {keras_path: lambda: save_keras(loaded._backend._model, loaded.description, keras_path),
+    writes = {keras_path: lambda: save_keras(loaded.backend.keras_model, loaded.description, keras_path),
               tflite_path: lambda: write_bytes(tflite_path, b"a new model" * 1000)}
     for path, write in writes.items():
         with pytest.raises(OSError) as caught:

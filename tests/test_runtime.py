@@ -132,14 +132,37 @@ def test_one_model_shared_by_eight_threads_gives_the_serial_answers(model):
 def test_interpreter_threads_default_to_all_cores_and_can_be_set(int8_path):
     import os
 
-    assert pneumocnn.load(int8_path)._backend.threads == os.cpu_count()
-    assert pneumocnn.load(int8_path, threads=1)._backend.threads == 1
+    assert pneumocnn.load(int8_path).backend.threads == os.cpu_count()
+    assert pneumocnn.load(int8_path, threads=1).backend.threads == 1
 
 
 def test_keras_model_loads_through_the_same_interface(tiny_run):
     model = pneumocnn.load(tiny_run.keras_model)
     result = model.predict(real_images("NORMAL", 1)[0])
     assert result.label in ("NORMAL", "PNEUMONIA")
+
+
+@pytest.mark.training
+def test_backends_share_one_protocol_and_only_keras_has_grad_cam(tiny_run):
+    """TFLite and Keras backends take the same uint8 pixels, as load_pixels gives them, and
+    give the same raw probabilities; ``Model.probabilities`` takes only such pixels."""
+    from pneumocnn.core.preprocessing import load_pixels, to_model_inputs
+    from pneumocnn.runtime.backends import Backend, ClassActivationBackend
+
+    keras_model = pneumocnn.load(tiny_run.keras_model)
+    spec = keras_model.description.preprocessing
+    pixels = np.stack([load_pixels(path, spec) for path in real_images("PNEUMONIA", 3)])
+    raw = keras_model.backend.probabilities(pixels)
+    assert raw.shape == (3,) and raw.dtype == np.float64
+    assert keras_model.backend.probabilities(pixels[:0]).shape == (0,)
+    assert isinstance(keras_model.backend, ClassActivationBackend)
+    for quantization in ("float32", "int8"):
+        backend = pneumocnn.load(tiny_run.tflite_models[quantization]).backend
+        assert isinstance(backend, Backend) and not isinstance(backend, ClassActivationBackend)
+        if quantization == "float32":
+            assert np.allclose(backend.probabilities(pixels), raw, atol=1e-5)
+    with pytest.raises(ValueError, match="uint8 pixels"):
+        keras_model.probabilities(to_model_inputs(pixels, spec))
 
 
 @pytest.mark.parametrize("content, message", [

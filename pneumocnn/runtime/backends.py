@@ -1,8 +1,12 @@
-"""Model backends: run a batch of preprocessed images, return raw positive-class probabilities.
+"""Model backends: the :class:`Backend` protocol, and the two runtimes that implement it.
 
-``TFLiteBackend`` runs ``.tflite`` files on LiteRT (``ai-edge-litert``), falling back to
-``tflite_runtime`` or TensorFlow's interpreter when LiteRT is not installed. ``KerasBackend``
-runs ``.keras`` files and needs TensorFlow. Both are safe to call from several threads.
+A backend takes a batch of preprocessed uint8 pixels ``(N, H, W)``, as
+:func:`~pneumocnn.core.preprocessing.load_pixels` gives them, and returns raw (uncalibrated)
+positive-class probabilities; it owns the rest of the way to its model's input tensor (scaling,
+channels, quantization). ``TFLiteBackend`` runs ``.tflite`` files on LiteRT
+(``ai-edge-litert``), falling back to ``tflite_runtime`` or TensorFlow's interpreter when LiteRT
+is not installed. ``KerasBackend`` runs ``.keras`` files and needs TensorFlow; it also has the
+:class:`ClassActivationBackend` capability (Grad-CAM). Both are safe to call from several threads.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import threading
 import weakref
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -22,7 +27,32 @@ from pneumocnn.core.modelfile import (
     read_from_tflite,
     read_keras_description,
 )
-from pneumocnn.core.preprocessing import Preprocessing, to_model_input
+from pneumocnn.core.preprocessing import to_model_input, to_model_inputs
+
+GRAD_CAM_NEEDS = "Grad-CAM needs a .keras Sequential model (as pneumocnn trains); use occlusion()"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What :class:`~pneumocnn.runtime.model.Model` asks of a model runtime."""
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw positive-class probability, float64 ``(N,)``, of each image of a batch of uint8
+        pixels ``(N, H, W)`` at the model's input size, as
+        :func:`~pneumocnn.core.preprocessing.load_pixels` gives them."""
+        ...
+
+
+@runtime_checkable
+class ClassActivationBackend(Backend, Protocol):
+    """A backend that can also say where in the image its answer came from (Grad-CAM)."""
+
+    def class_activation(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+        """Grad-CAM of one image of uint8 pixels ``(H, W)``: the class-activation map of the
+        positive class at the last convolution's resolution (float32, non-negative), and the
+        raw positive-class probability. Raises ``ValueError`` when the model has no such
+        convolution."""
+        ...
 
 
 def _interpreter_class():
@@ -60,8 +90,8 @@ class TFLiteBackend:
                  threads: int | None = None) -> None:
         self.threads = threads or os.cpu_count() or 1
         self._content = content
+        self._spec = description.preprocessing
         self._lock = threading.Lock()
-        self._pixel_tables: dict[float, np.ndarray] = {}  # uint8 pixel -> input tensor value
         try:
             self._interpreter = self._open()
             inputs = self._interpreter.get_input_details()  # a damaged tensor name fails here
@@ -73,8 +103,14 @@ class TFLiteBackend:
                                          f"{len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0], outputs[0]
         _check_tensors(source, description, self._input, self._output)
+        # for an integer input tensor, pixels map straight to its values through a 256-entry
+        # table: the same tensor as quantizing to_model_input, without the float image
+        self._table = None
+        if np.dtype(self._input["dtype"]) != np.float32:
+            levels = np.arange(256, dtype=np.float32) * np.float32(self._spec.scale)
+            self._table = _quantize(levels, self._input)
         try:
-            self.run(np.zeros((1, *description.preprocessing.input_shape), np.float32))
+            self.probabilities(np.zeros((1, self._spec.height, self._spec.width), np.uint8))
         except RuntimeError as error:
             raise ModelFileError(source, f"the TFLite runtime cannot run this model ({error})") from error
         _BACKENDS.add(self)
@@ -89,23 +125,17 @@ class TFLiteBackend:
         self._interpreter = None
         self._lock = threading.Lock()
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """Raw positive-class probability for each image of a float32 ``(N, H, W, C)`` batch."""
-        return np.array([self._invoke(_quantize(image[np.newaxis], self._input))
-                         for image in images], dtype=np.float64)
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw positive-class probability of each image of uint8 ``(N, H, W)`` pixels, one
+        interpreter call per image (the model's batch size is 1)."""
+        return np.array([self._invoke(self._tensor(image)) for image in pixels], dtype=np.float64)
 
-    def run_pixels(self, pixels: np.ndarray, spec: Preprocessing) -> float:
-        """Raw positive-class probability of uint8 ``(H, W)`` pixels; for an integer input
-        tensor, pixels map straight to its values through a 256-entry table, which gives the
-        same tensor as quantizing :func:`~pneumocnn.core.preprocessing.to_model_input`."""
-        if np.dtype(self._input["dtype"]) == np.float32:
-            return float(self.run(to_model_input(pixels, spec)[np.newaxis])[0])
-        table = self._pixel_tables.get(spec.scale)
-        if table is None:
-            levels = np.arange(256, dtype=np.float32) * np.float32(spec.scale)
-            table = self._pixel_tables[spec.scale] = _quantize(levels, self._input)
-        quantized = np.repeat(table[pixels][np.newaxis, ..., np.newaxis], spec.channels, axis=-1)
-        return self._invoke(quantized)
+    def _tensor(self, pixels: np.ndarray) -> np.ndarray:
+        """The ``(1, H, W, C)`` input tensor of uint8 ``(H, W)`` pixels."""
+        if self._table is None:
+            return to_model_input(pixels, self._spec)[np.newaxis]
+        return np.repeat(self._table[pixels][np.newaxis, ..., np.newaxis], self._spec.channels,
+                         axis=-1)
 
     def _invoke(self, tensor: np.ndarray) -> float:
         with self._lock:
@@ -176,9 +206,14 @@ def _dequantize(values: np.ndarray, tensor: dict) -> np.ndarray:
 
 
 class KerasBackend:
-    """A Keras model loaded in safe mode (no arbitrary code); needs TensorFlow."""
+    """A Keras model loaded in safe mode (no arbitrary code); needs TensorFlow.
+
+    Without a ``description`` the model is loaded and checked only: it cannot be run, since
+    the description says how pixels become its input."""
 
     def __init__(self, path: Path, description: ModelDescription | None = None) -> None:
+        self._path = path
+        self._spec = description.preprocessing if description is not None else None
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
             import keras
@@ -199,21 +234,54 @@ class KerasBackend:
 
     @property
     def keras_model(self):
-        """The loaded ``keras.Model`` (for Grad-CAM and other Keras-only tools)."""
+        """The loaded ``keras.Model`` (to save it again, or for other Keras-only tools)."""
         return self._model
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """Raw positive-class probability for each image of a float32 ``(N, H, W, C)`` batch."""
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw positive-class probability of each image of uint8 ``(N, H, W)`` pixels, in one
+        call of the model."""
+        if len(pixels) == 0:
+            return np.zeros(0, np.float64)
+        inputs = to_model_inputs(pixels, self._preprocessing())
         with self._lock:
-            outputs = self._model(images, training=False)
+            outputs = self._model(inputs, training=False)
         return positive_probability(outputs)
 
-    def run_pixels(self, pixels: np.ndarray, spec: Preprocessing) -> float:
-        """Raw positive-class probability of uint8 ``(H, W)`` pixels."""
-        return float(self.run(to_model_input(pixels, spec)[np.newaxis])[0])
+    def class_activation(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+        """Grad-CAM on the last convolution of a Sequential model (as pneumocnn trains): the
+        positive-class score's gradient, averaged over the feature map, weights its channels."""
+        import keras
+        import tensorflow as tf
+
+        network = self._model
+        if not isinstance(network, keras.Sequential):
+            raise ValueError(f"{self._path}: {GRAD_CAM_NEEDS}")
+        last_conv = max((i for i, layer in enumerate(network.layers)
+                         if isinstance(layer, keras.layers.Conv2D)), default=None)
+        if last_conv is None:
+            raise ValueError(f"{self._path}: the model has no convolution layer")
+        image = to_model_input(pixels, self._preprocessing())[np.newaxis]
+        with self._lock, tf.GradientTape() as tape:
+            outputs = tf.constant(image)
+            for index, layer in enumerate(network.layers):
+                outputs = layer(outputs, training=False)
+                if index == last_conv:
+                    features = outputs
+                    tape.watch(features)
+            score = outputs[:, -1]  # the positive class, as positive_probability picks it
+        gradients = tape.gradient(score, features)
+        weights = tf.reduce_mean(gradients, axis=(1, 2))
+        cam = tf.nn.relu(tf.reduce_sum(features * weights[:, None, None, :], axis=-1))[0]
+        return cam.numpy().astype(np.float32), float(positive_probability(outputs.numpy())[0])
+
+    def _preprocessing(self):
+        if self._spec is None:
+            raise ValueError(f"{self._path}: this backend was opened without the model's "
+                             "description, so it cannot turn pixels into model inputs")
+        return self._spec
 
 
-def open_backend(path: Path, threads: int | None = None):
+def open_backend(path: Path, threads: int | None = None) -> tuple[Backend, ModelDescription]:
     """Return ``(backend, description)`` for a ``.tflite`` or ``.keras`` file."""
     if not path.is_file():
         raise ModelFileError(str(path), "is not a regular file" if path.exists() else

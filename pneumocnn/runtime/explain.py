@@ -1,9 +1,10 @@
 """Explanations: which regions of an X-ray drove the pneumonia probability.
 
-``occlusion`` works on any model, on the runtime install: it hides one square of the image at
-a time (filled with the image mean) and records how much the log-odds of pneumonia drop. ``grad_cam``
-needs a ``.keras`` model and TensorFlow. Both return an :class:`Explanation` whose heatmap is
-in model-input coordinates; ``overlay`` draws it on the X-ray as an RGB image.
+``occlusion`` works on any model, on the runtime install: it hides one square of the model's
+pixels at a time (filled with their mean) and records how much the log-odds of pneumonia drop.
+``grad_cam`` needs a backend with the Grad-CAM capability: a ``.keras`` model, and TensorFlow.
+Both return an :class:`Explanation` whose heatmap is in model-input coordinates; ``overlay``
+draws it on the X-ray as an RGB image.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from PIL import Image
 
 from pneumocnn.core.files import atomic_write
 from pneumocnn.core.metrics import logit
-from pneumocnn.core.modelfile import positive_probability
-from pneumocnn.core.preprocessing import ImageInput, Preprocessing, load_pixels, preprocess, source_name
+from pneumocnn.core.preprocessing import ImageInput, Preprocessing, load_pixels, source_name
+from pneumocnn.runtime.backends import GRAD_CAM_NEEDS, ClassActivationBackend
 from pneumocnn.runtime.model import Model
 
 
@@ -34,20 +35,23 @@ class Explanation:
 
 
 def occlusion(model: Model, source: ImageInput, patch: int | None = None,
-              stride: int | None = None) -> Explanation:
+              stride: int | None = None, *, pixels: np.ndarray | None = None) -> Explanation:
     """Occlusion sensitivity of ``model`` on one input; ``patch`` and ``stride`` in model-input
-    pixels (default: an eighth of the input side, and half of that)."""
+    pixels (default: an eighth of the input side, and half of that). A caller that holds the
+    input's ``pixels`` as :func:`~pneumocnn.core.preprocessing.load_pixels` made them for this
+    model passes them, and ``source`` only names the input."""
     name = source_name(source)
-    image = preprocess(source, model.description.preprocessing, name)
-    height, width = image.shape[:2]
+    if pixels is None:
+        pixels = load_pixels(source, model.description.preprocessing, name)
+    height, width = pixels.shape
     patch = patch or max(4, min(height, width) // 8)
     stride = stride or max(1, patch // 2)
-    baseline = float(model.probabilities(image[np.newaxis])[0])
-    fill = image.mean()
+    baseline = float(model.probabilities(pixels[np.newaxis])[0])
+    fill = np.uint8(np.rint(pixels.mean()))
     rows = range(0, max(height - patch, 0) + 1, stride)
     columns = range(0, max(width - patch, 0) + 1, stride)
     boxes = [(r, c) for r in rows for c in columns]
-    occluded = np.repeat(image[np.newaxis], len(boxes), axis=0)
+    occluded = np.repeat(pixels[np.newaxis], len(boxes), axis=0)
     for k, (r, c) in enumerate(boxes):
         occluded[k, r : r + patch, c : c + patch] = fill
     drops = np.maximum(logit(baseline) - logit(model.probabilities(occluded)), 0.0)
@@ -61,35 +65,17 @@ def occlusion(model: Model, source: ImageInput, patch: int | None = None,
 
 
 def grad_cam(model: Model, source: ImageInput) -> Explanation:
-    """Grad-CAM on the last convolution of a ``.keras`` Sequential model (needs TensorFlow)."""
-    import keras
-    import tensorflow as tf
-
-    network = getattr(model._backend, "keras_model", None)
-    if not isinstance(network, keras.Sequential):
-        raise ValueError(f"{model.path}: Grad-CAM needs a .keras Sequential model (as pneumocnn "
-                         "trains); use occlusion()")
-    last_conv = max((i for i, layer in enumerate(network.layers)
-                     if isinstance(layer, keras.layers.Conv2D)), default=None)
-    if last_conv is None:
-        raise ValueError(f"{model.path}: the model has no convolution layer")
+    """Grad-CAM on the last convolution of a model whose backend can compute it (a ``.keras``
+    Sequential model, as pneumocnn trains; needs TensorFlow)."""
+    backend = model.backend
+    if not isinstance(backend, ClassActivationBackend):
+        raise ValueError(f"{model.path}: {GRAD_CAM_NEEDS}")
     name = source_name(source)
-    image = preprocess(source, model.description.preprocessing, name)[np.newaxis]
-    with tf.GradientTape() as tape:
-        outputs = tf.constant(image)
-        for index, layer in enumerate(network.layers):
-            outputs = layer(outputs, training=False)
-            if index == last_conv:
-                features = outputs
-                tape.watch(features)
-        score = outputs[:, -1]  # the positive class, as positive_probability picks it
-    gradients = tape.gradient(score, features)
-    weights = tf.reduce_mean(gradients, axis=(1, 2))
-    cam = tf.nn.relu(tf.reduce_sum(features * weights[:, None, None, :], axis=-1))[0].numpy()
-    height, width = image.shape[1:3]
+    spec = model.description.preprocessing
+    cam, raw = backend.class_activation(load_pixels(source, spec, name))
     heatmap = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(
-        (width, height), Image.Resampling.BILINEAR))
-    probability = float(model.description.calibrate(positive_probability(outputs))[0])
+        (spec.width, spec.height), Image.Resampling.BILINEAR))
+    probability = float(model.description.calibrate(np.array([raw]))[0])
     return Explanation(name, probability, heatmap, "grad-cam")
 
 

@@ -17,7 +17,7 @@ from pneumocnn.core.errors import InputError, ModelFileError, PneumocnnError
 from pneumocnn.core.folders import expand_inputs, is_single
 from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.core.preprocessing import ImageInput, load_pixels, source_name
-from pneumocnn.runtime.backends import open_backend
+from pneumocnn.runtime.backends import Backend, open_backend
 
 BUNDLED_MODEL = "pneumonia-int8.tflite"
 
@@ -55,10 +55,17 @@ class Prediction:
 class Model:
     """A loaded model: its description, and ``predict`` for one or many inputs."""
 
-    def __init__(self, backend, description: ModelDescription, path: str) -> None:
+    def __init__(self, backend: Backend, description: ModelDescription, path: str) -> None:
         self._backend = backend
         self.description = description
         self.path = path
+
+    @property
+    def backend(self) -> Backend:
+        """The runtime that runs the model file, seen through the
+        :class:`~pneumocnn.runtime.backends.Backend` protocol (and, for a ``.keras`` file,
+        :class:`~pneumocnn.runtime.backends.ClassActivationBackend`)."""
+        return self._backend
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -107,17 +114,15 @@ class Model:
             while pending:
                 yield pending.popleft().result()
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Calibrated positive-class probabilities of a batch: uint8 pixels ``(N, H, W)`` as
-        :func:`~pneumocnn.core.preprocessing.load_pixels` gives them (the path ``predict`` takes), or
-        float32 model inputs ``(N, H, W, C)`` as :func:`~pneumocnn.core.preprocessing.preprocess`
-        gives them."""
-        if images.dtype == np.uint8 and images.ndim == 3:
-            spec = self.description.preprocessing
-            raw = np.array([self._backend.run_pixels(p, spec) for p in images], dtype=np.float64)
-        else:
-            raw = self._backend.run(images)
-        return self.description.calibrate(raw)
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Calibrated positive-class probabilities, float64 ``(N,)``, of a batch of uint8
+        pixels ``(N, H, W)`` as :func:`~pneumocnn.core.preprocessing.load_pixels` gives them
+        with this model's ``description.preprocessing`` (the path ``predict`` takes)."""
+        spec = self.description.preprocessing
+        if pixels.dtype != np.uint8 or pixels.shape[1:] != (spec.height, spec.width):
+            raise ValueError(f"probabilities takes uint8 pixels (N, {spec.height}, {spec.width}) "
+                             f"as load_pixels gives them, got {pixels.dtype} {pixels.shape}")
+        return self.description.calibrate(self._backend.probabilities(pixels))
 
     def _score_or_error(self, item: ImageInput | InputError, source: str, threshold: float) -> Prediction:
         try:
@@ -127,12 +132,20 @@ class Model:
         except PneumocnnError as error:
             return Prediction(source, None, math.nan, threshold, getattr(error, "reason", str(error)))
 
-    def _score(self, item: ImageInput, source: str, threshold: float | None) -> Prediction:
-        pixels = load_pixels(item, self.description.preprocessing, source)
+    def predict_pixels(self, pixels: np.ndarray, source: str,
+                       threshold: float | None = None) -> Prediction:
+        """Score one input's uint8 pixels ``(H, W)`` as
+        :func:`~pneumocnn.core.preprocessing.load_pixels` made them for this model (resized and
+        normalised already, so not normalised again, as :meth:`predict` of an array would),
+        under the name ``source``: the answer :meth:`predict` gives for that input."""
         probability = float(self.probabilities(pixels[np.newaxis])[0])
         cutoff = self._threshold(threshold)
         label = self.labels[1] if probability >= cutoff else self.labels[0]
         return Prediction(source, label, probability, cutoff)
+
+    def _score(self, item: ImageInput, source: str, threshold: float | None) -> Prediction:
+        pixels = load_pixels(item, self.description.preprocessing, source)
+        return self.predict_pixels(pixels, source, threshold)
 
     def _threshold(self, threshold: float | None) -> float:
         if threshold is None:

@@ -92,17 +92,19 @@ def _score(model: Model, item, name: str, images: Path, heatmaps: bool) -> dict[
     row["file"] = name
     try:
         # Decode twice, not once per use: the model's pixels exactly as predict(path) makes
-        # them, and the full-size image for display.
+        # them (scored as they are: predict(pixels) would normalise them again), and the
+        # full-size image for display.
         pixels = load_pixels(item, model.description.preprocessing, name)
         gray = load_gray(item, name)
-        prediction = model.predict(pixels)
+        prediction = model.predict_pixels(pixels, name)
         row.update(_identifiers(item))
         stem = _stem(name)
         thumbnail = gray.copy()
         thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
         save_png(thumbnail, images / f"{stem}-xray.png")
         if heatmaps:
-            save_png(overlay(gray, occlusion(model, pixels)), images / f"{stem}-heatmap.png")
+            save_png(overlay(gray, occlusion(model, name, pixels=pixels)),
+                     images / f"{stem}-heatmap.png")
     except PneumocnnError as error:
         row["error"] = getattr(error, "reason", str(error))
         return row
