@@ -1,7 +1,17 @@
-"""Shared fixtures: real X-rays from ../shared/data and one tiny model trained on them."""
+"""Shared fixtures: the real X-rays and tiny models shipped in ``tests/data``, and one tiny model
+trained on them for the training tests.
+
+Nothing here reads outside the repository, except for tests marked ``full_data``: they need the
+whole data set (``../shared/data`` beside the repository, or ``$PNEUMOCNN_DATA``) and are skipped,
+saying so, when it is absent, as in a fresh clone.
+
+Markers (registered in pyproject.toml): ``training`` on every test that needs TensorFlow (the
+runtime's tests are ``-m "not training"``), ``slow``, ``full_data``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -11,32 +21,60 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-TRAIN = DATA / "chest_xray" / "train"
-FULL_RESOLUTION = DATA / "full_resolution"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+XRAYS = TEST_DATA / "xrays"  # {NORMAL,PNEUMONIA}/: 24 + 24 of the 224 px training JPEGs
+FULL_RESOLUTION = TEST_DATA / "full_resolution"  # 3 original full-size files of the same images
+TINY_INT8 = TEST_DATA / "tiny-int8.tflite"  # the tiny recipe below, full-integer int8
+TINY_FLOAT = TEST_DATA / "tiny-dynamic-int8.tflite"  # the same run, float32 input and output
 TINY_SIZE = 64
 
+# the whole data set, for the few tests marked full_data
+FULL_DATA = Path(os.environ.get("PNEUMOCNN_DATA") or REPO.parent / "shared" / "data")
+FULL_TRAIN = FULL_DATA / "chest_xray" / "train"
 
-def real_images(label: str, count: int, start: int = 0) -> list[Path]:
-    """``count`` real 224x224 training X-rays of one class, in a fixed order."""
-    return sorted((TRAIN / label).glob("*.jpeg"))[start : start + count]
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """ROOT/{NORMAL,PNEUMONIA} with 24 real X-rays per class."""
-    root = tmp_path_factory.mktemp("tiny-data")
-    for label in ("NORMAL", "PNEUMONIA"):
-        (root / label).mkdir()
-        for path in real_images(label, 24, start=100):
-            shutil.copy(path, root / label / path.name)
-    return root
-
-
+# the tiny recipe: the default recipe at 64 px for 2 epochs (tests/data/make_models.py made the
+# shipped tiny models with these settings from tests/data/xrays)
 TINY_SETTINGS = dict(
     epochs=2, batch_size=8, input_size=TINY_SIZE, representative_images=16,
     validation_fraction=0.25, verbose=0,
 )
+
+# fixtures that train (or exist only to train): a test using one must be marked `training`
+TRAINING_FIXTURES = ("tiny_run", "tiny_data")
+
+
+def real_images(label: str, count: int, start: int = 0) -> list[Path]:
+    """``count`` real 224x224 training X-rays of one class from ``tests/data/xrays``, in a fixed
+    order (24 per class: ``start + count`` must not exceed 24)."""
+    found = sorted((XRAYS / label).glob("*.jpeg"))[start : start + count]
+    if len(found) != count:
+        raise ValueError(f"tests/data/xrays/{label} holds no images {start}..{start + count - 1}")
+    return found
+
+
+def full_resolution_files() -> list[Path]:
+    """The shipped full-size originals (their 224 px copies are among ``XRAYS``)."""
+    return sorted(FULL_RESOLUTION.glob("*/*.jpeg"))
+
+
+@pytest.fixture(scope="session")
+def full_data() -> Path:
+    """The whole data set; tests using it are marked ``full_data`` (skipped when absent)."""
+    return FULL_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_int8() -> Path:
+    return TINY_INT8
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """ROOT/{NORMAL,PNEUMONIA} with the 24 + 24 shipped X-rays (a copy: tests may not change
+    ``tests/data``)."""
+    root = tmp_path_factory.mktemp("tiny-data") / "xrays"
+    shutil.copytree(XRAYS, root)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +83,29 @@ def tiny_run(tiny_data, tmp_path_factory):
     import pneumocnn
 
     return pneumocnn.train(tiny_data, tmp_path_factory.mktemp("runs") / "tiny", **TINY_SETTINGS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the markers honest: a test that trains must say so; a test that needs the whole
+    data set is skipped, with the reason, where there is none; without TensorFlow, training
+    tests are skipped (the runtime's selection is ``-m "not training"``)."""
+    unmarked = [f"{item.nodeid} (uses {fixture}, not marked `{marker}`)" for item in items
+                for fixture, marker in [*((f, "training") for f in TRAINING_FIXTURES),
+                                        ("full_data", "full_data")]
+                if fixture in getattr(item, "fixturenames", ())
+                and item.get_closest_marker(marker) is None]
+    if unmarked:
+        raise pytest.UsageError("tests without the marker their fixtures need:\n  "
+                                + "\n  ".join(unmarked))
+    no_data = pytest.mark.skip(
+        reason=f"needs the whole data set at {FULL_DATA} (absent, as in a fresh clone; set "
+               "PNEUMOCNN_DATA to its folder)")
+    no_tensorflow = pytest.mark.skip(
+        reason="needs TensorFlow: pip install 'pneumocnn[train]' (or select -m 'not training')")
+    have_data = FULL_TRAIN.is_dir()
+    have_tensorflow = importlib.util.find_spec("tensorflow") is not None
+    for item in items:
+        if not have_data and item.get_closest_marker("full_data") is not None:
+            item.add_marker(no_data)
+        if not have_tensorflow and item.get_closest_marker("training") is not None:
+            item.add_marker(no_tensorflow)

@@ -10,6 +10,7 @@ import pytest
 from conftest import FULL_RESOLUTION, real_images
 
 
+@pytest.mark.training
 def test_quick_benchmark_writes_results(tiny_run, tiny_data, tmp_path):
     from benchmarks.__main__ import main
 
@@ -73,6 +74,7 @@ def test_every_simulated_shift_changes_a_real_xray_and_keeps_it_gray():
         assert not np.array_equal(np.asarray(shifted.resize(xray.size)), np.asarray(xray)), name
 
 
+@pytest.mark.training
 def test_study_scores_runs_and_tabulates_folds(tiny_run, tiny_data, tmp_path):
     """A run's scores.json, and the table over two folds of one configuration: mean +- sd."""
     import json

@@ -9,25 +9,25 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import real_images
+from conftest import TINY_INT8, XRAYS, real_images
 
 import pneumocnn
 from pneumocnn.cli import main
 
 
-def test_predict_prints_one_line_per_image_and_exits_0(tiny_run, capsys):
+def test_predict_prints_one_line_per_image_and_exits_0(capsys):
     files = [str(p) for p in real_images("NORMAL", 2)]
-    assert main(["predict", *files, "--model", str(tiny_run.tflite_models["int8"])]) == 0
+    assert main(["predict", *files, "--model", str(TINY_INT8)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all("probability" in line for line in lines)
 
 
-def test_predict_reports_bad_files_goes_on_and_exits_1(tiny_run, tmp_path, capsys):
+def test_predict_reports_bad_files_goes_on_and_exits_1(tmp_path, capsys):
     bad = tmp_path / "bad.jpeg"
     bad.write_bytes(b"garbage")
     good = str(real_images("PNEUMONIA", 1)[0])
     out = tmp_path / "out.csv"
-    code = main(["predict", good, str(bad), "--model", str(tiny_run.tflite_models["int8"]),
+    code = main(["predict", good, str(bad), "--model", str(TINY_INT8),
                  "--csv", str(out)])
     assert code == 1
     rows = list(csv.DictReader(out.open()))
@@ -36,9 +36,9 @@ def test_predict_reports_bad_files_goes_on_and_exits_1(tiny_run, tmp_path, capsy
     assert "1 input(s) could not be scored" in capsys.readouterr().err
 
 
-def test_predict_json_lines(tiny_run, capsys):
+def test_predict_json_lines(capsys):
     image = str(real_images("NORMAL", 1)[0])
-    assert main(["predict", image, "--json", "--model", str(tiny_run.tflite_models["int8"])]) == 0
+    assert main(["predict", image, "--json", "--model", str(TINY_INT8)]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["source"] == image and record["error"] is None
 
@@ -56,17 +56,17 @@ def test_usage_errors_exit_2(argv, capsys):
     assert code == 2
 
 
-def test_console_script_runs_as_a_module(tiny_run):
+def test_console_script_runs_as_a_module():
     result = subprocess.run(
-        [sys.executable, "-m", "pneumocnn", "info", str(tiny_run.tflite_models["int8"])],
+        [sys.executable, "-m", "pneumocnn", "info", str(TINY_INT8)],
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert '"format": "pneumocnn-model"' in result.stdout
 
 
-def test_evaluate_writes_metrics_and_figures(tiny_run, tiny_data, tmp_path, capsys):
+def test_evaluate_writes_metrics_and_figures(tmp_path, capsys):
     out = tmp_path / "eval"
-    code = main(["evaluate", str(tiny_run.tflite_models["int8"]), str(tiny_data),
+    code = main(["evaluate", str(TINY_INT8), str(XRAYS),
                  "--out", str(out), "--json"])
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -75,6 +75,7 @@ def test_evaluate_writes_metrics_and_figures(tiny_run, tiny_data, tmp_path, caps
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.training
 def test_convert_keras_file_keeps_its_description(tiny_run, tiny_data, tmp_path):
     out = tmp_path / "converted.tflite"
     assert main(["convert", str(tiny_run.keras_model), "--out", str(out),
@@ -87,6 +88,7 @@ def test_convert_keras_file_keeps_its_description(tiny_run, tiny_data, tmp_path)
     assert converted.predict(image).label == original.predict(image).label
 
 
+@pytest.mark.training
 def test_convert_seed_weights_file(tiny_data, tmp_path):
     """The seed saved weights only (`save_weights('first_try.h5')`, Keras 2 HDF5)."""
     import h5py
@@ -109,6 +111,7 @@ def test_convert_seed_weights_file(tiny_data, tmp_path):
     assert np.isfinite(expected)
 
 
+@pytest.mark.training
 def test_convert_saved_model_folder(tiny_run, tiny_data, tmp_path):
     import keras
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_SETTINGS, real_images
+from conftest import TINY_INT8, TINY_SETTINGS, real_images
 from PIL import Image
 
 import pneumocnn
@@ -54,9 +54,9 @@ def xray():
         return path, np.asarray(image.convert("L"))
 
 
-def test_dicom_made_from_a_jpeg_gives_the_jpeg_answer(tiny_run, xray, tmp_path):
+def test_dicom_made_from_a_jpeg_gives_the_jpeg_answer(xray, tmp_path):
     path, gray = xray
-    model = pneumocnn.load(tiny_run.tflite_models["int8"])
+    model = pneumocnn.load(TINY_INT8)
     expected = model.predict(gray).probability
     variants = {
         "8bit.dcm": dict(pixels=gray),
@@ -84,10 +84,10 @@ def test_dicom_window_is_applied(tmp_path):
     assert 120 <= middle <= 135
 
 
-def test_pydicom_test_files_are_read_or_refused_clearly(tiny_run):
+def test_pydicom_test_files_are_read_or_refused_clearly():
     from pydicom.data import get_testdata_file
 
-    model = pneumocnn.load(tiny_run.tflite_models["int8"])
+    model = pneumocnn.load(TINY_INT8)
     ct = get_testdata_file("CT_small.dcm")  # signed 16-bit with rescale
     assert 0.0 <= model.predict(ct).probability <= 1.0
     jpeg_ls = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
@@ -108,6 +108,7 @@ def _patch_dataset(root, count=80, size=64, seed=0):
             Image.fromarray(image).save(root / label / f"{label}-{i}.png")
 
 
+@pytest.mark.training
 def test_heatmaps_land_on_the_evidence(tmp_path):
     _patch_dataset(tmp_path / "data")
     settings = {**TINY_SETTINGS, "epochs": 6, "batch_size": 16, "validation_fraction": 0.2}
@@ -127,7 +128,7 @@ def test_heatmaps_land_on_the_evidence(tmp_path):
     assert picture.size == (384, 384) and picture.mode == "RGB"
 
 
-def test_triage_worklist_sorted_resumable_with_errors_apart(tiny_run, tmp_path):
+def test_triage_worklist_sorted_resumable_with_errors_apart(tmp_path):
     from pneumocnn.runtime.triage import triage
 
     scans = tmp_path / "scans"
@@ -138,7 +139,7 @@ def test_triage_worklist_sorted_resumable_with_errors_apart(tiny_run, tmp_path):
         write_dicom(scans / "study.dcm", np.asarray(image.convert("L")),
                     PatientID="P123", AccessionNumber="A9")
     (scans / "broken.jpeg").write_bytes(b"not an image")
-    model = pneumocnn.load(tiny_run.tflite_models["int8"])
+    model = pneumocnn.load(TINY_INT8)
     seen = []
     worklist = triage(scans, tmp_path / "report", model, progress=lambda d, t: seen.append(d))
     assert seen == list(range(1, 9))
@@ -189,29 +190,39 @@ def test_report_renders_in_a_real_browser(tmp_path):
     assert pixels.shape == (900, 1200) and pixels.std() > 30  # text and X-rays, not a blank page
 
 
-def test_explain_and_triage_on_the_command_line(tiny_run, tmp_path):
+def test_explain_and_triage_on_the_command_line(tmp_path):
     from pneumocnn.cli import main
 
     image = str(real_images("PNEUMONIA", 1)[0])
-    for model, method in ((tiny_run.tflite_models["int8"], "occlusion"),
-                          (tiny_run.keras_model, "grad-cam")):
-        out = tmp_path / f"{method}.png"
-        assert main(["explain", image, "--model", str(model), "--method", method,
-                     "--out", str(out)]) == 0
-        with Image.open(out) as picture:
-            assert picture.size == (384, 384)
+    out = tmp_path / "occlusion.png"
+    assert main(["explain", image, "--model", str(TINY_INT8), "--method", "occlusion",
+                 "--out", str(out)]) == 0
+    with Image.open(out) as picture:
+        assert picture.size == (384, 384)
     with pytest.raises(ValueError, match="Grad-CAM needs a .keras"):
-        grad_cam(pneumocnn.load(tiny_run.tflite_models["int8"]), image)
+        grad_cam(pneumocnn.load(TINY_INT8), image)
     scans = tmp_path / "scans"
     scans.mkdir()
     shutil.copy(image, scans)
     (scans / "bad.png").write_bytes(b"\x89PNG broken")
     code = main(["triage", str(scans), "--out", str(tmp_path / "report"), "--no-heatmaps",
-                 "--model", str(tiny_run.tflite_models["int8"])])
+                 "--model", str(TINY_INT8)])
     assert code == 1 and (tmp_path / "report" / "report.html").exists()
 
 
-def test_dicom_without_pydicom_names_the_extra(tiny_run, xray, tmp_path):
+@pytest.mark.training
+def test_explain_grad_cam_on_the_command_line(tiny_run, tmp_path):
+    from pneumocnn.cli import main
+
+    image = str(real_images("PNEUMONIA", 1)[0])
+    out = tmp_path / "grad-cam.png"
+    assert main(["explain", image, "--model", str(tiny_run.keras_model), "--method", "grad-cam",
+                 "--out", str(out)]) == 0
+    with Image.open(out) as picture:
+        assert picture.size == (384, 384)
+
+
+def test_dicom_without_pydicom_names_the_extra(xray, tmp_path):
     import subprocess
     import sys
     import textwrap
@@ -221,7 +232,7 @@ def test_dicom_without_pydicom_names_the_extra(tiny_run, xray, tmp_path):
         import sys
         sys.modules["pydicom"] = None
         import pneumocnn
-        model = pneumocnn.load({str(tiny_run.tflite_models["int8"])!r})
+        model = pneumocnn.load({str(TINY_INT8)!r})
         try:
             model.predict({str(tmp_path / "study.dcm")!r})
         except pneumocnn.MissingDependencyError as error:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FULL_DATA, XRAYS, real_images
 
 from pneumocnn.core.errors import DatasetError
 from pneumocnn.core.folders import (
@@ -21,13 +22,19 @@ from pneumocnn.core.folders import (
     split_by_patient,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CHEST_XRAY = DATA / "chest_xray"
+CHEST_XRAY = FULL_DATA / "chest_xray"  # the whole data set: tests marked full_data only
 TRAIN = CHEST_XRAY / "train"
+
+# the 24 + 24 X-rays shipped in tests/data, and the whole train split (full_data), with the
+# image counts and byte-identical groups each holds
+TRAIN_SETS = {
+    "shipped": dict(folder=XRAYS, counts={"NORMAL": 24, "PNEUMONIA": 24}, duplicates=1),
+    "full": dict(folder=TRAIN, counts={"NORMAL": 1341, "PNEUMONIA": 3875}, duplicates=24),
+}
 
 
 def real_xrays(label: str, count: int) -> list[Path]:
-    return sorted((TRAIN / label).glob("*.jpeg"))[:count]
+    return real_images(label, count)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,8 +81,20 @@ def test_every_real_training_file_has_a_kermany_patient_id(train_index):
 # the real training split
 
 
+@pytest.fixture(scope="module",
+                params=["shipped", pytest.param("full", marks=pytest.mark.full_data)])
+def train_set(request) -> dict:
+    return TRAIN_SETS[request.param]
+
+
 @pytest.fixture(scope="module")
-def train_index() -> LabelledImages:
+def train_index(train_set) -> LabelledImages:
+    return index_folder(train_set["folder"])
+
+
+@pytest.fixture(scope="module")
+def full_train_index() -> LabelledImages:
+    """The whole train split (for tests marked full_data)."""
     return index_folder(TRAIN)
 
 
@@ -88,9 +107,9 @@ def _sides(split: tuple[LabelledImages, LabelledImages]) -> tuple[set[Path], set
     return set(split[0].paths), set(split[1].paths)
 
 
-def test_real_train_index(train_index):
+def test_real_train_index(train_index, train_set):
     assert train_index.class_names == ("NORMAL", "PNEUMONIA")
-    assert train_index.counts() == {"NORMAL": 1341, "PNEUMONIA": 3875}
+    assert train_index.counts() == train_set["counts"]
     assert list(train_index.paths) == sorted(train_index.paths)
     for path, label in zip(train_index.paths, train_index.labels, strict=True):
         assert path.parent.name == train_index.class_names[label]
@@ -113,10 +132,11 @@ def test_split_keeps_each_patient_on_one_side(split_seed0):
     assert not set(train.patients()) & set(validation.patients())
 
 
+@pytest.mark.full_data
 @pytest.mark.parametrize("fraction", [0.1, 0.25])
-def test_split_fraction_per_class(train_index, fraction):
-    train, validation = split_by_patient(train_index, fraction, seed=3)
-    for name, total in train_index.counts().items():
+def test_split_fraction_per_class(full_train_index, fraction):
+    train, validation = split_by_patient(full_train_index, fraction, seed=3)
+    for name, total in full_train_index.counts().items():
         assert validation.counts()[name] / total == pytest.approx(fraction, abs=0.015), name
         assert validation.counts()[name] + train.counts()[name] == total
 
@@ -128,27 +148,29 @@ def test_split_is_deterministic_for_a_seed(train_index, split_seed0):
     np.testing.assert_array_equal(again[1].labels, split_seed0[1].labels)
 
 
-def test_split_differs_for_another_seed(train_index, split_seed0):
-    other = split_by_patient(train_index, 0.1, seed=1)
+@pytest.mark.full_data
+def test_split_differs_for_another_seed(full_train_index):
+    split_seed0 = split_by_patient(full_train_index, 0.1, seed=0)
+    other = split_by_patient(full_train_index, 0.1, seed=1)
     held0, held1 = set(split_seed0[1].paths), set(other[1].paths)
     assert held0 != held1
     assert len(held0 & held1) < 0.5 * len(held0)
 
 
-def test_split_does_not_depend_on_where_the_data_lives(tmp_path, split_seed0):
+def test_split_does_not_depend_on_where_the_data_lives(tmp_path, train_set, split_seed0):
     """Only names, contents and seed matter: a copy elsewhere splits the same way."""
     copy = tmp_path / "copy"
-    shutil.copytree(TRAIN, copy)
+    shutil.copytree(train_set["folder"], copy)
     moved = split_by_patient(index_folder(copy), 0.1, seed=0)
     assert [p.name for p in moved[1].paths] == [p.name for p in split_seed0[1].paths]
 
 
-def test_byte_identical_real_files_stay_on_one_side(train_index, split_seed0):
+def test_byte_identical_real_files_stay_on_one_side(train_index, train_set, split_seed0):
     by_digest: dict[str, list[Path]] = defaultdict(list)
     for path in train_index.paths:
         by_digest[hashlib.sha256(path.read_bytes()).hexdigest()].append(path)
     duplicates = [paths for paths in by_digest.values() if len(paths) > 1]
-    assert len(duplicates) == 24  # as the data README says
+    assert len(duplicates) == train_set["duplicates"]  # as the data READMEs say
     held = set(split_seed0[1].paths)
     for paths in duplicates:
         assert len({path in held for path in paths}) == 1, paths
@@ -270,6 +292,7 @@ def test_patient_folds_need_two_folds_and_enough_patients(tmp_path):
 # find_splits and index_folder
 
 
+@pytest.mark.full_data
 def test_find_splits_on_the_split_layout():
     splits = find_splits(CHEST_XRAY)
     assert set(splits) == {"train", "val"}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FULL_DATA, FULL_TRAIN, XRAYS, full_resolution_files
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from pneumocnn.core.errors import InputError
@@ -19,10 +20,13 @@ from pneumocnn.core.preprocessing import (
     to_model_input,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TRAIN = DATA / "chest_xray" / "train"
-FULL_RESOLUTION = DATA / "full_resolution"
-FULL_RESOLUTION_FILES = sorted(FULL_RESOLUTION.glob("*/*.jpeg"))
+TRAIN = XRAYS  # the 224 px training X-rays shipped in tests/data
+# full-size originals and the folder holding their 224 px copies: the 3 shipped in tests/data,
+# and the 46 of the whole data set (tests marked full_data)
+FULL_RESOLUTION_SETS = {
+    "shipped": (full_resolution_files(), XRAYS, 3),
+    "full": (sorted((FULL_DATA / "full_resolution").glob("*/*.jpeg")), FULL_TRAIN, 46),
+}
 
 SPEC = Preprocessing()  # 150 x 150 x 3, bilinear
 ORIENTATION = 0x0112
@@ -56,7 +60,7 @@ def save(image: Image.Image, path: Path, **params) -> Path:
 
 @pytest.fixture(scope="module", params=["NORMAL", "PNEUMONIA"])
 def xray(request) -> Path:
-    return real_xray(request.param, 3)
+    return real_xray(request.param, 9)  # bright enough for the washed-out exposure test
 
 
 @pytest.fixture(scope="module")
@@ -259,12 +263,23 @@ def test_exif_orientation_is_applied(tmp_path, upright, orientation, as_input):
 # full-resolution clinic images: reduced-scale JPEG decoding
 
 
-def test_full_resolution_files_are_present():
-    assert len(FULL_RESOLUTION_FILES) == 46
+@pytest.fixture(params=["shipped", pytest.param("full", marks=pytest.mark.full_data)])
+def full_resolution(request) -> tuple[list[Path], Path, int]:
+    return FULL_RESOLUTION_SETS[request.param]
+
+
+def test_full_resolution_files_are_present(full_resolution):
+    files, _, count = full_resolution
+    assert len(files) == count
+    modes = set()
+    for path in files:
+        with Image.open(path) as image:
+            modes.add(image.mode)
+    assert modes == {"L", "RGB"}  # grayscale and RGB originals
 
 
 @pytest.mark.parametrize("spec", [SPEC, Preprocessing(224, 224, 1)], ids=["150", "224"])
-def test_full_resolution_draft_decode_matches_full_decode(spec, monkeypatch):
+def test_full_resolution_draft_decode_matches_full_decode(spec, monkeypatch, full_resolution):
     drafted: list[tuple[tuple[int, int], tuple[int, int]]] = []
     original_draft = JpegImagePlugin.JpegImageFile.draft
 
@@ -276,7 +291,7 @@ def test_full_resolution_draft_decode_matches_full_decode(spec, monkeypatch):
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     worst = 0.0
-    for path in FULL_RESOLUTION_FILES:
+    for path in full_resolution[0]:
         drafted.clear()
         pixels = load_pixels(path, spec)
         assert pixels.shape == (spec.height, spec.width) and pixels.dtype == np.uint8
@@ -290,10 +305,11 @@ def test_full_resolution_draft_decode_matches_full_decode(spec, monkeypatch):
     assert worst < 2.0
 
 
-def test_full_resolution_matches_the_resized_training_copy():
+def test_full_resolution_matches_the_resized_training_copy(full_resolution):
     """The same image at full size and as the 224x224 copy gives nearly the same input."""
-    for path in FULL_RESOLUTION_FILES:
-        copy = TRAIN / path.parent.name / path.name
+    files, train, _ = full_resolution
+    for path in files:
+        copy = train / path.parent.name / path.name
         assert mean_abs_diff(load_pixels(path, SPEC), load_pixels(copy, SPEC)) < 3.0, path.name
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_SETTINGS, real_images
+from conftest import TINY_INT8, TINY_SETTINGS, real_images
 from PIL import Image
 
 import pneumocnn
@@ -36,8 +36,8 @@ ORIENTATION = 0x0112
 
 
 @pytest.fixture(scope="module")
-def int8_path(tiny_run) -> Path:
-    return tiny_run.tflite_models["int8"]
+def int8_path() -> Path:
+    return TINY_INT8
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def build_corpus(root: Path) -> dict[str, set[str]]:
     """Write the bad-input corpus into ``root``; return the file names expected to be scored
     (``ok``), refused (``error``) or either (``either``: truncated and damaged files, which a
     decoder may still read) and the folders expected to be reported as unreadable."""
-    xray = real_images("NORMAL", 1, start=50)[0].read_bytes()
+    xray = real_images("NORMAL", 1, start=10)[0].read_bytes()
     with Image.open(io.BytesIO(xray)) as opened:
         gray = opened.convert("L")
     pixels = np.asarray(gray)
@@ -667,6 +667,7 @@ def keras_archive(source: Path, target: Path, **replace: bytes) -> None:
             new.writestr(name, data)
 
 
+@pytest.mark.training
 def test_keras_files_that_could_run_code_are_refused(tiny_run, tmp_path):
     """A .keras file with a Lambda layer, or naming code outside Keras, is refused, even when
     the process has switched Keras's safe mode off globally; no code from the file runs."""
@@ -745,6 +746,7 @@ class _FullDisk:
         self._stream.close()
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("failing", ["write", "fsync", "replace"])
 def test_full_disk_while_writing_a_model_keeps_the_previous_file(tiny_run, tmp_path, monkeypatch,
                                                                   failing):
@@ -779,6 +781,7 @@ def test_full_disk_while_writing_a_model_keeps_the_previous_file(tiny_run, tmp_p
         assert pneumocnn.load(path).predict(np.full((8, 8), 0.5)).ok
 
 
+@pytest.mark.training
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not sys.platform.startswith("linux"),
                     reason="mounting a small tmpfs needs root on Linux")
@@ -806,6 +809,7 @@ def test_really_full_disk_keeps_the_previous_model(tiny_run, tmp_path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.training
 def test_full_disk_at_a_checkpoint_then_resume(tiny_data, tmp_path, monkeypatch):
     """Training stops with a clear error when the disk is full at the epoch-2 checkpoint; the
     epoch-1 checkpoint is intact and a resumed run finishes from it."""
@@ -865,6 +869,7 @@ def resumed_from(log: str) -> int | None:
     return found[0] if found else None
 
 
+@pytest.mark.training
 @pytest.mark.slow
 def test_ten_kills_at_random_moments_then_the_run_finishes(tiny_data, tmp_path):
     """kill -9 at a random moment, resume, 10 times in a row: every model file present is
@@ -915,6 +920,7 @@ def test_ten_kills_at_random_moments_then_the_run_finishes(tiny_data, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.training
 def test_a_second_trainer_on_the_same_run_folder_is_refused(tiny_data, tmp_path):
     """Two real processes: while one trains into a run folder, another is refused (exit 2);
     the lock dies with its holder, even on kill -9."""
@@ -943,6 +949,7 @@ def test_a_second_trainer_on_the_same_run_folder_is_refused(tiny_data, tmp_path)
         pass
 
 
+@pytest.mark.training
 def test_model_files_get_the_usual_permissions(tiny_run):
     """Atomic writes go through mkstemp (mode 0600); the files they leave get the mode open()
     would give, so that a service account can read the model a training account wrote."""

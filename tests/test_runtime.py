@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import FULL_RESOLUTION, real_images
+from conftest import FULL_DATA, FULL_RESOLUTION, TINY_FLOAT, TINY_INT8, real_images
 from PIL import Image
 
 import pneumocnn
@@ -20,8 +20,8 @@ from pneumocnn.core.preprocessing import Preprocessing
 
 
 @pytest.fixture(scope="module")
-def int8_path(tiny_run):
-    return tiny_run.tflite_models["int8"]
+def int8_path():
+    return TINY_INT8
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +113,13 @@ def test_single_bad_input_raises_an_error_naming_it(model, tmp_path):
         model.predict(tmp_path / "missing.jpeg")
 
 
-def test_full_size_clinic_images(model):
-    files = sorted(FULL_RESOLUTION.rglob("*.jpeg"))
-    assert len(files) == 46
+@pytest.mark.parametrize("folder, count", [
+    (FULL_RESOLUTION, 3),
+    pytest.param(FULL_DATA / "full_resolution", 46, marks=pytest.mark.full_data),
+], ids=["shipped", "full"])
+def test_full_size_clinic_images(model, folder, count):
+    files = sorted(folder.rglob("*.jpeg"))
+    assert len(files) == count
     results = model.predict(files)
     assert all(r.ok for r in results)
 
@@ -136,6 +140,22 @@ def test_interpreter_threads_default_to_all_cores_and_can_be_set(int8_path):
     assert pneumocnn.load(int8_path, threads=1).backend.threads == 1
 
 
+def test_float_input_model_gives_the_int8_models_answers():
+    """The dynamic-range model of the tiny run takes float32 inputs: every input kind gives it
+    one answer, close to the full-integer model's."""
+    float_model, int8_model = pneumocnn.load(TINY_FLOAT), pneumocnn.load(TINY_INT8)
+    assert float_model.description.info["quantization"] == "dynamic-int8"
+    files = real_images("NORMAL", 4) + real_images("PNEUMONIA", 4)
+    p_float = np.array([r.probability for r in float_model.predict(files)])
+    p_int8 = np.array([r.probability for r in int8_model.predict(files)])
+    assert np.abs(p_float - p_int8).mean() < 0.05
+    pixels = np.asarray(Image.open(files[0]).convert("L"))
+    answers = [float_model.predict(item).probability
+               for item in (files[0], files[0].read_bytes(), pixels, pixels / 255.0)]
+    assert np.allclose(answers, answers[0], atol=1e-6), answers
+
+
+@pytest.mark.training
 def test_keras_model_loads_through_the_same_interface(tiny_run):
     model = pneumocnn.load(tiny_run.keras_model)
     result = model.predict(real_images("NORMAL", 1)[0])
@@ -184,6 +204,7 @@ def test_truncated_model_is_refused(int8_path, tmp_path):
         pneumocnn.load(path)
 
 
+@pytest.mark.training
 def test_model_without_description_is_refused(tiny_run, tmp_path):
     import keras
     import tensorflow as tf
@@ -250,6 +271,7 @@ def _run_without(modules: list[str], code: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+@pytest.mark.training
 def test_falls_back_to_tensorflow_interpreter_without_litert(int8_path):
     image = real_images("NORMAL", 1)[0]
     expected = pneumocnn.load(int8_path).predict(image).probability

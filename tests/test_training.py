@@ -22,6 +22,8 @@ from pneumocnn.core.errors import DatasetError
 from pneumocnn.core.modelfile import read_from_tflite
 from pneumocnn.training.trainer import TrainingConfig
 
+pytestmark = pytest.mark.training  # the training wing: every test here needs TensorFlow
+
 
 def test_run_folder_holds_every_artifact(tiny_run):
     run = tiny_run.run_dir
@@ -252,7 +254,7 @@ def test_fold_normalisation_and_compile_overrides_reach_the_model_file(tiny_data
     assert isinstance(saved.optimizer, keras.optimizers.RMSprop)
     assert int(saved.optimizer.iterations) > 0
     assert float(saved.optimizer.learning_rate) < 1e-6  # decayed to 0 by the last step
-    image = real_images("PNEUMONIA", 1, start=300)[0]
+    image = real_images("PNEUMONIA", 1, start=5)[0]
     assert keras_model.predict(image).probability == pytest.approx(
         float32.predict(image).probability, abs=1e-4)
     plain = float32.predict(image).probability
@@ -305,7 +307,7 @@ def test_batchnorm_statistics_are_re_estimated_on_clean_training_images(tiny_dat
     np.testing.assert_allclose(np.asarray(norm.moving_variance), features.var(axis=(0, 1, 2)),
                                rtol=0.2, atol=1e-3)
     float32 = pneumocnn.load(result.tflite_models["float32"])
-    image = real_images("NORMAL", 1, start=300)[0]
+    image = real_images("NORMAL", 1, start=5)[0]
     assert pneumocnn.load(result.keras_model).predict(image).probability == pytest.approx(
         float32.predict(image).probability, abs=1e-4)
 
