@@ -16,7 +16,8 @@ import numpy as np
 
 from benchmarks import REPO, SHARED_DATA
 from pneumocnn.core.folders import LabelledImages, index_folder
-from pneumocnn.training.trainer import saved_config, split
+from pneumocnn.training.settings import saved_config
+from pneumocnn.training.splits import split
 
 CHEST_XRAY = SHARED_DATA / "chest_xray"
 FULL_RESOLUTION = SHARED_DATA / "full_resolution"
@@ -45,10 +46,10 @@ def run_splits(run_dir: Path, data: Path = CHEST_XRAY) -> RunSplits:
         source = f"{shown}/val (the run's validation folder)"
     elif config.fold is not None:
         source = (f"patient-level fold {config.fold} of {config.folds} of {shown}/train "
-                  f"(seed {config.seed})")
+                  f"(random seed {config.random_seed})")
     else:
         source = (f"patient-level validation split of {shown}/train "
-                  f"(fraction {config.validation_fraction}, seed {config.seed})")
+                  f"(fraction {config.validation_fraction}, random seed {config.random_seed})")
     return RunSplits(train, validation, source)
 
 

@@ -25,7 +25,8 @@ import pneumocnn
 from pneumocnn.core.folders import find_splits
 from pneumocnn.core.metrics import binary_metrics
 from pneumocnn.core.preprocessing import load_gray
-from pneumocnn.training.trainer import saved_config, split
+from pneumocnn.training.settings import saved_config
+from pneumocnn.training.splits import split
 
 
 def _gamma(exponent: float) -> Callable[[Image.Image], Image.Image]:

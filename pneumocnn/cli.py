@@ -16,8 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from pneumocnn.core.errors import PneumocnnError
-from pneumocnn.training.augmentations import AUGMENTATIONS
-from pneumocnn.training.trainer import RECIPES, TrainingConfig
+from pneumocnn.training.settings import AUGMENTATIONS, RECIPES, TrainingConfig
 
 OK, SOME_FAILED, USAGE = 0, 1, 2
 
@@ -132,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recalibrate-batchnorm", action=argparse.BooleanOptionalAction,
                    help="re-estimate batch-norm statistics on un-augmented training images "
                    "before export")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", dest="random_seed", type=int,
+                   help="random seed of the split, initial weights, shuffling, augmentation and "
+                   "dropout (not the seed recipe: that is --recipe seed)")
     p.add_argument("--threshold", help="decision threshold, or 'sensitivity' for "
                    "--target-sensitivity")
     p.add_argument("--target-sensitivity", type=float)

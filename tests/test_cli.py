@@ -162,3 +162,11 @@ def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):
     assert seen[-1] == dataclasses.replace(trainer.make_config("seed"), epochs=3)
     assert (seen[-1].architecture, seen[-1].augmentation, seen[-1].threshold) == (
         "seed-to-be", "seed", 0.5)
+    main(["train", str(tmp_path), "--recipe", "seed", "--seed", "7"])  # --seed: the random seed
+    assert seen[-1] == dataclasses.replace(trainer.make_config("seed"), random_seed=7)
+
+
+def test_train_help_says_seed_is_the_random_seed(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--seed RANDOM_SEED    random seed" in capsys.readouterr().out

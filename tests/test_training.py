@@ -268,8 +268,9 @@ def test_fold_normalisation_and_compile_overrides_reach_the_model_file(tiny_data
 
 def test_runs_saved_before_a_setting_existed_keep_their_meaning(tmp_path):
     """A config.json written before schedule, normalize, augmentation, keep_best... existed
-    (pneumocnn 0.1.0's, as in runs/seed) resumes and is scored as the run was trained."""
-    from pneumocnn.training.trainer import saved_config
+    (pneumocnn 0.1.0's, as in runs/seed) resumes and is scored as the run was trained; its
+    ``seed`` is the random seed, now ``random_seed``."""
+    from pneumocnn.training.settings import RENAMED_SETTINGS, saved_config
 
     old = {"architecture": "seed-to-be", "epochs": 50, "batch_size": 16, "learning_rate": None,
            "input_size": 150, "channels": 3, "augment": True, "class_weight": None,
@@ -281,7 +282,8 @@ def test_runs_saved_before_a_setting_existed_keep_their_meaning(tmp_path):
     assert (config.schedule, config.normalize, config.augmentation, config.keep_best,
             config.fold) == ("constant", "none", "seed", False, None)
     assert config != TrainingConfig()
-    assert {k: getattr(config, k) for k in old} == old
+    assert {k: getattr(config, RENAMED_SETTINGS.get(k, k)) for k in old} == old
+    assert config.random_seed == 0
 
 
 def test_batchnorm_statistics_are_re_estimated_on_clean_training_images(tiny_data, tmp_path):

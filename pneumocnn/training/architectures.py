@@ -1,4 +1,6 @@
-"""Keras models: the seed report's TO-BE and AS-IS CNNs, as the report describes them."""
+"""Keras models: the seed report's TO-BE and AS-IS CNNs as the report describes them, the small
+batch-norm CNN of the bundled model, and `compiled_model`, which builds and compiles one from a
+`TrainingConfig` for training and the pipeline benchmark alike."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from dataclasses import dataclass
 
 import keras
 from keras import layers
+
+from pneumocnn.training.settings import TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -120,3 +124,19 @@ def make_optimizer(name: str, learning_rate: float | None,
             rate, decay_steps=cosine_decay_steps))
     optimizer.learning_rate = rate
     return optimizer
+
+
+def compiled_model(config: TrainingConfig, train_images: int) -> keras.Model:
+    """A freshly built model of ``config``'s architecture, compiled as a training run with
+    ``config`` on ``train_images`` images compiles it: output head, loss, optimizer, learning
+    rate and schedule (the architecture's own unless ``config`` overrides them), accuracy as
+    metric. Its initial weights come from Keras's global random seed."""
+    architecture = get_architecture(config.architecture)
+    outputs, loss, optimizer = config.compile_settings(architecture)
+    model = architecture.build(config.preprocessing().input_shape, outputs)
+    model.compile(
+        optimizer=make_optimizer(optimizer, config.learning_rate, config.decay_steps(train_images)),
+        loss=loss,
+        metrics=["accuracy"],
+    )
+    return model

@@ -1,0 +1,147 @@
+"""The settings of a training run: ``TrainingConfig``, the named recipes, and settings saved by
+earlier runs. TensorFlow-free, so that the command line can build its parser from them."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pneumocnn.core.preprocessing import Preprocessing
+from pneumocnn.training.augmentations import AUGMENTATIONS
+
+__all__ = ["AUGMENTATIONS", "RECIPES", "RENAMED_SETTINGS", "TrainingConfig", "config_from_dict",
+           "make_config", "saved_config"]
+
+
+class CompileDefaults(Protocol):
+    """How an architecture compiles by default (see ``pneumocnn.training.architectures``)."""
+
+    @property
+    def outputs(self) -> int: ...
+    @property
+    def loss(self) -> str: ...
+    @property
+    def optimizer(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Every setting of a run; saved as ``config.json`` and reused by ``resume``. The defaults
+    are the bundled model's recipe, chosen by the accuracy study (``benchmarks/study.py``)."""
+
+    architecture: str = "small-bn"
+    output: str | None = None  # "sigmoid" or "softmax"; None: the architecture's own
+    loss: str | None = None  # "binary_crossentropy", "categorical_crossentropy"; None: as above
+    optimizer: str | None = None  # a Keras optimizer name ("adam", "rmsprop"); None: as above
+    epochs: int = 15
+    batch_size: int = 16
+    learning_rate: float | None = None
+    schedule: str = "cosine"  # learning rate: "constant", or "cosine" decay to 0 over the run
+    input_size: int = 150
+    channels: int = 3
+    normalize: str = "equalize"  # intensity normalisation, see pneumocnn.core.preprocessing.Preprocessing
+    augment: bool = True
+    augmentation: str = "shift-zoom"  # a name in pneumocnn.training.augmentations.AUGMENTATIONS
+    class_weight: str | None = None  # None or "balanced"
+    validation: str = "patients"  # "patients": split train by patient; "folder": ROOT/val
+    validation_fraction: float = 0.1
+    fold: int | None = None  # with validation="patients": validate on this patient fold ...
+    folds: int = 5  # ... of this many (see pneumocnn.core.folders.patient_folds)
+    early_stopping: int | None = None  # patience in epochs on validation loss
+    keep_best: bool = False  # export the epoch of lowest validation loss, not the last one
+    # re-estimate batch-norm statistics on un-augmented training images before export
+    recalibrate_batchnorm: bool = True
+    # the random seed of the split, initial weights, shuffling, augmentation and dropout
+    # (called "seed" before pneumocnn 0.2; "seed" alone names the seed report's recipe)
+    random_seed: int = 0
+    threshold: float | str = "sensitivity"  # a probability, or "sensitivity" for the target below
+    target_sensitivity: float = 0.97
+    calibrate: bool = True
+    representative_images: int = 300
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming a setting that no run can use (before a run writes
+        anything)."""
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {sorted(AUGMENTATIONS)}, "
+                             f"got {self.augmentation!r}")
+        self._outputs(1)
+        self.decay_steps(0)
+
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing every model file of this run declares."""
+        return Preprocessing(height=self.input_size, width=self.input_size, channels=self.channels,
+                             normalize=self.normalize)
+
+    def compile_settings(self, architecture: CompileDefaults) -> tuple[int, str, str]:
+        """``(outputs, loss, optimizer)``: the architecture's own unless overridden here."""
+        return (self._outputs(architecture.outputs), self.loss or architecture.loss,
+                self.optimizer or architecture.optimizer)
+
+    def _outputs(self, default: int) -> int:
+        outputs = {None: default, "sigmoid": 1, "softmax": 2}.get(self.output)
+        if outputs is None:
+            raise ValueError(f"output must be 'sigmoid' or 'softmax', got {self.output!r}")
+        return outputs
+
+    def decay_steps(self, train_images: int) -> int | None:
+        """Optimizer steps in the whole run over ``train_images`` images, for a cosine
+        schedule; ``None`` for a constant learning rate."""
+        if self.schedule == "constant":
+            return None
+        if self.schedule != "cosine":
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        return self.epochs * -(-train_images // self.batch_size)
+
+
+# The seed report's recipes, reproduced (see README, "Training"): every setting they fix.
+_SEED_RECIPE = {
+    "architecture": "seed-to-be", "output": None, "loss": None, "optimizer": None,
+    "epochs": 50, "batch_size": 16, "learning_rate": None, "schedule": "constant",
+    "input_size": 150, "channels": 3,
+    "normalize": "none", "augment": True, "augmentation": "seed", "class_weight": None,
+    "early_stopping": None, "keep_best": False, "recalibrate_batchnorm": False,
+    "threshold": 0.5, "target_sensitivity": 0.95,
+}
+RECIPES: dict[str, dict[str, Any]] = {
+    "pneumocnn": {},  # TrainingConfig's defaults: the bundled model's recipe
+    "seed": _SEED_RECIPE,
+    "seed-as-is": {**_SEED_RECIPE, "architecture": "seed-as-is"},
+}
+# Settings renamed since a release: old name -> new name. Run folders and model files keep
+# the names they were written with; ``config_from_dict`` reads both.
+RENAMED_SETTINGS = {"seed": "random_seed"}
+
+
+def make_config(recipe: str = "pneumocnn", **settings: Any) -> TrainingConfig:
+    """The settings of a run: the named recipe (see ``RECIPES``), then ``settings`` over it.
+    A setting under its old name (``seed=``) still works, with a ``DeprecationWarning``."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
+    for old, new in RENAMED_SETTINGS.items():
+        if old in settings:
+            warnings.warn(f"the setting {old!r} is now called {new!r}", DeprecationWarning,
+                          stacklevel=2)
+    return TrainingConfig(**{**RECIPES[recipe], **_current_names(settings)})
+
+
+def config_from_dict(saved: Mapping[str, Any]) -> TrainingConfig:
+    """The settings of a run as any pneumocnn version saved them (``config.json``, or the
+    ``provenance["config"]`` of a model description): renamed settings are read under their
+    old names too, and settings added after the run was made take the seed recipe's value,
+    which is how such runs were trained."""
+    return TrainingConfig(**{**RECIPES["seed"], **_current_names(saved)})
+
+
+def saved_config(run_dir: str | os.PathLike) -> TrainingConfig:
+    """The settings saved in a run folder's ``config.json`` (see ``config_from_dict``)."""
+    return config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+
+
+def _current_names(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {RENAMED_SETTINGS.get(name, name): value for name, value in settings.items()}

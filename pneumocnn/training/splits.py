@@ -1,0 +1,36 @@
+"""Which images a run trains and validates on. TensorFlow-free: benchmarks recompute a run's
+split from its ``config.json`` with it."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from pneumocnn.core.errors import DatasetError
+from pneumocnn.core.folders import LabelledImages, find_splits, patient_folds, split_by_patient
+from pneumocnn.training.settings import TrainingConfig
+
+
+def split(root: str | os.PathLike, config: TrainingConfig) -> tuple[LabelledImages, LabelledImages]:
+    """The ``(train, validation)`` images a run with ``config`` uses from the folder ``root``."""
+    splits = find_splits(root)
+    if config.validation == "patients" and config.fold is not None:
+        if not 0 <= config.fold < config.folds:
+            raise ValueError(f"fold must lie in [0, {config.folds}), got {config.fold}")
+        in_fold = patient_folds(splits["train"], config.folds, config.random_seed) == config.fold
+        return (splits["train"].subset(np.flatnonzero(~in_fold)),
+                splits["train"].subset(np.flatnonzero(in_fold)))
+    if config.validation == "patients":
+        return split_by_patient(splits["train"], config.validation_fraction, config.random_seed)
+    if config.validation == "folder":
+        if "val" not in splits:
+            raise DatasetError(f"{root}: no val folder; use validation='patients'")
+        return splits["train"], splits["val"]
+    raise ValueError(f"validation must be 'patients' or 'folder', got {config.validation!r}")
+
+
+def summary(images: LabelledImages) -> str:
+    """``"N images (n NORMAL, m PNEUMONIA) from P patients"``, for logs and reports."""
+    counts = ", ".join(f"{n} {name}" for name, n in images.counts().items())
+    return f"{len(images)} images ({counts}) from {len(set(images.patients()))} patients"
