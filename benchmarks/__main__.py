@@ -19,7 +19,6 @@ from benchmarks.inputs import (  # noqa: E402
     FULL_RESOLUTION,
     describe_images,
     folder_images,
-    run_config,
     run_splits,
     subsample,
 )
@@ -73,9 +72,10 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     from benchmarks.variants import build_variants, load_keras
     from pneumocnn.core.folders import index_folder
     from pneumocnn.training.data import decode_all
+    from pneumocnn.training.settings import saved_config
 
     run_dir = args.run.resolve()
-    config = run_config(run_dir)
+    config = saved_config(run_dir)
     keras_model = load_keras(run_dir)
     spec, threshold = keras_model.description.preprocessing, keras_model.description.threshold
     splits = None if args.data and args.train_data else run_splits(run_dir)

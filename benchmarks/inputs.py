@@ -7,7 +7,6 @@ pipeline benchmark is the other side of that split.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +29,6 @@ class RunSplits:
     train: LabelledImages
     validation: LabelledImages
     source: str  # how the split was obtained, for the report
-
-
-def run_config(run_dir: Path) -> dict:
-    """The run's saved training settings."""
-    return json.loads((run_dir / "config.json").read_text())
 
 
 def run_splits(run_dir: Path, data: Path = CHEST_XRAY) -> RunSplits:

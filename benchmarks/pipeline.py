@@ -1,7 +1,9 @@
 """Training input pipeline: images per second of one training epoch, three ways to feed it.
 
-The same freshly built model (the run's architecture, compiled as ``pneumocnn.train`` does,
-same initial weights) is trained for one epoch on the same images from:
+The same freshly built model (the run's architecture, built and compiled from its settings by
+``pneumocnn.training.architectures.compiled_model``, the function ``pneumocnn.train`` compiles
+with: output head, loss, optimizer, learning rate and schedule; same initial weights) is
+trained for one epoch on the same images from:
 
 - ``pneumocnn``: ``make_dataset`` over the decoded-pixel cache, with the seed's augmentation
   in the graph (what every epoch of ``pneumocnn.train`` runs);
@@ -27,6 +29,7 @@ import numpy as np
 
 from pneumocnn.core.folders import LabelledImages
 from pneumocnn.core.preprocessing import Preprocessing, to_model_inputs
+from pneumocnn.training.settings import TrainingConfig
 
 LABELS = {
     "pneumocnn": "pneumocnn make_dataset (cached pixels, augmentation in graph)",
@@ -66,34 +69,31 @@ def _seed_flow(images: LabelledImages, spec: Preprocessing, batch: int, one_hot:
         batch_size=batch, class_mode="categorical" if one_hot else "binary", seed=0)
 
 
-def training_pipelines(images: LabelledImages, config: dict, work_dir: Path, repeats: int = 1) -> dict:
+def training_pipelines(images: LabelledImages, config: TrainingConfig, work_dir: Path,
+                       repeats: int = 1) -> dict:
     """Per pipeline: images, median epoch wall and CPU seconds over ``repeats`` epochs (the
-    pipelines take turns, epoch by epoch), images per second; plus the one-off decode time."""
+    pipelines take turns, epoch by epoch), images per second; plus the one-off decode time.
+    ``config`` is the run's (``saved_config``): its model, compiled as it trained, and its
+    batch size and preprocessing."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
 
-    from pneumocnn.training.architectures import get_architecture, make_optimizer
+    from pneumocnn.training.architectures import compiled_model
     from pneumocnn.training.augmentations import SEED_AUGMENTATION
     from pneumocnn.training.data import decode_all, make_dataset
 
-    spec = Preprocessing(height=config["input_size"], width=config["input_size"],
-                         channels=config["channels"])
-    batch = config["batch_size"]
-    architecture = get_architecture(config["architecture"])
-    one_hot = architecture.outputs == 2
-
-    def build():
-        keras.utils.set_random_seed(0)
-        model = architecture.build(spec.input_shape)
-        model.compile(optimizer=make_optimizer(architecture.optimizer, config.get("learning_rate")),
-                      loss=architecture.loss, metrics=["accuracy"])
-        return model
-
+    spec, batch = config.preprocessing(), config.batch_size
     start = time.perf_counter()
     decoded = decode_all(images, spec, None)
     decode_seconds = time.perf_counter() - start
     n = len(decoded.labels)
+
+    def build():
+        keras.utils.set_random_seed(config.random_seed)
+        return compiled_model(config, n)
+
+    one_hot = build().output_shape[-1] == 2
     targets = (np.eye(2, dtype=np.float32)[decoded.labels] if one_hot
                else decoded.labels.astype(np.float32)[:, None])
     ours = make_dataset(decoded, spec, batch, one_hot=one_hot, shuffle=True,
