@@ -104,6 +104,7 @@ def test_study_scores_runs_and_tabulates_folds(tiny_run, tiny_data, tmp_path):
     assert set(json.loads((tmp_path / "out" / "results.json").read_text())) == {"small-bn"}
 
 
+@pytest.mark.training
 def test_the_default_recipe_is_the_studys_chosen_configuration():
     import dataclasses
 

@@ -131,6 +131,7 @@ def test_convert_saved_model_folder(tiny_run, tiny_data, tmp_path):
         reference.backend.probabilities(x)[0], abs=1e-5)
 
 
+@pytest.mark.training
 def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):
     """``pneumocnn train DATA`` trains exactly ``pneumocnn.train(DATA)``; flags override the
     recipe and reach the run; ``--recipe seed`` is the seed report's recipe."""
