@@ -64,8 +64,17 @@ def full_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_int8() -> Path:
+def int8_path() -> Path:
+    """The shipped tiny int8 model (the runtime's tests run on it, without TensorFlow)."""
     return TINY_INT8
+
+
+@pytest.fixture(scope="session")
+def model(int8_path):
+    """The shipped tiny int8 model, loaded (shared by the tests of a session, as by threads)."""
+    import pneumocnn
+
+    return pneumocnn.load(int8_path)
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,27 @@
-"""The command line: predict output formats and exit codes, evaluate, info, convert."""
+"""pneumocnn.cli: predict (output formats, exit codes, hostile and unreadable inputs, the CSV
+streamed and resumed), evaluate, info, explain, triage, and the options of train."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import shutil
 import subprocess
 import sys
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY_INT8, XRAYS, real_images
+from PIL import Image
 
 import pneumocnn
 from pneumocnn.cli import main
+from pneumocnn.runtime.explain import grad_cam
 
 
 def test_predict_prints_one_line_per_image_and_exits_0(capsys):
@@ -76,62 +85,6 @@ def test_evaluate_writes_metrics_and_figures(tmp_path, capsys):
 
 
 @pytest.mark.training
-def test_convert_keras_file_keeps_its_description(tiny_run, tiny_data, tmp_path):
-    out = tmp_path / "converted.tflite"
-    assert main(["convert", str(tiny_run.keras_model), "--out", str(out),
-                 "--data", str(tiny_data)]) == 0
-    converted = pneumocnn.load(out)
-    assert converted.description.info["quantization"] == "int8"
-    assert converted.description.preprocessing.height == 64
-    original = pneumocnn.load(tiny_run.tflite_models["int8"])
-    image = real_images("PNEUMONIA", 1)[0]
-    assert converted.predict(image).label == original.predict(image).label
-
-
-@pytest.mark.training
-def test_convert_seed_weights_file(tiny_data, tmp_path):
-    """The seed saved weights only (`save_weights('first_try.h5')`, Keras 2 HDF5)."""
-    import h5py
-    from keras.src.legacy.saving import legacy_h5_format
-
-    from pneumocnn.training.architectures import seed_to_be
-
-    seed_model = seed_to_be((150, 150, 3))
-    weights = tmp_path / "first_try.h5"
-    with h5py.File(weights, "w") as stream:
-        legacy_h5_format.save_weights_to_hdf5_group(stream, seed_model)
-    out = tmp_path / "seed-f32.tflite"
-    assert main(["convert", str(weights), "--out", str(out), "--quantization", "float32"]) == 0
-    converted = pneumocnn.load(out)
-    image = real_images("NORMAL", 1)[0]
-    from pneumocnn.core.preprocessing import preprocess
-
-    expected = float(seed_model(preprocess(image, converted.description.preprocessing)[None])[0, 0])
-    assert converted.predict(image).probability == pytest.approx(expected, abs=1e-5)
-    assert np.isfinite(expected)
-
-
-@pytest.mark.training
-def test_convert_saved_model_folder(tiny_run, tiny_data, tmp_path):
-    import keras
-
-    saved = tmp_path / "saved_model"
-    keras.saving.load_model(tiny_run.keras_model).export(str(saved), verbose=False)
-    out = tmp_path / "from-savedmodel.tflite"
-    assert main(["convert", str(saved), "--out", str(out), "--quantization", "float32",
-                 "--threshold", "0.4"]) == 0
-    converted = pneumocnn.load(out)
-    assert converted.threshold == 0.4 and converted.description.preprocessing.height == 64
-    reference = pneumocnn.load(tiny_run.tflite_models["float32"])
-    image = real_images("NORMAL", 1)[0]
-    from pneumocnn.core.preprocessing import load_pixels
-
-    x = load_pixels(image, converted.description.preprocessing)[None]
-    assert converted.backend.probabilities(x)[0] == pytest.approx(
-        reference.backend.probabilities(x)[0], abs=1e-5)
-
-
-@pytest.mark.training
 def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):
     """``pneumocnn train DATA`` trains exactly ``pneumocnn.train(DATA)``; flags override the
     recipe and reach the run; ``--recipe seed`` is the seed report's recipe."""
@@ -171,3 +124,239 @@ def test_train_help_says_seed_is_the_random_seed(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--seed RANDOM_SEED    random seed" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# predict on hostile inputs, unreadable files; the CSV: streaming, resumable
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict[str, set[str]]]:
+    """The bad-input corpus of test_model.py."""
+    from test_model import build_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    return root, build_corpus(root)
+
+
+def test_bad_input_corpus_on_the_command_line(int8_path, corpus, tmp_path, capsys):
+    root, expected = corpus
+    out = tmp_path / "out.csv"
+    code = main(["predict", str(root), "--model", str(int8_path), "--csv", str(out)])
+    assert code == 1
+    with out.open(newline="", encoding="utf-8", errors="surrogateescape") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 115
+    scored = [r for r in rows if not r["error"]]
+    assert {Path(r["source"]).name for r in scored} >= expected["ok"]
+    assert f"{115 - len(scored)} input(s) could not be scored" in capsys.readouterr().err
+    # table output: a file name that is not UTF-8 is printed, not fatal
+    assert main(["predict", str(root), "--model", str(int8_path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 115 and any("r\\udcf6ntgen-\\udcff.jpeg" in line for line in lines)
+
+
+def _without_root_file_access() -> None:
+    """In a child about to exec: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the
+    capability bounding set, so that root, too, is stopped by file permissions."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not sys.platform.startswith("linux"),
+                    reason="as root, permissions are only enforced after dropping Linux capabilities")
+def test_unreadable_files_and_folders_are_reported(int8_path, tmp_path):
+    """chmod 000 does not stop root: as root, the CLI runs without the capabilities that
+    bypass file permissions."""
+    scans = tmp_path / "scans"
+    (scans / "locked").mkdir(parents=True)
+    image = real_images("NORMAL", 1)[0].read_bytes()
+    for path in (scans / "good.jpeg", scans / "secret.jpeg", scans / "locked" / "inner.jpeg"):
+        path.write_bytes(image)
+    os.chmod(scans / "secret.jpeg", 0)
+    os.chmod(scans / "locked", 0)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pneumocnn", "predict", str(scans), "--json",
+             "--model", str(int8_path)],
+            capture_output=True, text=True,
+            preexec_fn=_without_root_file_access if os.geteuid() == 0 else None)
+    finally:
+        os.chmod(scans / "locked", 0o755)
+    assert result.returncode == 1, result.stderr
+    rows = {Path(r["source"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    assert set(rows) == {"good.jpeg", "secret.jpeg", "locked"}
+    assert rows["good.jpeg"]["error"] is None
+    assert rows["secret.jpeg"]["error"] == "Permission denied"
+    assert rows["locked"]["error"] == "folder cannot be read (Permission denied)"
+
+
+def small_pngs(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` distinct 32x32 grayscale PNGs in ``folder`` (a few hundred bytes each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        path = folder / f"scan-{index:05d}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32), np.uint8)).save(path, compress_level=1)
+        paths.append(path)
+    return paths
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as stream:
+        return list(csv.DictReader(stream))
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples" / "xrays").glob("*.jpeg"))
+
+
+def cut_last_row(path: Path) -> str:
+    """Replace the last row of ``path`` by its first half, as a kill mid-write leaves it;
+    return the line that was cut."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    last = lines[-1]
+    path.write_bytes(b"".join(lines[:-1]) + last[: len(last) // 2])
+    return last.decode()
+
+
+def test_csv_output_resumes_after_kill_9(int8_path, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    files = small_pngs(scans, 1500)
+    (scans / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "out.csv"
+    command = [sys.executable, "-m", "pneumocnn", "predict", str(scans), "--csv", str(out),
+               "--model", str(int8_path), "--threads", "1"]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if out.exists() and out.stat().st_size > 5000:
+            break
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    data = out.read_bytes()
+    interrupted = list(csv.DictReader(io.StringIO(data[: data.rfind(b"\n") + 1].decode(), newline="")))
+    assert 10 < len(interrupted) < 1501, "killed while scoring"
+    with out.open("ab") as stream:  # as if the kill had cut a row in half
+        stream.write(str(files[-1]).encode() + b",NORM")
+
+    assert main(["predict", str(scans), "--csv", str(out), "--resume", "--model",
+                 str(int8_path)]) == 1  # broken.png
+    assert f"{len(interrupted)} input(s) already in" in capsys.readouterr().err
+    rows = read_csv(out)
+    assert rows[: len(interrupted)] == interrupted  # kept as they were
+    assert sorted(r["source"] for r in rows) == sorted(map(str, [*files, scans / "broken.png"]))
+    assert [r["source"] for r in rows if r["error"]] == [str(scans / "broken.png")]
+    by_source = {r["source"]: float(r["probability"]) for r in rows if not r["error"]}
+    model = pneumocnn.load(int8_path)
+    for path in files[:: 150]:
+        assert by_source[str(path)] == model.predict(path).probability
+
+    # resuming a finished run scores nothing and keeps the exit code of the whole file
+    assert main(["predict", str(scans), "--csv", str(out), "--resume", "--model",
+                 str(int8_path)]) == 1
+    assert read_csv(out) == rows
+
+
+def test_csv_resume_usage_errors(int8_path, tmp_path):
+    image = str(real_images("NORMAL", 1)[0])
+    assert main(["predict", image, "--resume", "--model", str(int8_path)]) == 2
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("patient,finding\nA,none\n")
+    assert main(["predict", image, "--csv", str(foreign), "--resume", "--model",
+                 str(int8_path)]) == 2
+    assert foreign.read_text() == "patient,finding\nA,none\n"
+    fresh = tmp_path / "fresh.csv"  # --resume on a missing file: a fresh run
+    assert main(["predict", image, "--csv", str(fresh), "--resume", "--model", str(int8_path)]) == 0
+    assert [r["source"] for r in read_csv(fresh)] == [image]
+
+
+def test_predict_csv_resume_after_a_row_cut_in_half(tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for path in EXAMPLES[:3]:
+        shutil.copy(path, scans / path.name)
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(scans), "--csv", str(out)]) == 0
+    complete = read_csv(out)
+    cut = cut_last_row(out)
+    assert main(["predict", str(scans), "--csv", str(out), "--resume"]) == 0
+    assert "2 input(s) already in" in capsys.readouterr().err
+    rows = read_csv(out)
+    assert rows[:2] == complete[:2] and len(rows) == 3
+    assert sorted(r["source"] for r in rows) == sorted(r["source"] for r in complete)
+    assert out.read_bytes().endswith(cut.encode())  # the cut row is written again, whole
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+PEAK_RSS_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from pneumocnn.cli import main
+    from test_preprocessing_fuzz import peak_rss_mb
+    started = time.monotonic()
+    code = main(["predict", sys.argv[1], "--csv", sys.argv[2], "--model", sys.argv[3]])
+    print(json.dumps({"exit": code, "seconds": round(time.monotonic() - started, 1),
+                      "peak_rss_mb": peak_rss_mb()}))
+""")
+
+
+@pytest.mark.slow
+def test_folder_scoring_streams_in_flat_memory(int8_path, tmp_path):
+    """Peak RSS of `pneumocnn predict FOLDER --csv` on 1,000 and on 10,000 files."""
+    figures = {}
+    for count in (1_000, 10_000):
+        scans = tmp_path / f"scans-{count}"
+        small_pngs(scans, count)
+        out = tmp_path / f"out-{count}.csv"
+        result = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, str(scans), str(out),
+                                 str(int8_path)], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+        assert result.returncode == 0, result.stderr[-2000:]
+        figures[count] = json.loads(result.stdout.splitlines()[-1])
+        assert figures[count]["exit"] == 0 and len(read_csv(out)) == count
+    print(figures)
+    growth = figures[10_000]["peak_rss_mb"] - figures[1_000]["peak_rss_mb"]
+    assert growth < 20, figures
+
+
+# ---------------------------------------------------------------------------------------------
+# explain and triage
+
+
+def test_explain_and_triage_on_the_command_line(tmp_path):
+    from pneumocnn.cli import main
+
+    image = str(real_images("PNEUMONIA", 1)[0])
+    out = tmp_path / "occlusion.png"
+    assert main(["explain", image, "--model", str(TINY_INT8), "--method", "occlusion",
+                 "--out", str(out)]) == 0
+    with Image.open(out) as picture:
+        assert picture.size == (384, 384)
+    with pytest.raises(ValueError, match="Grad-CAM needs a .keras"):
+        grad_cam(pneumocnn.load(TINY_INT8), image)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(image, scans)
+    (scans / "bad.png").write_bytes(b"\x89PNG broken")
+    code = main(["triage", str(scans), "--out", str(tmp_path / "report"), "--no-heatmaps",
+                 "--model", str(TINY_INT8)])
+    assert code == 1 and (tmp_path / "report" / "report.html").exists()
+
+
+@pytest.mark.training
+def test_explain_grad_cam_on_the_command_line(tiny_run, tmp_path):
+    from pneumocnn.cli import main
+
+    image = str(real_images("PNEUMONIA", 1)[0])
+    out = tmp_path / "grad-cam.png"
+    assert main(["explain", image, "--model", str(tiny_run.keras_model), "--method", "grad-cam",
+                 "--out", str(out)]) == 0
+    with Image.open(out) as picture:
+        assert picture.size == (384, 384)

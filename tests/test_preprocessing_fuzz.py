@@ -5,7 +5,7 @@ supported format, and arbitrary numpy arrays. Each case must give a valid model 
 A short run is part of the normal suite; the 10,000-case run is ``-m slow`` (it runs this file
 as a script in a fresh process, to measure that process's peak memory)::
 
-    python tests/test_fuzz.py 10000
+    python tests/test_preprocessing_fuzz.py 10000
 """
 
 from __future__ import annotations

@@ -1,0 +1,28 @@
+"""pneumocnn.training.settings (TensorFlow-free): a run's saved settings keep their meaning
+across versions."""
+
+from __future__ import annotations
+
+import json
+
+from pneumocnn.training.settings import TrainingConfig
+
+
+def test_runs_saved_before_a_setting_existed_keep_their_meaning(tmp_path):
+    """A config.json written before schedule, normalize, augmentation, keep_best... existed
+    (pneumocnn 0.1.0's, as in runs/seed) resumes and is scored as the run was trained; its
+    ``seed`` is the random seed, now ``random_seed``."""
+    from pneumocnn.training.settings import RENAMED_SETTINGS, saved_config
+
+    old = {"architecture": "seed-to-be", "epochs": 50, "batch_size": 16, "learning_rate": None,
+           "input_size": 150, "channels": 3, "augment": True, "class_weight": None,
+           "validation": "patients", "validation_fraction": 0.1, "early_stopping": None,
+           "seed": 0, "threshold": 0.5, "target_sensitivity": 0.95, "calibrate": True,
+           "representative_images": 300}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = saved_config(tmp_path)
+    assert (config.schedule, config.normalize, config.augmentation, config.keep_best,
+            config.fold) == ("constant", "none", "seed", False, None)
+    assert config != TrainingConfig()
+    assert {k: getattr(config, RENAMED_SETTINGS.get(k, k)) for k in old} == old
+    assert config.random_seed == 0
