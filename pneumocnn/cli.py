@@ -140,11 +140,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false")
     p.set_defaults(run=_train)
 
-    p = commands.add_parser("convert", help="make a self-describing .tflite (needs [train])")
-    p.add_argument("source", help=".keras, .h5 (model or seed weights) or SavedModel folder")
-    p.add_argument("--out", required=True, help="output .tflite file")
-    p.add_argument("--quantization", default="int8",
-                   choices=("float32", "float16", "dynamic-int8", "int8"))
+    p = commands.add_parser("convert", help="make a self-describing .tflite (needs [train]), "
+                            "or re-stamp a pneumocnn .tflite with a fresh digest")
+    p.add_argument("source", help=".keras, .h5 (model or seed weights) or SavedModel folder; "
+                   "or a pneumocnn .tflite to re-stamp (weights and description kept)")
+    p.add_argument("--out", required=True, help="output .tflite file (may be the source)")
+    p.add_argument("--quantization", choices=("float32", "float16", "dynamic-int8", "int8"),
+                   help="default: int8; a .tflite source keeps its own")
     p.add_argument("--data", help="folder of X-rays to calibrate int8 quantization on")
     p.add_argument("--threshold", type=float)
     p.add_argument("--architecture", default="seed-to-be",
@@ -228,6 +230,13 @@ def _info(args) -> int:
 
     model = load(args.model)
     print(model)
+    if model.description.sha256:
+        print(f"digest: sha256 {model.description.sha256}, checked at load")
+    elif str(model.path).endswith(".keras"):
+        print("digest: none (a .keras file: every member's CRC-32 is checked at load)")
+    else:
+        print("digest: none (made by pneumocnn 0.1.0 or another tool; re-stamp it with "
+              "`pneumocnn convert FILE --out FILE`)")
     print(model.description.to_json())
     return OK
 

@@ -3,12 +3,24 @@
 A ``.tflite`` file keeps it in the flatbuffer's metadata table under the name ``pneumocnn``; a
 ``.keras`` file keeps it as the archive member ``pneumocnn.json``. The runtime reads the input
 size, preprocessing, labels, threshold and calibration from it and hard-codes none of them.
+
+Integrity. A ``.tflite`` file written by :func:`embed_in_tflite` is *stamped*: its description
+ends with ``"sha256": "<64 hex digits>"``, the SHA-256 of the whole file as written with those
+64 digits set to ``0``. :func:`read_from_tflite` puts the zeros back in a copy, hashes it and
+refuses a mismatch (``model file is damaged (digest mismatch ...)``) before LiteRT sees the
+bytes, so every byte is covered: header, weights, graph and the description itself. Files
+without a digest (pneumocnn 0.1.0's, other tools') load as before. The digest does not raise
+the description's version: it changes nothing a reader computes, so pneumocnn 0.1.0 still reads
+a stamped version-1 file and shows the digest as an informational field (it does not check it).
+A ``.keras`` file gets no digest; see :func:`read_keras_description`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -27,6 +39,12 @@ METADATA_NAME = "pneumocnn"
 KERAS_MEMBER = "pneumocnn.json"
 MAX_DESCRIPTION_BYTES = 1 << 20
 MAX_CONFIG_BYTES = 64 << 20
+DIGEST_KEY = "sha256"  # the description's last member in a stamped .tflite file
+_PLACEHOLDER = "0" * 64  # the digest's bytes while the file is hashed
+# the stamp as embed_in_tflite writes it: the last member, exactly this spelling
+_STAMP = re.compile(rb'"sha256": "([0-9a-f]{64})"\s*}\s*\Z')
+# a last member holding 64 hex digits under another name: a stamp whose name was damaged
+_NAMELESS_STAMP = re.compile(rb'"[^"\\]*": "[0-9a-f]{64}"\s*}\s*\Z')
 
 
 @dataclass(frozen=True)
@@ -37,7 +55,9 @@ class ModelDescription:
     ``temperature`` and ``bias`` calibrate it (``sigmoid(logit(p) / temperature + bias)``);
     ``threshold`` applies to the calibrated probability. ``info`` holds architecture,
     quantization, training provenance, alternative thresholds and validation metrics, and is
-    never used for computation.
+    never used for computation. ``sha256`` is the digest recorded in the ``.tflite`` file the
+    description was read from (``None`` when unstamped); :func:`embed_in_tflite` writes a fresh
+    one whatever it holds, and comparisons ignore it.
     """
 
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
@@ -46,6 +66,7 @@ class ModelDescription:
     temperature: float = 1.0
     bias: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (len(self.labels) != 2 or self.labels[0] == self.labels[1]
@@ -57,6 +78,10 @@ class ModelDescription:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if not math.isfinite(self.bias):
             raise ValueError(f"calibration bias must be finite, got {self.bias}")
+        if self.sha256 is not None and not _is_digest(self.sha256):
+            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        if DIGEST_KEY in self.info:
+            raise ValueError(f"info may not hold {DIGEST_KEY!r}: it is the file's digest")
 
     def calibrate(self, probability: np.ndarray) -> np.ndarray:
         """Map raw model probabilities to calibrated ones (identity when temperature is 1 and
@@ -87,6 +112,7 @@ class ModelDescription:
                 "calibration": {"method": "temperature", "temperature": self.temperature,
                                 **({"bias": self.bias} if self.bias else {})},
                 **self.info,
+                **({DIGEST_KEY: self.sha256} if self.sha256 is not None else {}),  # last
             },
             indent=1,
             sort_keys=False,
@@ -114,8 +140,12 @@ class ModelDescription:
             key: value
             for key, value in data.items()
             if key not in ("format", "version", "input", "preprocessing", "labels", "threshold",
-                           "calibration")
+                           "calibration", DIGEST_KEY)
         }
+        digest = data.get(DIGEST_KEY)
+        if digest is not None and not _is_digest(digest):
+            raise ModelFileError(source, f"model file is damaged (its {DIGEST_KEY} field is not "
+                                         "64 lowercase hex digits)")
         try:
             return cls(
                 preprocessing=Preprocessing.from_dict(data["preprocessing"]),
@@ -124,6 +154,7 @@ class ModelDescription:
                 temperature=float(data.get("calibration", {}).get("temperature", 1.0)),
                 bias=float(data.get("calibration", {}).get("bias", 0.0)),
                 info=info,
+                sha256=digest,
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise ModelFileError(source, f"model description is incomplete or invalid ({error})") from error
@@ -136,45 +167,114 @@ def positive_probability(outputs: np.ndarray) -> np.ndarray:
 
 
 def embed_in_tflite(model: bytes, description: ModelDescription) -> bytes:
-    """Return a copy of a ``.tflite`` flatbuffer with ``description`` in its metadata table."""
+    """Return a copy of a ``.tflite`` flatbuffer with ``description`` in its metadata table,
+    stamped with the SHA-256 of the returned bytes (see the module's docstring).
+
+    A description already in the file is replaced, in the same buffer when nothing else uses
+    it; the tensors, their buffers and other metadata are copied unchanged. Re-stamping a file
+    is ``embed_in_tflite(content, read_from_tflite(content, name))``.
+    """
     import flatbuffers
 
     schema = _schema()
     tree = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
-    tree.metadata = [m for m in (tree.metadata or []) if m.name != METADATA_NAME.encode()]
+    name = METADATA_NAME.encode()
+    previous = [m.buffer for m in (tree.metadata or []) if m.name == name]
+    tree.metadata = [m for m in (tree.metadata or []) if m.name != name]
+    text = replace(description, sha256=_PLACEHOLDER).to_json().encode()
     payload = schema.BufferT()
-    payload.data = np.frombuffer(description.to_json().encode(), dtype=np.uint8)
-    tree.buffers.append(payload)
+    payload.data = np.frombuffer(text, dtype=np.uint8)
+    used = {m.buffer for m in tree.metadata} | {tensor.buffer for graph in tree.subgraphs or []
+                                                for tensor in graph.tensors or []}
+    free = [i for i in previous if 0 < i < len(tree.buffers) and i not in used]
+    if free:  # the old description's buffer: no orphan left behind by re-embedding
+        tree.buffers[free[0]] = payload
+    else:
+        tree.buffers.append(payload)
     entry = schema.MetadataT()
     entry.name = METADATA_NAME
-    entry.buffer = len(tree.buffers) - 1
+    entry.buffer = free[0] if free else len(tree.buffers) - 1
     tree.metadata.append(entry)
-    builder = flatbuffers.Builder(len(model) + 4096)
+    builder = flatbuffers.Builder(len(model) + len(text) + 4096)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    output = bytearray(builder.Output())
+    written, start = _find_description(schema, output)
+    assert written == text, "the description was not written verbatim"
+    at = start + _STAMP.search(text).start(1)
+    output[at:at + len(_PLACEHOLDER)] = hashlib.sha256(output).hexdigest().encode()
+    return bytes(output)
 
 
-def read_from_tflite(model: bytes, source: str) -> ModelDescription:
-    """Read the description from ``.tflite`` bytes; ``source`` names the file in errors."""
+def read_from_tflite(model: bytes, source: str, verify: bool = True) -> ModelDescription:
+    """Read the description from ``.tflite`` bytes; ``source`` names the file in errors.
+
+    With ``verify`` (the default), a stamped file whose bytes do not match its digest is
+    refused with ``model file is damaged (digest mismatch ...)``; an unstamped one is read as
+    it is. ``verify=False`` reads the description of a damaged or hand-edited file.
+    """
     schema = _schema()
     if len(model) < 8 or model[4:8] != b"TFL3":
         raise ModelFileError(source, "not a TFLite model (no TFL3 file identifier)")
     try:
-        tree = schema.Model.GetRootAs(model, 0)
-        for i in range(tree.MetadataLength()):
-            entry = tree.Metadata(i)
-            if entry.Name() == METADATA_NAME.encode():
-                text = tree.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
-                return ModelDescription.from_json(text, source)
-    except ModelFileError:
-        raise
+        found = _find_description(schema, model)
     except Exception as error:  # a damaged flatbuffer can fail in many ways while being walked
         raise ModelFileError(source, f"damaged TFLite model ({type(error).__name__}: {error})") from error
-    raise ModelFileError(
-        source,
-        "TFLite model has no pneumocnn description; convert it with `pneumocnn convert` "
-        "or pneumocnn.convert(), which embeds one",
-    )
+    if found is None:
+        raise ModelFileError(
+            source,
+            "TFLite model has no pneumocnn description; convert it with `pneumocnn convert` "
+            "or pneumocnn.convert(), which embeds one",
+        )
+    text, start = found
+    stamp = _STAMP.search(text)
+    if verify:
+        _check_digest(model, stamp, start, text, source)
+    description = ModelDescription.from_json(text, source)
+    if verify and description.sha256 is not None and (
+            stamp is None or stamp.group(1).decode() != description.sha256):
+        raise ModelFileError(source, f"model file is damaged (its {DIGEST_KEY} field is not the "
+                                     "description's last member)")
+    return description
+
+
+def _find_description(schema, model: bytes | bytearray) -> tuple[bytes, int] | None:
+    """The description's bytes and their offset in the file, or ``None`` when there is none."""
+    tree = schema.Model.GetRootAs(model, 0)
+    for i in range(tree.MetadataLength()):
+        entry = tree.Metadata(i)
+        if entry.Name() == METADATA_NAME.encode():
+            buffer = tree.Buffers(entry.Buffer())
+            data = buffer._tab.Offset(4)  # Buffer.data, located as Buffer.DataAsNumpy does
+            if not data:
+                return b"", 0
+            start, length = buffer._tab.Vector(data), buffer._tab.VectorLen(data)
+            if start + length > len(model):
+                raise ValueError("the description runs past the end of the file")
+            return bytes(model[start:start + length]), start
+    return None
+
+
+def _check_digest(model: bytes, stamp: re.Match | None, start: int, text: bytes,
+                  source: str) -> None:
+    """Refuse a stamped file whose bytes, digest zeroed, do not hash to the digest."""
+    if stamp is None:
+        if _NAMELESS_STAMP.search(text):
+            raise ModelFileError(source, "model file is damaged (the name of its digest field "
+                                         "is damaged)")
+        return
+    at = start + stamp.start(1)
+    view = memoryview(model)
+    digest = hashlib.sha256(view[:at])
+    digest.update(_PLACEHOLDER.encode())
+    digest.update(view[at + len(_PLACEHOLDER):])
+    if digest.hexdigest().encode() != stamp.group(1):
+        raise ModelFileError(source, "model file is damaged (digest mismatch: its bytes do not "
+                                     "hash to the SHA-256 recorded in its description)")
+
+
+def _is_digest(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
 
 
 def _schema():
@@ -200,13 +300,27 @@ def embed_in_keras(path: Path, description: ModelDescription) -> None:
 
 def read_keras_description(path: Path) -> ModelDescription:
     """Read the description stored in a ``.keras`` archive (no TensorFlow needed), after
-    refusing an archive whose model config could run code (see :func:`_refuse_code`)."""
+    refusing an archive whose model config could run code (see :func:`_refuse_code`) or
+    whose members are damaged.
+
+    A ``.keras`` file carries no SHA-256 digest: a zip archive already records a CRC-32 of
+    every member (config, weights, description), which catches accidental damage (every burst
+    of up to 32 bits, other damage but for one chance in 2**32), and a digest kept inside the
+    archive would protect no better against deliberate change. Keras checks a member's CRC only
+    when it reads the member to its end, so every member is read and checked here
+    (``ZipFile.testzip``) before Keras sees the file: a mismatch is refused as
+    ``model file is damaged (CRC-32 mismatch ...)``.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             text = _read_member(archive, KERAS_MEMBER, MAX_DESCRIPTION_BYTES, str(path))
             config = _read_member(archive, "config.json", MAX_CONFIG_BYTES, str(path))
+            damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as error:
         raise ModelFileError(str(path), f"not a readable .keras archive ({error})") from error
+    if damaged is not None:
+        raise ModelFileError(str(path), f"model file is damaged (CRC-32 mismatch in its member "
+                                        f"{damaged})")
     _refuse_code(config, str(path))
     return ModelDescription.from_json(text, str(path))
 

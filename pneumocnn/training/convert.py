@@ -3,6 +3,14 @@
 Sources: a ``.keras`` file (its pneumocnn description is kept when it has one), a TensorFlow
 SavedModel folder, a full-model ``.h5`` file, or a weights-only ``.h5`` file of the seed's
 TO-BE CNN (the report's ``save_weights('first_try.h5')``), which is rebuilt and loaded.
+
+A pneumocnn ``.tflite`` file is re-stamped instead (no TensorFlow needed): its weights, graph
+and description (provenance included) are kept, with any ``threshold`` or ``labels`` override,
+and it gets a fresh SHA-256 digest (see :mod:`pneumocnn.core.modelfile`). This brings a file
+made by pneumocnn 0.1.0 to today's format; a stamped file that no longer matches its digest
+is refused, so damage is never blessed::
+
+    pneumocnn convert pneumocnn/models/pneumonia-int8.tflite --out pneumocnn/models/pneumonia-int8.tflite
 """
 
 from __future__ import annotations
@@ -17,7 +25,12 @@ import numpy as np
 from pneumocnn.core.errors import InputError, ModelFileError
 from pneumocnn.core.files import write_bytes
 from pneumocnn.core.folders import walk_images
-from pneumocnn.core.modelfile import ModelDescription, read_keras_description
+from pneumocnn.core.modelfile import (
+    ModelDescription,
+    embed_in_tflite,
+    read_from_tflite,
+    read_keras_description,
+)
 from pneumocnn.core.preprocessing import Preprocessing, preprocess
 
 log = logging.getLogger("pneumocnn")
@@ -27,7 +40,7 @@ def convert(
     source: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    quantization: str = "int8",
+    quantization: str | None = None,
     representative: str | os.PathLike | None = None,
     representative_images: int = 300,
     threshold: float | None = None,
@@ -37,21 +50,26 @@ def convert(
 ) -> Path:
     """Convert ``source`` to ``out`` (``.tflite``) and return ``out``.
 
-    ``representative`` is a folder of X-rays (searched recursively) used to calibrate ``int8``
-    quantization; up to ``representative_images`` of them are used. ``threshold`` and
-    ``labels`` override the description (defaults: the source's own, else 0.5 and
-    NORMAL/PNEUMONIA). ``architecture`` names the model a weights-only ``.h5`` file belongs to.
+    ``quantization`` is one of :data:`~pneumocnn.training.export.QUANTIZATIONS` (default
+    ``int8``; a ``.tflite`` source keeps its own and refuses another). ``representative`` is a
+    folder of X-rays (searched recursively) used to calibrate ``int8`` quantization; up to
+    ``representative_images`` of them are used. ``threshold`` and ``labels`` override the
+    description (defaults: the source's own, else 0.5 and NORMAL/PNEUMONIA). ``architecture``
+    names the model a weights-only ``.h5`` file belongs to.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pneumocnn.training.export import to_tflite
-
     source = Path(source)
-    model, description = _open_source(source, architecture)
     overrides = {}
     if threshold is not None:
         overrides["threshold"] = threshold
     if labels is not None:
         overrides["labels"] = tuple(labels)
+    if source.suffix == ".tflite":
+        return _restamp(source, Path(out), quantization, overrides)
+    quantization = quantization or "int8"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pneumocnn.training.export import to_tflite
+
+    model, description = _open_source(source, architecture)
     description = replace(description, **overrides)
     description = description.with_info(converted_from=source.name)
     samples = None
@@ -62,6 +80,22 @@ def convert(
                                   representative_images, seed)
     out = Path(out)
     write_bytes(out, to_tflite(model, description, quantization, samples))
+    return out
+
+
+def _restamp(source: Path, out: Path, quantization: str | None, overrides: dict) -> Path:
+    """Write ``source``, a pneumocnn ``.tflite``, to ``out`` with a fresh digest (and the
+    description ``overrides``); nothing else changes. ``out`` may be ``source``."""
+    if not source.is_file():
+        raise ModelFileError(str(source), "does not exist" if not source.exists()
+                             else "is not a regular file")
+    content = source.read_bytes()
+    description = read_from_tflite(content, str(source))  # refuses a damaged stamped file
+    own = description.info.get("quantization")
+    if quantization is not None and quantization != own:
+        raise ValueError(f"{source} is {own or 'of unknown'} quantization; a .tflite file is "
+                         f"re-stamped as it is, not re-quantized to {quantization}")
+    write_bytes(out, embed_in_tflite(content, replace(description, **overrides)))
     return out
 
 
