@@ -9,7 +9,7 @@ from conftest import TINY_INT8, XRAYS
 import pneumocnn
 
 
-def test_runtime_and_training_evaluation_agree_on_real_files():
+def test_evaluate_and_predict_agree_on_real_files():
     """The same file gives the same probability through evaluate() and predict()."""
     model = pneumocnn.load(TINY_INT8)
     evaluation = pneumocnn.evaluate(model, XRAYS)
