@@ -250,3 +250,73 @@ def test_training_export_stamps_its_tflite_files():
         stamped = read_from_tflite(content, quantization)
         assert stamped.sha256 is not None and recorded_digest_checks_out(content)
         assert stamped == description.with_info(quantization=quantization)
+
+
+def flip_figures(model: bytes, folder: Path, flips: int, seed: int) -> dict[str, int]:
+    """The byte-overwrite experiment of RELIABILITY.md ("Damaged model files, in bulk":
+    ``flips`` copies with 1-8 random bytes overwritten, each loaded in a subprocess and asked
+    for one answer), counted by outcome and by the kind of refusal message."""
+    from test_backends import load_in_subprocess, tflite_variants
+
+    variants = tflite_variants(model, truncations=0, flips=flips, randoms=0, seed=seed)
+    paths = []
+    for index, (_, content) in enumerate(variants):
+        paths.append(folder / f"{index:05d}.tflite")
+        paths[-1].write_bytes(content)
+    (folder / "original.tflite").write_bytes(model)
+    outcomes = load_in_subprocess([folder / "original.tflite", *paths])
+    expected = outcomes.pop("original.tflite")[1]
+    figures: dict[str, int] = {}
+    for outcome, value in outcomes.values():
+        assert outcome in ("loaded", "refused"), (outcome, value)
+        if outcome == "loaded":
+            kind = "loaded, same answer" if value == expected else "loaded, other answer"
+        else:
+            kind = "refused: " + (re.match(r"model file is damaged \([^:)]*", value)
+                                  or re.match(r"[^(;:]*", value)).group().strip()
+        figures[kind] = figures.get(kind, 0) + 1
+    return dict(sorted(figures.items(), key=lambda item: -item[1]))
+
+
+@pytest.mark.slow
+def test_thousands_of_overwritten_bundled_models(bundled, tmp_path):
+    """RELIABILITY.md's 5,000 copies with 1-8 bytes overwritten (seed 1), on the bundled model
+    as stamped and, for comparison, on the same file without its stamp."""
+    stamped = flip_figures(bundled, tmp_path, flips=5000, seed=1)
+    (tmp_path / "old").mkdir()
+    old = flip_figures(unstamped(bundled), tmp_path / "old", flips=5000, seed=1)
+    print(f"\nstamped: {stamped}\nunstamped: {old}")
+    from test_backends import tflite_variants
+
+    unchanged = sum(content == bundled for _, content in tflite_variants(
+        bundled, truncations=0, flips=5000, randoms=0, seed=1))  # bytes overwritten by themselves
+    assert sum(stamped.values()) == 5000 and "loaded, other answer" not in stamped
+    assert stamped.get("loaded, same answer", 0) == unchanged  # 0 for this seed
+
+
+def single_byte_figures(model: bytes, change: int) -> dict[str, int]:
+    """Every position of ``model`` with ``change`` XORed into its byte, read (not run) by
+    :func:`read_from_tflite` in this process: counts by refusal kind, and ``passed``."""
+    figures: dict[str, int] = {}
+    data = bytearray(model)
+    for position in range(len(model)):
+        data[position] ^= change
+        try:
+            read_from_tflite(bytes(data), "m")
+            kind = "passed"
+        except pneumocnn.ModelFileError as error:
+            kind = (re.match(r"model file is damaged \([^:)]*", error.reason)
+                    or re.match(r"[^(;:]*", error.reason)).group().strip()
+        figures[kind] = figures.get(kind, 0) + 1
+        data[position] ^= change
+    return dict(sorted(figures.items(), key=lambda item: -item[1]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", [0xFF, 0x01])
+def test_every_position_of_the_bundled_model_is_checked(bundled, change):
+    """All 263,976 one-byte changes of the bundled model (each bit inverted, or the lowest
+    bit) are refused before LiteRT sees the bytes (about a minute each)."""
+    figures = single_byte_figures(bundled, change)
+    print(f"\nXOR {change:#04x}: {figures}")
+    assert "passed" not in figures and sum(figures.values()) == len(bundled)
