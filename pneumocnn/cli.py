@@ -39,6 +39,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model file, or folder of variants of one model (default: "
+                                   "the bundled models); from a folder, the variant fastest on "
+                                   "this CPU is used")
+    p.add_argument("--variant", help="the variant to use (int8, float16, ...) instead of the "
+                                     "fastest")
+
+
+def _load(args, threads: int | None = None):
+    from pneumocnn.runtime.model import load
+
+    return load(args.model, threads=threads, variant=args.variant)
+
+
 def _parser() -> argparse.ArgumentParser:
     from pneumocnn import __version__
 
@@ -51,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("predict", help="score X-ray files and folders")
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--model", help="model file (default: the bundled int8 model)")
+    _model_options(p)
     p.add_argument("--threshold", type=float, help="override the model's decision threshold")
     p.add_argument("--threads", type=int, help="interpreter CPU threads (default: all cores)")
     output = p.add_mutually_exclusive_group()
@@ -74,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("explain", help="draw what drove the answer for one X-ray")
     p.add_argument("image", help="image or DICOM file")
     p.add_argument("--out", required=True, help="PNG to write: the heatmap over the X-ray")
-    p.add_argument("--model", help="model file (default: the bundled int8 model)")
+    _model_options(p)
     p.add_argument("--method", choices=("occlusion", "grad-cam"), default="occlusion",
                    help="grad-cam needs a .keras model and TensorFlow")
     p.set_defaults(run=_explain)
@@ -82,12 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("triage", help="score a folder into a sorted worklist and report")
     p.add_argument("folder", help="folder of images and DICOM files (searched recursively)")
     p.add_argument("--out", required=True, help="report folder: worklist.csv, report.html")
-    p.add_argument("--model", help="model file (default: the bundled int8 model)")
+    _model_options(p)
     p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
     p.set_defaults(run=_triage)
 
     p = commands.add_parser("info", help="print a model file's embedded description")
-    p.add_argument("model", nargs="?", help="model file (default: the bundled model)")
+    p.add_argument("model", nargs="?", help="model file or folder of variants (default: the "
+                                            "bundled models)")
+    p.add_argument("--variant", help="with a folder: load this variant (int8, float16, ...) "
+                                     "instead of the fastest")
     p.set_defaults(run=_info)
 
     p = commands.add_parser(
@@ -158,11 +175,11 @@ def _parser() -> argparse.ArgumentParser:
 def _predict(args) -> int:
     from pneumocnn.core.files import resume_csv
     from pneumocnn.core.folders import expand_inputs
-    from pneumocnn.runtime.model import Prediction, load
+    from pneumocnn.runtime.model import Prediction
 
     if args.resume and not args.csv:
         raise ValueError("--resume needs --csv FILE")
-    model = load(args.model, threads=args.threads)
+    model = _load(args, args.threads)
     fields = [field.name for field in dataclasses.fields(Prediction)]
     inputs, failed, sink, writer = args.inputs, 0, None, None
     if args.csv:
@@ -206,9 +223,8 @@ def _evaluate(args) -> int:
 
 def _explain(args) -> int:
     from pneumocnn.runtime.explain import grad_cam, occlusion, overlay, save_png
-    from pneumocnn.runtime.model import load
 
-    model = load(args.model)
+    model = _load(args)
     explanation = (grad_cam if args.method == "grad-cam" else occlusion)(model, args.image)
     save_png(overlay(args.image, explanation), args.out)
     print(f"{explanation.source}: probability {explanation.probability:.3f}; "
@@ -219,16 +235,15 @@ def _explain(args) -> int:
 def _triage(args) -> int:
     from pneumocnn.runtime.triage import triage
 
-    worklist = triage(args.folder, args.out, args.model, heatmaps=args.heatmaps)
+    worklist = triage(args.folder, args.out, _load(args), heatmaps=args.heatmaps)
     print(f"{len(worklist.rows) - len(worklist.failed)} scored, {len(worklist.failed)} failed; "
           f"worklist {worklist.csv_path}, report {worklist.html_path}")
     return SOME_FAILED if worklist.failed else OK
 
 
 def _info(args) -> int:
-    from pneumocnn.runtime.model import load
 
-    model = load(args.model)
+    model = _load(args)
     print(model)
     if model.description.sha256:
         print(f"digest: sha256 {model.description.sha256}, checked at load")

@@ -57,6 +57,13 @@ def full_resolution_files() -> list[Path]:
     return sorted(FULL_RESOLUTION.glob("*/*.jpeg"))
 
 
+@pytest.fixture(autouse=True)
+def variant_cache(tmp_path, monkeypatch) -> Path:
+    """Each test remembers variant choices in its own folder, never in the user's cache."""
+    monkeypatch.setenv("PNEUMOCNN_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="session")
 def full_data() -> Path:
     """The whole data set; tests using it are marked ``full_data`` (skipped when absent)."""

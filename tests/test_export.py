@@ -40,3 +40,19 @@ def test_float32_tflite_matches_keras_and_int8_agrees(tiny_run, tiny_data):
     clear = np.abs(p_float - int8.threshold) > 0.05
     assert clear.sum() >= 24
     assert np.array_equal(p_int8[clear] >= int8.threshold, p_float[clear] >= int8.threshold)
+
+
+def test_int8_keeps_a_float_head_so_probabilities_rank(tiny_run, tiny_data):
+    """The int8 body with a float head: int8 weights inside, and a probability per X-ray
+    as distinct as the float model's (an int8 output would give at most 256 values, and a
+    saturated sigmoid a handful near 1)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tiny_run.tflite_models["int8"].read_bytes())
+    dtypes = {np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
+    assert np.dtype(np.int8) in dtypes
+    assert np.dtype(interpreter.get_output_details()[0]["dtype"]) == np.float32
+    files = [str(p) for p in sorted(tiny_data.rglob("*.jpeg"))]
+    p_float = [r.probability for r in pneumocnn.load(tiny_run.tflite_models["float32"]).predict(files)]
+    p_int8 = [r.probability for r in pneumocnn.load(tiny_run.tflite_models["int8"]).predict(files)]
+    assert len(set(p_int8)) == len(set(p_float))

@@ -183,8 +183,10 @@ def _check_tensors(source: str, description: ModelDescription, input_: dict, out
                                              f"quantization (scale {scale}, zero point {zero_point})")
     quantization = description.info.get("quantization")
     if quantization is not None:
-        wanted = np.int8 if quantization == "int8" else np.float32
-        if np.dtype(input_["dtype"]) != wanted:
+        # int8: full-integer I/O (pneumocnn 0.1), or float I/O around an int8 body with a
+        # float head (see pneumocnn.training.export); every other kind has float I/O
+        wanted = (np.int8, np.float32) if quantization == "int8" else (np.float32,)
+        if np.dtype(input_["dtype"]) not in wanted:
             raise ModelFileError(source, f"the description says {quantization!r} quantization but "
                                          f"the input tensor is {np.dtype(input_['dtype'])}")
 
@@ -283,14 +285,25 @@ class KerasBackend:
 
 def open_backend(path: Path, threads: int | None = None) -> tuple[Backend, ModelDescription]:
     """Return ``(backend, description)`` for a ``.tflite`` or ``.keras`` file."""
-    if not path.is_file():
-        raise ModelFileError(str(path), "is not a regular file" if path.exists() else
-                             "model file does not exist")
     if path.suffix == ".keras":
+        _check_is_file(path)
         description = read_keras_description(path)
         return KerasBackend(path, description), description
+    content, description = read_tflite(path)
+    return TFLiteBackend(content, description, str(path), threads), description
+
+
+def read_tflite(path: Path) -> tuple[bytes, ModelDescription]:
+    """The bytes and the description of a ``.tflite`` file; raises
+    :class:`~pneumocnn.ModelFileError` for anything that is not a described model file."""
+    _check_is_file(path)
     if path.stat().st_size >= 2**31:
         raise ModelFileError(str(path), "not a TFLite model (over the 2 GiB FlatBuffer limit)")
     content = path.read_bytes()
-    description = read_from_tflite(content, str(path))
-    return TFLiteBackend(content, description, str(path), threads), description
+    return content, read_from_tflite(content, str(path))
+
+
+def _check_is_file(path: Path) -> None:
+    if not path.is_file():
+        raise ModelFileError(str(path), "is not a regular file" if path.exists() else
+                             "model file does not exist")

@@ -18,8 +18,7 @@ from pneumocnn.core.folders import expand_inputs, is_single
 from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.core.preprocessing import ImageInput, load_pixels, source_name
 from pneumocnn.runtime.backends import Backend, open_backend
-
-BUNDLED_MODEL = "pneumonia-int8.tflite"
+from pneumocnn.runtime.variants import VariantChoice, open_variant
 
 
 @dataclass(frozen=True)
@@ -53,12 +52,17 @@ class Prediction:
 
 
 class Model:
-    """A loaded model: its description, and ``predict`` for one or many inputs."""
+    """A loaded model: its description, and ``predict`` for one or many inputs.
 
-    def __init__(self, backend: Backend, description: ModelDescription, path: str) -> None:
+    ``path`` is the model file; ``variant`` says, when it was chosen among the variants of a
+    model folder, which one and why (``None`` when a file was loaded directly)."""
+
+    def __init__(self, backend: Backend, description: ModelDescription, path: str,
+                 variant: VariantChoice | None = None) -> None:
         self._backend = backend
         self.description = description
         self.path = path
+        self.variant = variant
 
     @property
     def backend(self) -> Backend:
@@ -79,8 +83,9 @@ class Model:
 
     def __repr__(self) -> str:
         info = self.description.info
+        chosen = f", variant: {self.variant}" if self.variant else ""
         return (f"Model({self.path!r}, {info.get('architecture', '?')}, "
-                f"{info.get('quantization', 'keras')}, threshold={self.threshold:.4f})")
+                f"{info.get('quantization', 'keras')}, threshold={self.threshold:.4f}{chosen})")
 
     def predict(
         self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None
@@ -155,17 +160,29 @@ class Model:
         return float(threshold)
 
 
-def load(path: str | os.PathLike | None = None, *, threads: int | None = None) -> Model:
-    """Load a model file (``.tflite``, or ``.keras`` with TensorFlow installed); with no path,
-    the int8 model bundled with pneumocnn. ``threads`` sets the interpreter's CPU threads
-    (default: all cores)."""
+def load(path: str | os.PathLike | None = None, *, threads: int | None = None,
+         variant: str | None = None) -> Model:
+    """Load a model file (``.tflite``, or ``.keras`` with TensorFlow installed) or a folder of
+    variants of one model (``.tflite`` files that differ in quantization, as the bundled models
+    and a ``pneumocnn train`` run folder are); with no path, the models bundled with pneumocnn.
+
+    From a folder, the variant that answers fastest on this CPU is loaded (timed once, then
+    remembered; see :mod:`pneumocnn.runtime.variants`), or ``variant`` (``"int8"``,
+    ``"float16"``, ...) when given; ``Model.variant`` says which and why. ``threads`` sets the
+    interpreter's CPU threads (default: all cores)."""
     if path is None:
-        bundled = resources.files("pneumocnn") / "models" / BUNDLED_MODEL
-        if not bundled.is_file():
-            raise ModelFileError(str(bundled), "the bundled model is missing from this install")
-        path = Path(str(bundled))
+        path = Path(str(resources.files("pneumocnn") / "models"))
+        if not any(path.glob("*.tflite")):
+            raise ModelFileError(str(path), "the bundled models are missing from this install")
     path = Path(path)
+    if path.is_dir():
+        backend, description, file, choice = open_variant(path, threads, variant)
+        return Model(backend, description, str(file), choice)
     backend, description = open_backend(path, threads)
+    own = description.info.get("quantization", "keras")
+    if variant is not None and variant != own:
+        raise ValueError(f"{path} is the {own} variant, not {variant!r}; pass its folder to "
+                         f"choose among variants")
     return Model(backend, description, str(path))
 
 

@@ -1,8 +1,15 @@
 """Write Keras models as self-describing ``.keras`` and ``.tflite`` files.
 
 TFLite variants: ``float32``; ``float16`` (weights stored as float16); ``dynamic-int8`` (int8
-weights, float activations); ``int8`` (full-integer: int8 weights, activations, input and
-output, calibrated on representative images). ``int8`` is the deployable default.
+weights, float activations); ``int8`` (int8 weights and activations, calibrated on
+representative images, with a float head). ``int8`` is the deployable default.
+
+The head of an ``int8`` model (its fully-connected layers and the sigmoid or softmax) stays in
+float, as TensorFlow's selective quantization allows: quantized to int8, the output takes at
+most 256 values and a sigmoid saturates into a handful of them near 1, so that hundreds of
+X-rays share one probability and a worklist sorted by it cannot be ordered. The head is a
+negligible part of the compute. Input and output tensors are float32 (the graph quantizes the
+input in its first op).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from pneumocnn.core.files import TEMPORARY, atomic_write, write_bytes
 from pneumocnn.core.modelfile import ModelDescription, embed_in_keras, embed_in_tflite
 
 QUANTIZATIONS = ("float32", "float16", "dynamic-int8", "int8")
+# The ops an int8 model keeps in float: its head (see the module's docstring).
+FLOAT_HEAD = ["FULLY_CONNECTED", "LOGISTIC", "SOFTMAX"]
 
 
 def save_keras(model, description: ModelDescription, path: str | Path) -> None:
@@ -54,20 +63,21 @@ def to_tflite(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if quantization == "int8":
-        if representative is None or len(representative) == 0:
-            raise ValueError("int8 quantization needs representative images")
-
-        def samples():
-            for image in representative:
-                yield [image[np.newaxis].astype(np.float32)]
-
-        converter.representative_dataset = samples
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
     described = description.with_info(quantization=quantization)
-    return embed_in_tflite(converter.convert(), described)
+    if quantization != "int8":
+        return embed_in_tflite(converter.convert(), described)
+    if representative is None or len(representative) == 0:
+        raise ValueError("int8 quantization needs representative images")
+
+    def samples():
+        for image in representative:
+            yield [image[np.newaxis].astype(np.float32)]
+
+    converter.representative_dataset = samples
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=samples,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=FLOAT_HEAD))
+    return embed_in_tflite(debugger.get_nondebug_quantized_model(), described)
 
 
 def export_tflite(

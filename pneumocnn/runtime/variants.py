@@ -1,0 +1,225 @@
+"""Choose, among the variants of one model in a folder, the one that runs fastest on this CPU.
+
+A model folder (the bundled models, or a run folder of ``pneumocnn train``) may hold the same
+model as several ``.tflite`` files that differ only in quantization. Which one is fastest
+depends on the CPU: int8 convolutions beat float32 by 2-3x where the CPU has int8 dot-product
+instructions (AVX-512 VNNI, AVX-VNNI, ARM dotprod) and lose to it without them. Rather than keep
+a table of CPUs, :func:`open_variant` times each candidate here, in interleaved rounds through
+the same path ``predict`` takes, and remembers the choice in a small cache file keyed by the
+candidates' bytes, the CPU, the thread count and the runtime's version, so that later loads on
+this machine open one file only. The cache lives in ``PNEUMOCNN_CACHE_DIR`` when set, else in
+the user's cache folder; a cache that cannot be read or written only costs the timing again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from pneumocnn.core.errors import ModelFileError
+from pneumocnn.core.files import write_text
+from pneumocnn.core.modelfile import ModelDescription
+from pneumocnn.runtime.backends import TFLiteBackend, read_tflite
+
+log = logging.getLogger("pneumocnn")
+
+# Candidates within this fraction of the fastest count as equally fast; the smallest file of
+# those is chosen (timings on a busy machine vary by a few percent from round to round).
+TIE = 0.05
+ROUNDS = 7
+CALLS_PER_ROUND = 4
+_CACHE_FILE = "variants.json"
+_CACHE_ENTRIES = 64
+
+
+@dataclass(frozen=True)
+class VariantChoice:
+    """Which variant of a model folder was loaded, and why.
+
+    ``variant`` is the chosen file's quantization (``"int8"``, ``"float16"``, ...),
+    ``candidates`` every variant the folder offers, ``timings_ms`` the median time of one answer
+    of each as measured on this machine (empty when not timed), ``reason`` a sentence."""
+
+    variant: str
+    candidates: tuple[str, ...]
+    reason: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.variant} ({self.reason})"
+
+
+def open_variant(folder: Path, threads: int | None, variant: str | None
+                 ) -> tuple[TFLiteBackend, ModelDescription, Path, VariantChoice]:
+    """Open the fastest (or the asked-for) variant among the ``.tflite`` files of ``folder``.
+
+    Returns the backend, its description, the chosen file and the :class:`VariantChoice`.
+    Raises :class:`~pneumocnn.ModelFileError` when the folder holds no ``.tflite`` file or
+    files of different models, and ``ValueError`` when ``variant`` is not among them."""
+    candidates = _candidates(folder)
+    names = tuple(candidates)
+    if variant is not None:
+        if variant not in candidates:
+            raise ValueError(f"{folder} has no {variant!r} variant; it has {', '.join(names)}")
+        choice = VariantChoice(variant, names, f"asked for: variant={variant!r}")
+    elif len(names) == 1:
+        choice = VariantChoice(names[0], names, "the only variant")
+    else:
+        key = _cache_key(candidates, threads)
+        choice = _remembered(key, names)
+        if choice is None:
+            opened = {name: candidate.open(threads) for name, candidate in candidates.items()}
+            choice = _fastest(opened, candidates, names)
+            _remember(key, choice)
+            chosen = candidates[choice.variant]
+            return opened[choice.variant], chosen.description, chosen.path, choice
+    chosen = candidates[choice.variant]
+    return chosen.open(threads), chosen.description, chosen.path, choice
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path
+    content: bytes
+    description: ModelDescription
+
+    def open(self, threads: int | None) -> TFLiteBackend:
+        return TFLiteBackend(self.content, self.description, str(self.path), threads)
+
+
+def _candidates(folder: Path) -> dict[str, _Candidate]:
+    """The ``.tflite`` files of ``folder`` by quantization; they must describe one model (the
+    same labels, preprocessing, threshold and calibration)."""
+    found: dict[str, _Candidate] = {}
+    for path in sorted(folder.glob("*.tflite")):
+        candidate = _Candidate(path, *read_tflite(path))
+        name = candidate.description.info.get("quantization") or path.stem
+        if name in found:
+            raise ModelFileError(str(folder), f"holds two {name} models: "
+                                              f"{found[name].path.name} and {path.name}")
+        first = next(iter(found.values()), candidate)
+        if _model_of(candidate.description) != _model_of(first.description):
+            raise ModelFileError(str(folder), f"holds files of different models: {path.name} "
+                                              f"differs from {first.path.name} (labels, "
+                                              f"preprocessing, threshold or calibration)")
+        found[name] = candidate
+    if not found:
+        raise ModelFileError(str(folder), "holds no .tflite model file")
+    return found
+
+
+def _model_of(description: ModelDescription) -> tuple:
+    return (description.labels, description.preprocessing, description.threshold,
+            description.temperature, description.bias)
+
+
+def _fastest(opened: dict[str, TFLiteBackend], candidates: dict[str, _Candidate],
+             names: tuple[str, ...]) -> VariantChoice:
+    """Time every opened variant; the fastest wins, the smallest file among near ties."""
+    spec = next(iter(candidates.values())).description.preprocessing
+    timings = _time(opened, spec.height, spec.width)
+    fastest = min(timings.values())
+    tied = [name for name in names if timings[name] <= fastest * (1 + TIE)]
+    chosen = min(tied, key=lambda name: len(candidates[name].content))
+    return VariantChoice(chosen, names, f"fastest here, timed at load: {_timings_text(timings)}",
+                         timings)
+
+
+def _remembered(key: str, names: tuple[str, ...]) -> VariantChoice | None:
+    entry = _read_cache().get(key)
+    if not isinstance(entry, dict) or entry.get("variant") not in names:
+        return None
+    timings = {name: float(ms) for name, ms in entry.get("timings_ms", {}).items()}
+    return VariantChoice(entry["variant"], names, f"fastest here when timed on "
+                         f"{entry.get('measured', '?')}: {_timings_text(timings)}", timings)
+
+
+def _time(opened: dict[str, TFLiteBackend], height: int, width: int) -> dict[str, float]:
+    """Median milliseconds of one answer of each backend, on the same pixels, in interleaved
+    rounds after one warm-up round."""
+    samples: dict[str, list[float]] = {name: [] for name in opened}
+    pixels = np.random.default_rng(0).integers(0, 256, (1, height, width), np.uint8)
+    for round_ in range(ROUNDS + 1):
+        for name, backend in opened.items():
+            for _ in range(CALLS_PER_ROUND):
+                start = time.perf_counter()
+                backend.probabilities(pixels)
+                if round_:
+                    samples[name].append(time.perf_counter() - start)
+    return {name: round(float(np.median(times)) * 1e3, 3) for name, times in samples.items()}
+
+
+def _timings_text(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(timings.items(),
+                                                                  key=lambda item: item[1]))
+
+
+def _cache_key(candidates: dict[str, _Candidate], threads: int | None) -> str:
+    """What the choice depends on: the files, the CPU, the thread count, the runtime."""
+    digest = hashlib.sha256()
+    for name in sorted(candidates):
+        digest.update(name.encode() + hashlib.sha256(candidates[name].content).digest())
+    parts = [digest.hexdigest(), _cpu(), str(threads or os.cpu_count()), _runtime_version()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _cpu() -> str:
+    """The CPU's model name and instruction-set flags, as exactly as the system tells them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    wanted = ("model name", "flags", "Features", "CPU part")
+    return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in wanted}))
+
+
+def _runtime_version() -> str:
+    for package in ("ai-edge-litert", "tflite-runtime", "tensorflow"):
+        try:
+            return f"{package} {metadata.version(package)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def cache_path() -> Path:
+    """The file where choices are remembered (``PNEUMOCNN_CACHE_DIR`` or the user's cache
+    folder, ``variants.json``)."""
+    folder = os.environ.get("PNEUMOCNN_CACHE_DIR")
+    if not folder:
+        from platformdirs import user_cache_dir
+
+        folder = user_cache_dir("pneumocnn", appauthor=False)
+    return Path(folder) / _CACHE_FILE
+
+
+def _read_cache() -> dict:
+    try:
+        entries = json.loads(cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _remember(key: str, choice: VariantChoice) -> None:
+    entries = _read_cache()
+    entries.pop(key, None)
+    entries[key] = {"variant": choice.variant, "timings_ms": choice.timings_ms,
+                    "measured": datetime.now(timezone.utc).date().isoformat()}
+    kept = dict(list(entries.items())[-_CACHE_ENTRIES:])  # the newest
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(kept, indent=1))
+    except OSError as error:
+        log.debug("cannot remember the variant choice in %s: %s", path, error)
