@@ -1,5 +1,6 @@
 """Convert a model made elsewhere to a self-describing .tflite file.
 
+    python convert/to_tflite.py first_try.h5 --out model.tflite  # float16: no data needed
     python convert/to_tflite.py first_try.h5 --out model-int8.tflite --data path/to/xrays
     python convert/to_tflite.py model.keras --out model-f32.tflite --quantization float32
     python convert/to_tflite.py old.tflite --out old.tflite  # re-stamp: add the SHA-256 digest

@@ -163,7 +163,8 @@ def _parser() -> argparse.ArgumentParser:
                    "or a pneumocnn .tflite to re-stamp (weights and description kept)")
     p.add_argument("--out", required=True, help="output .tflite file (may be the source)")
     p.add_argument("--quantization", choices=("float32", "float16", "dynamic-int8", "int8"),
-                   help="default: int8; a .tflite source keeps its own")
+                   help="default: int8 with --data, else float16; a .tflite source keeps "
+                        "its own")
     p.add_argument("--data", help="folder of X-rays to calibrate int8 quantization on")
     p.add_argument("--threshold", type=float)
     p.add_argument("--architecture", default="seed-to-be",

@@ -67,3 +67,11 @@ def test_convert_saved_model_folder(tiny_run, tiny_data, tmp_path):
     x = load_pixels(image, converted.description.preprocessing)[None]
     assert converted.backend.probabilities(x)[0] == pytest.approx(
         reference.backend.probabilities(x)[0], abs=1e-5)
+
+
+@pytest.mark.training
+def test_convert_with_no_flags_writes_float16_and_says_so(tiny_run, tmp_path, caplog):
+    out = tmp_path / "model.tflite"
+    assert main(["convert", str(tiny_run.keras_model), "--out", str(out)]) == 0
+    assert pneumocnn.load(out).description.info["quantization"] == "float16"
+    assert "writing float16 (int8 needs X-rays to calibrate on" in caplog.text

@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TINY_FLOAT, TINY_INT8, real_images
 
 import pneumocnn
-from conftest import REPO, TINY_FLOAT, TINY_INT8, real_images
 from pneumocnn.runtime import variants
 
 BUNDLED = REPO / "pneumocnn" / "models"
@@ -123,5 +123,5 @@ def test_the_bundled_models_load_the_same_answer_in_every_variant():
     labels = {name: [r.label for r in pneumocnn.load(variant=name).predict(images)]
               for name in names}
     for name in names:
-        agree = sum(a == b for a, b in zip(labels[name], labels[default.variant.variant]))
+        agree = sum(a == b for a, b in zip(labels[name], labels[default.variant.variant], strict=True))
         assert agree >= len(images) - 1, name

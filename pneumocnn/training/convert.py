@@ -50,10 +50,11 @@ def convert(
 ) -> Path:
     """Convert ``source`` to ``out`` (``.tflite``) and return ``out``.
 
-    ``quantization`` is one of :data:`~pneumocnn.training.export.QUANTIZATIONS` (default
-    ``int8``; a ``.tflite`` source keeps its own and refuses another). ``representative`` is a
-    folder of X-rays (searched recursively) used to calibrate ``int8`` quantization; up to
-    ``representative_images`` of them are used. ``threshold`` and ``labels`` override the
+    ``quantization`` is one of :data:`~pneumocnn.training.export.QUANTIZATIONS`; by default
+    ``int8`` when ``representative`` is given, else ``float16`` (half the size of float32, as
+    accurate, and needs no data); a ``.tflite`` source keeps its own and refuses another.
+    ``representative`` is a folder of X-rays (searched recursively) used to calibrate ``int8``
+    quantization; up to ``representative_images`` of them are used. ``threshold`` and ``labels`` override the
     description (defaults: the source's own, else 0.5 and NORMAL/PNEUMONIA). ``architecture``
     names the model a weights-only ``.h5`` file belongs to.
     """
@@ -65,7 +66,11 @@ def convert(
         overrides["labels"] = tuple(labels)
     if source.suffix == ".tflite":
         return _restamp(source, Path(out), quantization, overrides)
-    quantization = quantization or "int8"
+    if quantization is None:
+        quantization = "int8" if representative is not None else "float16"
+        log.warning("%s: writing %s (%s)", out, quantization,
+                    "calibrated on the X-rays given" if representative is not None else
+                    "int8 needs X-rays to calibrate on: pass a folder of them")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pneumocnn.training.export import to_tflite
 
