@@ -5,19 +5,28 @@ calibrated positive-class probabilities (the model file's temperature applied, a
 does), so every timed call does the same job from the same inputs: scale (and, for integer
 models, quantize), run, calibrate. TFLite variants go through pneumocnn's own LiteRT backend
 (``pneumocnn.load(path, threads=t).probabilities``, the path ``predict`` takes).
+
+The *default* rows are what a user gets without naming a file: ``pneumocnn.load(folder,
+threads=t)`` on a folder of variants, which times them here and loads the fastest (see
+``pneumocnn.runtime.variants``). The folder is the bundled models' (``pneumocnn/models``) when
+each of its files is byte-identical to one of the run's, else the run folder itself; the choice
+is remembered in the benchmark's temporary folder, so it is made afresh in every benchmark run
+and never written into the user's cache.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import pneumocnn
+from benchmarks import BUNDLED_MODELS, REPO
 from pneumocnn.core.modelfile import ModelDescription, positive_probability, read_keras_description
 from pneumocnn.core.preprocessing import to_model_inputs
 from pneumocnn.training.export import QUANTIZATIONS
@@ -38,12 +47,13 @@ class Variant:
     run: Callable[[np.ndarray], np.ndarray] | None
     error: str | None = None
     bare: Callable[[np.ndarray], object] | None = None  # LiteRT: the interpreter call alone
+    details: dict = field(default_factory=dict)  # the default rows: which file, and why
 
     def summary(self) -> dict:
         """The variant's fixed facts, for the JSON report."""
         return {"key": self.key, "label": self.label, "runtime": self.runtime,
                 "quantization": self.quantization, "threads": self.threads,
-                "size_bytes": self.size_bytes, "error": self.error}
+                "size_bytes": self.size_bytes, "error": self.error, **self.details}
 
 
 @dataclass
@@ -67,8 +77,84 @@ def load_keras(run_dir: Path) -> KerasModel:
     return KerasModel(model, description, path)
 
 
-def build_variants(keras_model: KerasModel, run_dir: Path, work_dir: Path) -> list[Variant]:
-    """Every variant, in table order; ONNX export files go to ``work_dir``."""
+@dataclass
+class DefaultLoad:
+    """``pneumocnn.load(folder, threads=t)`` for each thread count: the default rows."""
+
+    folder: Path
+    why: str  # why this folder, for the report
+    models: dict[int, pneumocnn.Model]
+
+    @property
+    def all_cores(self) -> pneumocnn.Model:
+        """The model loaded with all cores (``pneumocnn.load``'s own default)."""
+        return self.models[max(self.models)]
+
+
+def default_folder(run_dir: Path) -> tuple[Path, str]:
+    """The bundled models' folder when every ``.tflite`` file in it is byte-identical to one of
+    the run folder's, else the run folder; and why, for the report."""
+    bundled = sorted(BUNDLED_MODELS.glob("*.tflite"))
+    ours = {path.read_bytes() for path in run_dir.glob("*.tflite")}
+    foreign = [path.name for path in bundled if path.read_bytes() not in ours]
+    if bundled and not foreign:
+        names = ", ".join(path.name for path in bundled)
+        return BUNDLED_MODELS, (f"the bundled models ({_shown(BUNDLED_MODELS)}: {names}), each "
+                                "byte-identical to a file of the run")
+    why = (f"{', '.join(foreign)} in {_shown(BUNDLED_MODELS)} not byte-identical to any file of "
+           "the run" if foreign else f"no .tflite file in {_shown(BUNDLED_MODELS)}")
+    return run_dir, f"the run folder's .tflite files ({why})"
+
+
+@contextmanager
+def variant_cache(folder: Path) -> Iterator[None]:
+    """``PNEUMOCNN_CACHE_DIR`` set to ``folder`` for the duration (then restored)."""
+    before = os.environ.get("PNEUMOCNN_CACHE_DIR")
+    os.environ["PNEUMOCNN_CACHE_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PNEUMOCNN_CACHE_DIR", None)
+        else:
+            os.environ["PNEUMOCNN_CACHE_DIR"] = before
+
+
+def load_default(run_dir: Path, work_dir: Path) -> DefaultLoad:
+    """``pneumocnn.load(folder, threads=t)`` for each thread count, its choice made afresh (the
+    cache is a new folder in ``work_dir``)."""
+    folder, why = default_folder(run_dir)
+    with variant_cache(work_dir / "variant-cache"):
+        models = {threads: pneumocnn.load(folder, threads=threads) for threads in thread_counts()}
+    return DefaultLoad(folder, why, models)
+
+
+def default_variants(default: DefaultLoad) -> list[Variant]:
+    """One row per thread count for the model ``pneumocnn.load(folder)`` chose."""
+    variants = []
+    for threads, model in default.models.items():
+        choice, path = model.variant, Path(model.path)
+        details = {"default": True, "folder": _shown(default.folder), "folder_reason": default.why,
+                   "chosen_file": _shown(path), "candidates": list(choice.candidates),
+                   "reason": choice.reason, "timings_ms": dict(choice.timings_ms)}
+        variants.append(Variant(f"default-{threads}t", f"pneumocnn.load() default (chose {choice.variant})",
+                                "LiteRT", choice.variant, threads, path.stat().st_size,
+                                model.probabilities, bare=_bare_invoke(path, threads), details=details))
+    return variants
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def build_variants(keras_model: KerasModel, run_dir: Path, work_dir: Path,
+                   default: DefaultLoad | None = None) -> list[Variant]:
+    """Every variant, in table order (the default rows after the LiteRT files' own); ONNX
+    export files go to ``work_dir``."""
     import tensorflow as tf
 
     model, calibrate = keras_model.model, keras_model.description.calibrate
@@ -91,6 +177,8 @@ def build_variants(keras_model: KerasModel, run_dir: Path, work_dir: Path) -> li
             variants.append(Variant(f"litert-{quantization}-{threads}t", f"LiteRT {quantization}",
                                     "LiteRT", quantization, threads, path.stat().st_size,
                                     loaded.probabilities, bare=_bare_invoke(path, threads)))
+    if default is not None:
+        variants += default_variants(default)
     return variants + onnx_variants(keras_model, work_dir)
 
 
