@@ -10,3 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
+BUNDLED_RUN = REPO / "benchmarks" / "bundled-run"  # the bundled model's run, shipped
+TRAINED_RUN = REPO / "runs" / "pneumocnn"  # where `pneumocnn train` writes by default
+BUNDLED_MODELS = REPO / "pneumocnn" / "models"
+TEST_DATA = REPO / "tests" / "data"  # 24 + 24 real X-rays and 3 full-size files, shipped

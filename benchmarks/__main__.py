@@ -1,5 +1,8 @@
 """``python -m benchmarks [--quick] [--run DIR] [--data FOLDER]``: run every benchmark once, in
-one process run, print the markdown table and write ``benchmarks/results/``."""
+one process run, print the markdown table and write ``benchmarks/results/``.
+
+Out of the box (a fresh clone: no trained run, no ``../shared``) it measures the bundled
+model's run shipped in ``benchmarks/bundled-run`` on the X-rays shipped in ``tests/data``."""
 
 from __future__ import annotations
 
@@ -16,10 +19,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import REPO, RESULTS, report  # noqa: E402
 from benchmarks.inputs import (  # noqa: E402
+    BUNDLED_RUN,
     FULL_RESOLUTION,
+    TEST_FULL_RESOLUTION,
+    TEST_XRAYS,
+    default_full_resolution,
+    default_run,
     describe_images,
     folder_images,
+    have_chest_xray,
     run_splits,
+    shipped_xrays,
     subsample,
 )
 
@@ -46,20 +56,29 @@ QUICK = Plan(64, 40, 5, 3, 1, 6, 1, 96, 1)
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--run", type=Path, default=REPO / "runs" / "pneumocnn",
+    parser.add_argument("--run", type=Path, default=default_run(),
                         help="trained run folder with model.keras, model-*.tflite, config.json "
-                             "(default: runs/pneumocnn in the repository, where `pneumocnn train` writes)")
+                             "(default: runs/pneumocnn in the repository, where `pneumocnn train` "
+                             "writes, when it holds model.keras; else benchmarks/bundled-run, the "
+                             "bundled model's run)")
     parser.add_argument("--data", type=Path, default=None,
                         help="labelled evaluation folder {NORMAL,PNEUMONIA}/ (default: the run's "
-                             "patient-level validation split of ../shared/data/chest_xray)")
+                             "patient-level validation split of ../shared/data/chest_xray; without "
+                             "it, the X-rays shipped in tests/data/xrays)")
     parser.add_argument("--train-data", type=Path, default=None,
                         help="labelled folder for the training pipeline benchmark (default: the "
-                             "run's training side of that split)")
-    parser.add_argument("--full-resolution", type=Path, default=FULL_RESOLUTION,
-                        help="folder of full-size X-ray files for the end-to-end benchmark")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
+                             "run's training side of that split; without it, tests/data/xrays)")
+    parser.add_argument("--full-resolution", type=Path, default=default_full_resolution(),
+                        help="folder of full-size X-ray files for the end-to-end benchmark "
+                             "(default: ../shared/data/full_resolution, else tests/data/full_resolution)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where results are written (default: benchmarks/results, or "
+                             "benchmarks/results/quick with --quick, which git ignores)")
     parser.add_argument("--quick", action="store_true", help="few images and calls (development)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS / "quick" if args.quick else RESULTS
+    return args
 
 
 def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
@@ -69,7 +88,7 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     from benchmarks.latency import batch1_latency, throughput
     from benchmarks.pipeline import training_pipelines
     from benchmarks.quality import score
-    from benchmarks.variants import build_variants, load_keras
+    from benchmarks.variants import build_variants, load_default, load_keras
     from pneumocnn.core.folders import index_folder
     from pneumocnn.training.data import decode_all
     from pneumocnn.training.settings import saved_config
@@ -78,7 +97,9 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     config = saved_config(run_dir)
     keras_model = load_keras(run_dir)
     spec, threshold = keras_model.description.preprocessing, keras_model.description.threshold
-    splits = None if args.data and args.train_data else run_splits(run_dir)
+    splits = None
+    if not (args.data and args.train_data):
+        splits = run_splits(run_dir) if have_chest_xray() else shipped_xrays()
     if args.data:
         evaluation, source = folder_images(args.data), f"folder {args.data}"
     else:
@@ -87,8 +108,10 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     decoded = decode_all(evaluation, spec, None)
     inputs = decoded.pixels  # uint8 (N, H, W): what predict has once a file is decoded
 
+    log("pneumocnn.load(folder) for each thread count (its choice of variant, made afresh)")
+    default = load_default(run_dir, work)
     log(f"{len(inputs)} evaluation images; building variants")
-    variants = build_variants(keras_model, run_dir, work)
+    variants = build_variants(keras_model, run_dir, work, default)
     log("accuracy")
     quality = score(variants, inputs, decoded.labels, threshold)
     log(f"batch-1 latency, {plan.latency_calls} interleaved rounds")
@@ -99,17 +122,26 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     files = list(index_folder(args.full_resolution).paths)[: plan.e2e_files] if plan.e2e_files else \
         list(index_folder(args.full_resolution).paths)
     log(f"end to end on {len(files)} full-size files")
-    e2e = end_to_end(files, int8, keras_model, plan.e2e_passes)
+    e2e = end_to_end(files, default.all_cores, keras_model, plan.e2e_passes)
     log("cold start")
     cold = cold_start(int8, keras_model.path, files[0], plan.coldstart_repeats)
-    train_images = folder_images(args.train_data) if args.train_data else splits.train
+    if args.train_data:
+        train_images, train_source = folder_images(args.train_data), f"folder {args.train_data}"
+    else:
+        train_images = splits.train
+        train_source = (splits.source if splits.train is splits.validation
+                        else f"the run's training side of the {splits.source}")
     train_images = subsample(train_images, plan.pipeline_images)
     log(f"training pipeline: {plan.pipeline_epochs} epoch(s) each on {len(train_images)} images")
     pipeline = training_pipelines(train_images, config, work, plan.pipeline_epochs)
+    pipeline["source"] = train_source
     return {
         "inputs": {"run": str(args.run), "evaluation": describe_images(evaluation),
                    "evaluation_source": source, "evaluation_decoded": len(inputs),
-                   "threshold": threshold, "full_resolution": str(args.full_resolution)},
+                   "threshold": threshold, "full_resolution": str(args.full_resolution),
+                   "shipped_xrays": _same_folder(evaluation, TEST_XRAYS),
+                   "shipped_xrays_train": _same_folder(train_images, TEST_XRAYS),
+                   "default_folder": str(default.folder), "default_folder_reason": default.why},
         "variants": [v.summary() for v in variants],
         "quality": quality,
         "latency": latency,
@@ -130,12 +162,39 @@ def notes(args: argparse.Namespace, plan: Plan, results: dict) -> list[str]:
         found.append(f"Other processes kept {other:.2f} of {os.cpu_count()} cores busy on average during "
                      "this run: timings, above all multi-thread ones, are noisier and slower than on an "
                      "idle machine; CPU seconds and bare-call ratios are the steadier figures.")
-    bundled = REPO / "pneumocnn" / "models" / "pneumonia-int8.tflite"
-    int8 = args.run / "model-int8.tflite"
-    if bundled.is_file():
-        same = bundled.read_bytes() == int8.read_bytes()
-        found.append(f"The bundled model {'is' if same else 'is NOT'} byte-identical to the run's int8 file.")
+    inputs = results["inputs"]
+    if inputs.get("shipped_xrays"):
+        absent = "" if have_chest_xray() else " (../shared/data/chest_xray is absent here)"
+        pipeline = " The training pipeline ran on them too." if inputs.get("shipped_xrays_train") else ""
+        found.append(f"Evaluated on the 24 + 24 X-rays shipped in tests/data/xrays{absent}. They come "
+                     "from chest_xray/train and are training images of the bundled model, so accuracy, "
+                     "sensitivity and specificity on them are no claim about new patients: what this "
+                     "run shows is each variant against its float twin (agreement, max abs diff, "
+                     f"ties, latency, size).{pipeline}")
+    if Path(inputs["full_resolution"]).resolve() == TEST_FULL_RESOLUTION.resolve():
+        absent = "" if FULL_RESOLUTION.is_dir() else " (../shared/data/full_resolution is absent here)"
+        found.append("End to end and cold start on the 3 full-size files shipped in "
+                     f"tests/data/full_resolution{absent}.")
+    found += _bundled_notes(args.run)
     return found
+
+
+def _same_folder(images, folder: Path) -> bool:
+    """Whether every image lies in ``folder``."""
+    root = folder.resolve()
+    return bool(len(images)) and all(root in Path(path).resolve().parents for path in images.paths)
+
+
+def _bundled_notes(run: Path) -> list[str]:
+    """Which run file each bundled model file is byte-identical to, if any."""
+    ours = {path.read_bytes(): path.name for path in sorted(run.glob("*.tflite"))}
+    notes = []
+    for bundled in sorted((REPO / "pneumocnn" / "models").glob("*.tflite")):
+        twin = ours.get(bundled.read_bytes())
+        notes.append(f"The bundled pneumocnn/models/{bundled.name} is byte-identical to the run's "
+                     f"{twin}." if twin else f"The bundled pneumocnn/models/{bundled.name} is NOT "
+                     "byte-identical to any .tflite file of the run.")
+    return notes
 
 
 def log(message: str) -> None:
@@ -149,9 +208,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse(argv)
     if not (args.run / "model.keras").exists():
+        shipped = ("; the bundled model's run should be in benchmarks/bundled-run (is this a "
+                   "complete checkout?)" if args.run.resolve() == BUNDLED_RUN.resolve() else "")
         raise SystemExit(f"{args.run}: no trained run here (model.keras, model-*.tflite, "
-                         "config.json); make one with `pneumocnn train ../shared/data/chest_xray "
-                         f"--out {args.run}` (about 6 min on 2 cores) or pass --run")
+                         f"config.json){shipped}; make one with `pneumocnn train "
+                         "../shared/data/chest_xray` (into runs/pneumocnn) or pass --run")
     plan = QUICK if args.quick else FULL
     started, counters = time.perf_counter(), report.cpu_seconds()
     results = {
