@@ -32,8 +32,86 @@ def cpu_seconds() -> tuple[float, float] | None:
     return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system + own.children_user + own.children_system
 
 
+X86_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                "amx_tile", "amx_int8", "amx_bf16")
+ARM_FEATURES = ("asimd", "asimddp", "i8mm", "sve")
+# macOS names (sysctl) of the same features, to the Linux names above
+_MACOS_X86 = {"AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "AVX512F": "avx512f",
+              "AVX512VNNI": "avx512_vnni", "AVXVNNI": "avx_vnni", "AVX512BF16": "avx512_bf16",
+              "AMXTILE": "amx_tile", "AMXINT8": "amx_int8", "AMXBF16": "amx_bf16"}
+_MACOS_ARM = {"hw.optional.AdvSIMD": "asimd", "hw.optional.arm.FEAT_DotProd": "asimddp",
+              "hw.optional.arm.FEAT_I8MM": "i8mm", "hw.optional.arm.FEAT_SVE": "sve"}
+
+
+def cpu_features() -> dict:
+    """The CPU's instruction-set features that decide which model variant is fastest (int8
+    dot products: VNNI, AMX, ARM dotprod and i8mm; wide float SIMD), as ``{"source", "flags",
+    "class"}``: from ``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS; elsewhere (Windows) the
+    flags are unknown (``None``) and the class is the architecture alone."""
+    arch = platform.machine().lower()
+    flags, source = None, "unknown on this platform"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    if text:
+        found = set()
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                found |= set(value.split())
+        flags, source = found, "/proc/cpuinfo"
+    elif platform.system() == "Darwin":
+        flags, source = _macos_flags(), "sysctl"
+    wanted = ARM_FEATURES if arch in ("arm64", "aarch64") or arch.startswith("arm") else X86_FEATURES
+    shown = None if flags is None else [name for name in wanted if name in flags]
+    return {"source": source, "flags": shown, "class": isa_class(arch, shown)}
+
+
+def _macos_flags() -> set[str] | None:
+    """The features ``sysctl`` reports on macOS, under their Linux names; None if it fails."""
+    import subprocess
+
+    try:
+        names = [*_MACOS_ARM] + ["machdep.cpu.features", "machdep.cpu.leaf7_features"]
+        done = subprocess.run(["sysctl", *names], capture_output=True, text=True, timeout=5,
+                              check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = set()
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key in _MACOS_ARM and value.strip() == "1":
+            found.add(_MACOS_ARM[key])
+        elif key.startswith("machdep.cpu"):
+            found |= {_MACOS_X86[word] for word in value.split() if word in _MACOS_X86}
+    return found
+
+
+def isa_class(arch: str, flags: list[str] | None) -> str:
+    """A short label such as "x86-64 AVX2, no VNNI", "x86-64 AVX-512 VNNI", "ARM dotprod"."""
+    arm = arch in ("arm64", "aarch64") or arch.startswith("arm")
+    if flags is None:
+        return f"{'ARM' if arm else arch or 'unknown CPU'} (instruction-set features unknown)"
+    has = set(flags)
+    if arm:
+        extras = [name for name, flag in (("dotprod", "asimddp"), ("i8mm", "i8mm"), ("SVE", "sve"))
+                  if flag in has]
+        return "ARM " + (", ".join(extras) if extras else "NEON, no dotprod")
+    simd = "AVX-512" if "avx512f" in has else "AVX2" if "avx2" in has else "pre-AVX2"
+    if "avx512_vnni" in has:
+        label = f"x86-64 {simd} VNNI"
+    elif "avx_vnni" in has:
+        label = f"x86-64 {simd}, AVX-VNNI"
+    else:
+        label = f"x86-64 {simd}, no VNNI"
+    extras = [name for name, flag in (("BF16", "avx512_bf16"), ("AMX", "amx_int8")) if flag in has]
+    return label + "".join(f", {extra}" for extra in extras)
+
+
 def machine() -> dict:
-    """CPU, cores, OS, load and the versions of everything measured."""
+    """CPU, its instruction-set features, cores, OS, load and the versions of everything
+    measured."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -52,6 +130,7 @@ def machine() -> dict:
 
     return {
         "cpu": cpu,
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(),
@@ -94,7 +173,7 @@ def _header(results: dict) -> list[str]:
         "",
         f"`{results['command']}` ({results['mode']} mode), {results['started']}, "
         f"{results['wall_seconds']:.0f} s wall.",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, "
+        f"Machine: {m['cpu']} ({_features(m)}), {m['cores']} cores, Python {m['python']}, "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
         f"Run: `{inputs['run']}`. Evaluation: {evaluation['n']} images ({evaluation.get('NORMAL', '?')} "
         f"NORMAL, {evaluation.get('PNEUMONIA', '?')} PNEUMONIA), {inputs['evaluation_source']}; "
@@ -102,17 +181,34 @@ def _header(results: dict) -> list[str]:
     ]
 
 
+def _features(m: dict) -> str:
+    """The CPU's class label and the flags it was read from (older results have neither)."""
+    features = m.get("cpu_features")
+    if not features:
+        return "instruction-set features not recorded"
+    flags = features.get("flags")
+    shown = " ".join(flags) if flags else ("none of those looked for" if flags is not None else "")
+    return f"{features['class']}" + (f"; {features['source']}: {shown}" if shown else "")
+
+
+def _tie(q: dict) -> str:
+    if "largest_tie" not in q:
+        return "-"
+    return f"{q['largest_tie']} ({q['largest_tie_pct']:.1f} %)" if q["largest_tie"] else "none"
+
+
 def _variants(results: dict) -> list[str]:
     rows = []
     for v in results["variants"]:
         q, lat, thr = (results[k].get(v["key"]) for k in ("quality", "latency", "throughput"))
         if v["error"]:
-            rows.append([v["label"], v["runtime"], "-", "-", f"not run: {v['error']}", *["-"] * 8])
+            rows.append([v["label"], v["runtime"], "-", "-", f"not run: {v['error']}", *["-"] * 10])
             continue
         size = v["size_bytes"] / 1e6 if v["size_bytes"] else None
         rows.append([v["label"], v["runtime"], str(v["threads"]), _f(size, 2), _f(q["accuracy"], 4),
                      _f(q["roc_auc"], 4), _f(q["sensitivity"], 4), _f(q["specificity"], 4),
-                     _f(q["agreement"] * 100, 2), f"{q['max_abs_diff']:.2e}", _f(lat["median_ms"], 2),
+                     _f(q["agreement"] * 100, 2), f"{q['max_abs_diff']:.2e}",
+                     str(q.get("distinct_probabilities", "-")), _tie(q), _f(lat["median_ms"], 2),
                      _f(lat["p95_ms"], 2), _f(thr["images_per_s"], 0)])
     calls = next(iter(results["latency"].values()), {}).get("n", 0)
     start, end = results["machine"]["load_average_at_start"], results.get("load_average_at_end")
@@ -121,14 +217,35 @@ def _variants(results: dict) -> list[str]:
     return [
         "## Variants", "",
         "Accuracy figures at the model's threshold; agreement and max |diff| against the float Keras "
-        "model's probabilities. Latency: batch 1, interleaved; throughput: batch 32.", "",
+        "model's probabilities; distinct p: distinct probabilities over the images, largest tie: "
+        "the most images sharing one probability (identical images counted once"
+        f"{_duplicates(results)}). Latency: batch 1, interleaved; throughput: batch 32.", "",
         *_table(["variant", "runtime", "threads", "size MB", "accuracy", "ROC AUC", "sensitivity",
-                 "specificity", "agreement %", "max abs diff", "median ms", "p95 ms", "batch-32 img/s"],
-                rows),
+                 "specificity", "agreement %", "max abs diff", "distinct p", "largest tie",
+                 "median ms", "p95 ms", "batch-32 img/s"], rows),
         "",
         f"Latency calls per variant: {calls} (after warm-up). Load average (1 min) at start "
         f"{_f(start and start[0], 2)}, at end {_f(end and end[0], 2)}.{busy}",
+        *_defaults(results["variants"]),
     ]
+
+
+def _duplicates(results: dict) -> str:
+    q = results["quality"].get("keras-compiled", {})
+    extra = q.get("n", 0) - q.get("tie_images", q.get("n", 0))
+    return f": {extra} duplicate(s) here" if extra else ""
+
+
+def _defaults(variants: list[dict]) -> list[str]:
+    """How the default rows chose their file."""
+    chosen = [v for v in variants if v.get("default")]
+    if not chosen:
+        return []
+    lines = ["", f"Default rows: `pneumocnn.load({chosen[0]['folder']!r}, threads=t)`, "
+                 f"{chosen[0]['folder_reason']}; the choice made afresh in this run (its cache in "
+                 "the run's temporary folder):"]
+    lines += [f"- {v['threads']} thread(s): {v['chosen_file']}; {v['reason']}" for v in chosen]
+    return lines
 
 
 def _bare(results: dict) -> list[str]:
@@ -156,10 +273,19 @@ def _cold_start(cold: dict) -> list[str]:
 
 def _end_to_end(e2e: dict) -> list[str]:
     floor, first = e2e["floor"]["median_pass_s"], next(iter(e2e.values()))
+    invoke = e2e.get("decode+invoke", {}).get("median_pass_s")
     rows = [[e["label"], _f(e["median_ms_per_image"], 1), _f(e["images_per_s"], 1),
-             _f(e["median_pass_s"] / floor, 2) + "x"] for e in e2e.values()]
-    return [f"## End to end on full-size X-rays ({first['files']} files, {first['passes']} passes; median)",
-            "", *_table(["path", "median ms per image", "images/s", "time vs floor"], rows)]
+             _f(e["median_pass_s"] / floor, 2) + "x",
+             _f(e["median_pass_s"] / invoke, 2) + "x" if invoke else "-"] for e in e2e.values()]
+    lines = [f"## End to end on full-size X-rays ({first['files']} files, {first['passes']} pass(es); "
+             "median)", "",
+             *_table(["path", "median ms per image", "images/s", "time vs decode floor",
+                      "time vs decode + invoke"], rows)]
+    if "folder" in e2e:
+        lines += ["", f"The whole folder in one `predict` call: {e2e['folder']['images_per_s']:.1f} "
+                      f"images/s, {e2e['folder']['vs_single_calls']:.2f}x the single-file calls' "
+                      "(decoding overlaps inference on all cores)."]
+    return lines
 
 
 def _pipeline(pipe: dict) -> list[str]:
@@ -171,6 +297,7 @@ def _pipeline(pipe: dict) -> list[str]:
             for p in pipe["pipelines"].values()]
     return [f"## Training input pipeline ({pipe['images']} images, batch {pipe['batch_size']}; median of "
             f"{pipe['repeats']} epoch(s) each, taking turns)",
+            *(["", f"Images: {pipe['source']}."] if pipe.get("source") else []),
             "", *_table(["pipeline", "epoch s", "images/s", "time vs floor", "CPU s", "CPU vs floor"], rows),
             "",
             f"pneumocnn's one-off decode into its pixel cache: {pipe['decode_once_s']:.1f} s (first run "
