@@ -1,13 +1,20 @@
 """The benchmark suite's --quick path on the tiny model: it runs end to end and writes a table,
-a JSON file and a plot of the expected structure (speeds are not checked)."""
+a JSON file and a plot of the expected structure (speeds are not checked); out of the box on the
+shipped bundled run; and its pieces: CPU features, ties, the default rows' folder."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import FULL_RESOLUTION, real_images
+from conftest import FULL_RESOLUTION, REPO, TINY_FLOAT, TINY_INT8, real_images
+
+BUNDLED_RUN = REPO / "benchmarks" / "bundled-run"
 
 
 @pytest.mark.training
@@ -23,33 +30,49 @@ def test_quick_benchmark_writes_results(tiny_run, tiny_data, tmp_path):
                                                      "results.md"]
     stored = json.loads((out / "results.json").read_text())
     assert stored["mode"] == "quick"
-    for key in ("cpu", "cores", "python", "versions", "threads"):
+    for key in ("cpu", "cpu_features", "cores", "python", "versions", "threads"):
         assert key in stored["machine"]
+    assert stored["machine"]["cpu_features"]["class"] in (out / "results.md").read_text()
     assert {"numpy", "tensorflow", "ai-edge-litert", "onnxruntime"} <= set(stored["machine"]["versions"])
 
     keys = [v["key"] for v in results["variants"]]
     assert keys[:2] == ["keras-predict", "keras-compiled"]
     for quantization in ("float32", "float16", "dynamic-int8", "int8"):
         assert f"litert-{quantization}-1t" in keys
+    defaults = [v for v in results["variants"] if v.get("default")]
+    assert [v["key"] for v in defaults] == [f"default-{t}t" for t in sorted({1, os.cpu_count() or 1})]
+    for variant in defaults:  # the run folder (the bundled models are another model's files)
+        assert variant["folder"] == str(tiny_run.run_dir)
+        assert variant["label"] == f"pneumocnn.load() default (chose {variant['quantization']})"
+        assert variant["quantization"] in variant["candidates"]
+        assert set(variant["timings_ms"]) == set(variant["candidates"])  # chosen afresh, timed
     assert any(k.startswith("onnxruntime-float32") for k in keys)
     for variant in results["variants"]:
         if variant["error"]:  # a variant that cannot run says why, and is in the table
             assert variant["label"] in (out / "results.md").read_text()
             continue
         key = variant["key"]
-        assert {"accuracy", "roc_auc", "sensitivity", "specificity", "agreement",
-                "max_abs_diff"} <= set(results["quality"][key])
+        assert {"accuracy", "roc_auc", "sensitivity", "specificity", "agreement", "max_abs_diff",
+                "distinct_probabilities", "largest_tie", "largest_tie_pct"} <= set(results["quality"][key])
         assert results["latency"][key]["n"] >= 1
         assert results["latency"][key]["p95_ms"] >= results["latency"][key]["median_ms"] > 0
         assert results["throughput"][key]["images_per_s"] > 0
     assert results["quality"]["keras-compiled"]["agreement"] == 1.0
 
-    assert set(results["end_to_end"]) == {"pneumocnn", "floor", "naive decode", "naive"}
+    e2e = results["end_to_end"]
+    assert set(e2e) == {"pneumocnn", "decode+invoke", "floor", "naive decode", "naive", "folder"}
+    assert f"({defaults[-1]['quantization']})" in e2e["pneumocnn"]["label"]
+    assert e2e["folder"]["vs_single_calls"] > 0
     cold = results["cold_start"]["pneumocnn (LiteRT int8)"]
     assert cold["median_s"] > 0 and cold["max_peak_rss_mb"] > 0
     assert not cold["tensorflow_imported"]
     assert set(results["pipeline"]["pipelines"]) == {"pneumocnn", "in-memory", "seed"}
     assert all(t["result"] in ("PASS", "FAIL", "N/A") for t in results["targets"])
+    named = [t["target"] for t in results["targets"]]
+    for wanted in ("default load() vs the fastest shipped LiteRT variant, 1 thread(s)",
+                   "largest tie of the default's probabilities",
+                   "pneumocnn predict(path) vs decode + preprocess + bare LiteRT invoke"):
+        assert wanted in named
 
     table = (out / "results.md").read_text()
     for heading in ("## Variants", "## Cold start", "## End to end", "## Training input pipeline",
@@ -57,8 +80,102 @@ def test_quick_benchmark_writes_results(tiny_run, tiny_data, tmp_path):
         assert heading in table
     header = next(line for line in table.splitlines() if line.startswith("| variant |"))
     for column in ("accuracy", "ROC AUC", "sensitivity", "specificity", "agreement %", "max abs diff",
-                   "size MB", "median ms", "p95 ms", "batch-32 img/s"):
+                   "distinct p", "largest tie", "size MB", "median ms", "p95 ms", "batch-32 img/s"):
         assert column in header
+
+
+@pytest.mark.training
+@pytest.mark.skipif(not (BUNDLED_RUN / "model.keras").is_file(),
+                    reason="benchmarks/bundled-run/model.keras is absent: the bundled model's run "
+                           "folder has not been shipped yet")
+def test_quick_benchmark_runs_out_of_the_box_on_the_shipped_run(tmp_path):
+    """``python -m benchmarks --quick`` from the repository root on the shipped bundled run, with
+    no other argument but where to write: evaluation data, training images and full-size files
+    default to ../shared/data where it is, else to tests/data (as in a fresh clone, and in CI)."""
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)]
+    if (REPO / "runs" / "pneumocnn" / "model.keras").is_file():  # else it is the default
+        command += ["--run", str(BUNDLED_RUN)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert os.path.samefile(results["inputs"]["run"], BUNDLED_RUN)
+    assert results["mode"] == "quick" and results["wall_seconds"] > 0
+    assert any(v.get("default") for v in results["variants"])
+    if not (REPO.parent / "shared" / "data" / "chest_xray").is_dir():
+        assert results["inputs"]["shipped_xrays"]
+        assert any("no claim" in note for note in results["notes"])
+    assert "## Targets" in done.stdout
+
+
+def test_the_default_run_is_the_trained_one_when_it_is_finished_else_the_shipped_one(tmp_path,
+                                                                                      monkeypatch):
+    import benchmarks.inputs as inputs
+
+    trained = tmp_path / "runs" / "pneumocnn"
+    monkeypatch.setattr(inputs, "TRAINED_RUN", trained)
+    assert inputs.default_run() == inputs.BUNDLED_RUN
+    trained.mkdir(parents=True)
+    (trained / "config.json").write_text("{}")  # a run in progress: no model.keras yet
+    assert inputs.default_run() == inputs.BUNDLED_RUN
+    (trained / "model.keras").write_bytes(b"")
+    assert inputs.default_run() == trained
+
+
+def test_cpu_features_are_recorded_and_classed():
+    from benchmarks.report import cpu_features, isa_class
+
+    found = cpu_features()
+    assert set(found) == {"source", "flags", "class"} and found["class"]
+    assert isa_class("x86_64", ["avx2", "fma", "f16c"]) == "x86-64 AVX2, no VNNI"
+    assert isa_class("x86_64", ["avx2", "avx512f", "avx512_vnni"]) == "x86-64 AVX-512 VNNI"
+    assert isa_class("x86_64", ["avx2", "avx_vnni"]) == "x86-64 AVX2, AVX-VNNI"
+    assert isa_class("x86_64", ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
+                                "amx_int8"]) == "x86-64 AVX-512 VNNI, BF16, AMX"
+    assert isa_class("aarch64", ["asimd", "asimddp"]) == "ARM dotprod"
+    assert isa_class("arm64", ["asimd", "asimddp", "i8mm", "sve"]) == "ARM dotprod, i8mm, SVE"
+    assert isa_class("aarch64", ["asimd"]) == "ARM NEON, no dotprod"
+    assert isa_class("AMD64", None) == "AMD64 (instruction-set features unknown)"
+
+
+def test_ties_count_images_sharing_one_probability_and_identical_images_once():
+    from benchmarks.quality import distinct_inputs, ties
+
+    assert ties(np.array([0.1, 0.2, 0.3, 0.4])) == {
+        "distinct_probabilities": 4, "largest_tie": 0, "largest_tie_pct": 0.0, "tie_images": 4}
+    tied = ties(np.array([0.9, 0.9, 0.9, 0.2, 0.2, 0.1, 0.3, 0.4, 0.5, 0.6]))
+    assert (tied["distinct_probabilities"], tied["largest_tie"], tied["largest_tie_pct"]) == (7, 3, 30.0)
+    pixels = np.zeros((4, 2, 2), np.uint8)
+    pixels[1] = 7
+    pixels[3] = 7  # a copy of image 1
+    assert distinct_inputs(pixels).tolist() == [0, 1]
+
+
+def test_default_rows_load_the_bundled_folder_only_when_it_holds_the_runs_own_files(tmp_path,
+                                                                                     monkeypatch):
+    import benchmarks.variants as variants
+
+    run, bundled = tmp_path / "run", tmp_path / "models"
+    run.mkdir()
+    bundled.mkdir()
+    shutil.copy(TINY_INT8, run / "model-int8.tflite")
+    shutil.copy(TINY_FLOAT, run / "model-dynamic-int8.tflite")
+    monkeypatch.setattr(variants, "BUNDLED_MODELS", bundled)
+    folder, why = variants.default_folder(run)
+    assert folder == run and "no .tflite file" in why
+    shutil.copy(TINY_INT8, bundled / "pneumonia-int8.tflite")
+    assert variants.default_folder(run)[0] == bundled
+    (bundled / "pneumonia-float16.tflite").write_bytes(TINY_INT8.read_bytes() + b"x")
+    folder, why = variants.default_folder(run)
+    assert folder == run and "pneumonia-float16.tflite" in why
+
+    default = variants.load_default(run, tmp_path)
+    assert set(default.models) == set(variants.thread_counts())
+    assert (tmp_path / "variant-cache" / "variants.json").is_file()  # in the benchmark's folder,
+    assert not (tmp_path / "cache").exists()  # not in the cache $PNEUMOCNN_CACHE_DIR names
+    rows = variants.default_variants(default)
+    assert [row.key for row in rows] == [f"default-{t}t" for t in variants.thread_counts()]
+    assert all(row.run is not None and row.bare is not None for row in rows)
 
 
 def test_every_simulated_shift_changes_a_real_xray_and_keeps_it_gray():
