@@ -50,7 +50,7 @@ class Plan:
 
 
 FULL = Plan(None, 300, 20, 15, 5, None, 5, None, 3)
-QUICK = Plan(64, 40, 5, 3, 1, 6, 1, 96, 1)
+QUICK = Plan(64, 30, 5, 3, 1, 6, 2, 96, 1)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
