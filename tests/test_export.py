@@ -16,7 +16,7 @@ pytestmark = pytest.mark.training  # the training wing: every test here needs Te
 def test_tflite_files_describe_themselves(tiny_run):
     int8 = read_from_tflite(tiny_run.tflite_models["int8"].read_bytes(), "int8")
     assert int8.info["quantization"] == "int8"
-    assert int8.preprocessing.input_shape == (64, 64, 3)
+    assert int8.preprocessing.input_shape == (64, 64, 1)  # one channel: see export.one_channel
     assert int8.labels == ("NORMAL", "PNEUMONIA")
     provenance = int8.info["provenance"]
     assert provenance["train_images"] + provenance["validation_images"] == 48

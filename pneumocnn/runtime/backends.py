@@ -103,12 +103,10 @@ class TFLiteBackend:
                                          f"{len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0], outputs[0]
         _check_tensors(source, description, self._input, self._output)
-        # for an integer input tensor, pixels map straight to its values through a 256-entry
-        # table: the same tensor as quantizing to_model_input, without the float image
-        self._table = None
-        if np.dtype(self._input["dtype"]) != np.float32:
-            levels = np.arange(256, dtype=np.float32) * np.float32(self._spec.scale)
-            self._table = _quantize(levels, self._input)
+        # pixels map straight to input values through a 256-entry table (scaled, and quantized
+        # for an integer input tensor): to_model_input's tensor in one lookup
+        levels = np.arange(256, dtype=np.float32) * np.float32(self._spec.scale)
+        self._table = _quantize(levels, self._input)
         try:
             self.probabilities(np.zeros((1, self._spec.height, self._spec.width), np.uint8))
         except RuntimeError as error:
@@ -132,10 +130,10 @@ class TFLiteBackend:
 
     def _tensor(self, pixels: np.ndarray) -> np.ndarray:
         """The ``(1, H, W, C)`` input tensor of uint8 ``(H, W)`` pixels."""
-        if self._table is None:
-            return to_model_input(pixels, self._spec)[np.newaxis]
-        return np.repeat(self._table[pixels][np.newaxis, ..., np.newaxis], self._spec.channels,
-                         axis=-1)
+        values = np.take(self._table, pixels)[np.newaxis, ..., np.newaxis]
+        if self._spec.channels == 1:
+            return values
+        return np.repeat(values, self._spec.channels, axis=-1)
 
     def _invoke(self, tensor: np.ndarray) -> float:
         with self._lock:
