@@ -3,9 +3,14 @@
 Trains the tiny recipe (the default recipe at 64 px for 2 epochs: ``TINY_SETTINGS`` in
 tests/conftest.py) on ``tests/data/xrays`` and copies two of its model files here:
 
-- ``tiny-int8.tflite``: full-integer int8, like the bundled model;
+- ``tiny-int8.tflite``: int8;
 - ``tiny-dynamic-int8.tflite``: dynamic-range int8 weights with float32 input and output, the
   smallest file of the run that takes the runtime's float path (the float32 file is ~1 MB).
+
+The shipped files were made by this script at commit fc2206e, before int8 exports kept a float
+head and every export took one input channel: they are full-integer int8 (int8 input and
+output) and three-channel, the kind pneumocnn 0.1.0 and other tools write, which the runtime
+still reads, and the tests keep them so. The script makes today's kind.
 
 Needs TensorFlow (``pip install -e '.[dev]'``); from the repository root::
 
