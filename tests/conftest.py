@@ -58,10 +58,12 @@ def full_resolution_files() -> list[Path]:
 
 
 @pytest.fixture(autouse=True)
-def variant_cache(tmp_path, monkeypatch) -> Path:
-    """Each test remembers variant choices in its own folder, never in the user's cache."""
-    monkeypatch.setenv("PNEUMOCNN_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+def variant_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test remembers variant choices in a folder of its own (outside its ``tmp_path``,
+    which tests fill with their data), never in the user's cache."""
+    folder = tmp_path_factory.mktemp("variant-cache") / "cache"
+    monkeypatch.setenv("PNEUMOCNN_CACHE_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -12,19 +12,22 @@ from pneumocnn.core.modelfile import read_from_tflite
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_bundled_model_is_small_int8_and_described():
+def test_bundled_models_are_small_described_int8_and_float16_of_one_model():
     model = pneumocnn.load()
-    path = Path(model.path)
-    assert path.stat().st_size < 1_000_000
-    description = read_from_tflite(path.read_bytes(), str(path))
-    assert description.info["quantization"] == "int8"
-    assert description.info["provenance"]["validation_images"] > 0
+    assert model.variant.candidates == ("float16", "int8")
     assert model.labels == ("NORMAL", "PNEUMONIA") and 0.0 < model.threshold < 1.0
+    for name in model.variant.candidates:
+        path = Path(pneumocnn.load(variant=name).path)
+        assert path.name == f"pneumonia-{name}.tflite"
+        assert path.stat().st_size < 1_000_000
+        description = read_from_tflite(path.read_bytes(), str(path))
+        assert description.info["quantization"] == name
+        assert description.preprocessing.channels == 1
+        assert description.info["provenance"]["validation_images"] > 0
 
 
 def test_bundled_model_was_made_by_the_default_recipe():
-    """`pneumocnn train DATA` (the default recipe) is the command that made the bundled model
-    (its provenance names the random seed by its old name, ``seed``)."""
+    """`pneumocnn train DATA` (the default recipe) is the command that made the bundled model."""
     from pneumocnn.training.settings import TrainingConfig, config_from_dict
 
     provenance = pneumocnn.load().description.info["provenance"]

@@ -315,8 +315,8 @@ def single_byte_figures(model: bytes, change: int) -> dict[str, int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("change", [0xFF, 0x01])
 def test_every_position_of_the_bundled_model_is_checked(bundled, change):
-    """All 263,976 one-byte changes of the bundled model (each bit inverted, or the lowest
-    bit) are refused before LiteRT sees the bytes (about a minute each)."""
+    """Every one-byte change of the bundled int8 model (each bit inverted, or the lowest
+    bit) is refused before LiteRT sees the bytes (about a minute each)."""
     figures = single_byte_figures(bundled, change)
     print(f"\nXOR {change:#04x}: {figures}")
     assert "passed" not in figures and sum(figures.values()) == len(bundled)
