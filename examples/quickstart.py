@@ -1,4 +1,4 @@
-"""Quickstart: score the example X-rays with the bundled int8 model.
+"""Quickstart: score the example X-rays with the bundled model (its fastest variant here).
 
     python examples/quickstart.py
 """
@@ -9,7 +9,7 @@ import pneumocnn
 
 xrays = Path(__file__).parent / "xrays"
 
-model = pneumocnn.load()  # the bundled int8 model; pneumocnn.load("my.tflite") for another
+model = pneumocnn.load()  # the bundled model; pneumocnn.load("my.tflite") for another
 print(model)
 
 result = model.predict(xrays / "person1340_virus_2312.jpeg")  # one input, one Prediction
