@@ -291,7 +291,7 @@ def test_thousands_of_overwritten_bundled_models(bundled, tmp_path):
     unchanged = sum(content == bundled for _, content in tflite_variants(
         bundled, truncations=0, flips=5000, randoms=0, seed=1))  # bytes overwritten by themselves
     assert sum(stamped.values()) == 5000 and "loaded, other answer" not in stamped
-    assert stamped.get("loaded, same answer", 0) == unchanged  # 0 for this seed
+    assert stamped.get("loaded, same answer", 0) == unchanged  # 3 for the file of 2026-12-02
 
 
 def single_byte_figures(model: bytes, change: int) -> dict[str, int]:
