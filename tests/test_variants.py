@@ -72,8 +72,24 @@ def test_another_thread_count_is_another_choice(folder, monkeypatch):
 def test_the_fastest_wins_and_the_smaller_file_among_near_ties(folder, monkeypatch, timings,
                                                                chosen):
     assert TINY_FLOAT.stat().st_size < TINY_INT8.stat().st_size
-    monkeypatch.setattr(variants, "_time", lambda *args: timings)
+    samples = {name: [ms] * variants.ROUNDS * variants.CALLS_PER_ROUND for name, ms in timings.items()}
+    monkeypatch.setattr(variants, "_time", lambda *args: samples)
     assert pneumocnn.load(folder).variant.variant == chosen
+
+
+def test_an_unsteady_choice_is_used_but_not_remembered(folder, monkeypatch, variant_cache):
+    """On a busy CPU the two halves of the rounds may choose differently: the choice is used,
+    said to be unsteady, and timed again at the next load."""
+    half = variants.ROUNDS * variants.CALLS_PER_ROUND // 2
+    samples = {"int8": [1.0] * half + [3.0] * half, "dynamic-int8": [2.0] * (2 * half)}
+    monkeypatch.setattr(variants, "_time", lambda *args: samples)
+    model = pneumocnn.load(folder)
+    assert "unsteady" in model.variant.reason
+    assert not (variant_cache / "variants.json").exists()
+    steady = {"int8": [1.0] * (2 * half), "dynamic-int8": [2.0] * (2 * half)}
+    monkeypatch.setattr(variants, "_time", lambda *args: steady)
+    assert "unsteady" not in pneumocnn.load(folder).variant.reason
+    assert (variant_cache / "variants.json").exists()
 
 
 def test_variant_forces_one_and_an_absent_one_is_named(folder):

@@ -79,8 +79,9 @@ def open_variant(folder: Path, threads: int | None, variant: str | None
         choice = _remembered(key, names)
         if choice is None:
             opened = {name: candidate.open(threads) for name, candidate in candidates.items()}
-            choice = _fastest(opened, candidates, names)
-            _remember(key, choice)
+            choice, steady = _fastest(opened, candidates, names)
+            if steady:
+                _remember(key, choice)
             chosen = candidates[choice.variant]
             return opened[choice.variant], chosen.description, chosen.path, choice
     chosen = candidates[choice.variant]
@@ -124,15 +125,33 @@ def _model_of(description: ModelDescription) -> tuple:
 
 
 def _fastest(opened: dict[str, TFLiteBackend], candidates: dict[str, _Candidate],
-             names: tuple[str, ...]) -> VariantChoice:
-    """Time every opened variant; the fastest wins, the smallest file among near ties."""
+             names: tuple[str, ...]) -> tuple[VariantChoice, bool]:
+    """Time every opened variant: the fastest wins, the smallest file among near ties. Also
+    whether the choice is steady (the first and the second half of the rounds choose alike):
+    on a busy CPU they may not, and such a choice is used but not remembered."""
     spec = next(iter(candidates.values())).description.preprocessing
-    timings = _time(opened, spec.height, spec.width)
+    samples = _time(opened, spec.height, spec.width)
+    sizes = {name: len(candidate.content) for name, candidate in candidates.items()}
+    timings = {name: _median(ms) for name, ms in samples.items()}
+    chosen = _winner(timings, sizes)
+    half = ROUNDS * CALLS_PER_ROUND // 2
+    halves = [_winner({name: _median(ms[part]) for name, ms in samples.items()}, sizes)
+              for part in (slice(None, half), slice(half, None))]
+    steady = halves == [chosen, chosen]
+    reason = f"fastest here, timed at load: {_timings_text(timings)}"
+    if not steady:
+        reason += "; the timings were unsteady (a busy CPU?): not remembered, timed again next load"
+    return VariantChoice(chosen, names, reason, timings), steady
+
+
+def _winner(timings: dict[str, float], sizes: dict[str, int]) -> str:
     fastest = min(timings.values())
-    tied = [name for name in names if timings[name] <= fastest * (1 + TIE)]
-    chosen = min(tied, key=lambda name: len(candidates[name].content))
-    return VariantChoice(chosen, names, f"fastest here, timed at load: {_timings_text(timings)}",
-                         timings)
+    tied = [name for name in timings if timings[name] <= fastest * (1 + TIE)]
+    return min(tied, key=sizes.__getitem__)
+
+
+def _median(ms: list[float]) -> float:
+    return round(float(np.median(ms)), 3)
 
 
 def _remembered(key: str, names: tuple[str, ...]) -> VariantChoice | None:
@@ -144,9 +163,9 @@ def _remembered(key: str, names: tuple[str, ...]) -> VariantChoice | None:
                          f"{entry.get('measured', '?')}: {_timings_text(timings)}", timings)
 
 
-def _time(opened: dict[str, TFLiteBackend], height: int, width: int) -> dict[str, float]:
-    """Median milliseconds of one answer of each backend, on the same pixels, in interleaved
-    rounds after one warm-up round."""
+def _time(opened: dict[str, TFLiteBackend], height: int, width: int) -> dict[str, list[float]]:
+    """Milliseconds of each answer of each backend, on the same pixels, in interleaved rounds
+    after one warm-up round, in the order taken."""
     samples: dict[str, list[float]] = {name: [] for name in opened}
     pixels = np.random.default_rng(0).integers(0, 256, (1, height, width), np.uint8)
     for round_ in range(ROUNDS + 1):
@@ -155,8 +174,8 @@ def _time(opened: dict[str, TFLiteBackend], height: int, width: int) -> dict[str
                 start = time.perf_counter()
                 backend.probabilities(pixels)
                 if round_:
-                    samples[name].append(time.perf_counter() - start)
-    return {name: round(float(np.median(times)) * 1e3, 3) for name, times in samples.items()}
+                    samples[name].append((time.perf_counter() - start) * 1e3)
+    return samples
 
 
 def _timings_text(timings: dict[str, float]) -> str:
