@@ -26,6 +26,14 @@ def folder(tmp_path) -> Path:
     return models
 
 
+@pytest.fixture
+def steady_timing(monkeypatch):
+    """Timings that always choose int8 in both halves of the rounds (a quiet CPU)."""
+    calls = variants.ROUNDS * variants.CALLS_PER_ROUND
+    monkeypatch.setattr(variants, "_time", lambda *args: {"int8": [1.0] * calls,
+                                                          "dynamic-int8": [2.0] * calls})
+
+
 def test_a_folder_loads_one_of_its_variants_and_says_why(folder, variant_cache):
     model = pneumocnn.load(folder)
     assert model.variant.candidates == ("dynamic-int8", "int8")
@@ -37,11 +45,12 @@ def test_a_folder_loads_one_of_its_variants_and_says_why(folder, variant_cache):
     assert "fastest here, timed at load" in repr(model)
     image = real_images("PNEUMONIA", 1)[0]
     assert model.predict(image).label in model.labels
-    remembered = json.loads((variant_cache / "variants.json").read_text())
-    assert [entry["variant"] for entry in remembered.values()] == [model.variant.variant]
+    if "unsteady" not in model.variant.reason:  # remembered unless the CPU was busy
+        remembered = json.loads((variant_cache / "variants.json").read_text())
+        assert [entry["variant"] for entry in remembered.values()] == [model.variant.variant]
 
 
-def test_the_choice_is_remembered_and_not_timed_again(folder, monkeypatch):
+def test_the_choice_is_remembered_and_not_timed_again(folder, monkeypatch, steady_timing):
     first = pneumocnn.load(folder)
 
     def no_timing(*args):
@@ -54,11 +63,13 @@ def test_the_choice_is_remembered_and_not_timed_again(folder, monkeypatch):
     assert "when timed on" in again.variant.reason
 
 
-def test_another_thread_count_is_another_choice(folder, monkeypatch):
+def test_another_thread_count_is_another_choice(folder, monkeypatch, steady_timing):
     pneumocnn.load(folder, threads=1)
     timed = []
-    original = variants._time
-    monkeypatch.setattr(variants, "_time", lambda *args: timed.append(1) or original(*args))
+    steady = variants._time
+    monkeypatch.setattr(variants, "_time", lambda *args: timed.append(1) or steady(*args))
+    pneumocnn.load(folder, threads=1)
+    assert not timed  # remembered for one thread
     pneumocnn.load(folder, threads=2)
     assert timed
 
@@ -103,7 +114,8 @@ def test_variant_forces_one_and_an_absent_one_is_named(folder):
         pneumocnn.load(TINY_INT8, variant="float16")
 
 
-def test_a_damaged_or_unwritable_cache_costs_only_the_timing(folder, variant_cache):
+def test_a_damaged_or_unwritable_cache_costs_only_the_timing(folder, variant_cache,
+                                                            steady_timing):
     variant_cache.mkdir()
     (variant_cache / "variants.json").write_text("{not json")
     assert pneumocnn.load(folder).variant.timings_ms
