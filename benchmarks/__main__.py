@@ -88,7 +88,7 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     from benchmarks.latency import batch1_latency, throughput
     from benchmarks.pipeline import training_pipelines
     from benchmarks.quality import score
-    from benchmarks.variants import build_variants, load_default, load_keras
+    from benchmarks.variants import build_variants, load_default, load_keras, variant_cache
     from pneumocnn.core.folders import index_folder
     from pneumocnn.training.data import decode_all
     from pneumocnn.training.settings import saved_config
@@ -118,13 +118,13 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     latency = batch1_latency(variants, inputs, plan.latency_calls, plan.warmup)
     log("batch-32 throughput")
     batches = throughput(variants, inputs, plan.throughput_rounds, max(1, plan.warmup // 5))
-    int8 = run_dir / "model-int8.tflite"
     files = list(index_folder(args.full_resolution).paths)[: plan.e2e_files] if plan.e2e_files else \
         list(index_folder(args.full_resolution).paths)
     log(f"end to end on {len(files)} full-size files")
     e2e = end_to_end(files, default.all_cores, keras_model, plan.e2e_passes)
     log("cold start")
-    cold = cold_start(int8, keras_model.path, files[0], plan.coldstart_repeats)
+    with variant_cache(work / "variant-cache"):  # the choice load_default remembered
+        cold = cold_start(default.folder, keras_model.path, files[0], plan.coldstart_repeats)
     if args.train_data:
         train_images, train_source = folder_images(args.train_data), f"folder {args.train_data}"
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from benchmarks.coldstart import OURS
 from benchmarks.variants import thread_counts
 
 INT8 = "litert-int8-{}t"
@@ -126,7 +127,7 @@ def evaluate_targets(results: dict) -> list[dict]:
                          f"naive PIL + Keras path: {e2e['naive']['median_pass_s'] / floor:.1f}x"))
     cold = results.get("cold_start")
     if cold:
-        ours, keras = cold["pneumocnn (LiteRT int8)"], cold["Keras (TensorFlow float)"]
+        ours, keras = cold[OURS], cold["Keras (TensorFlow float)"]
         rows.append(_row("runtime cold start (import to first answer)", ours["median_s"],
                          "<= 0.3 s", ours["median_s"] <= 0.3, " s", f"Keras: {keras['median_s']:.2f} s"))
         rows.append(_row("runtime peak RSS", ours["max_peak_rss_mb"], "<= 80 MB",

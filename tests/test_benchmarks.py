@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import FULL_RESOLUTION, REPO, TINY_FLOAT, TINY_INT8, real_images
 
+from benchmarks.coldstart import OURS
+
 BUNDLED_RUN = REPO / "benchmarks" / "bundled-run"
 
 
@@ -63,7 +65,7 @@ def test_quick_benchmark_writes_results(tiny_run, tiny_data, tmp_path):
     assert set(e2e) == {"pneumocnn", "decode+invoke", "floor", "naive decode", "naive", "folder"}
     assert f"({defaults[-1]['quantization']})" in e2e["pneumocnn"]["label"]
     assert e2e["folder"]["vs_single_calls"] > 0
-    cold = results["cold_start"]["pneumocnn (LiteRT int8)"]
+    cold = results["cold_start"][OURS]
     assert cold["median_s"] > 0 and cold["max_peak_rss_mb"] > 0
     assert not cold["tensorflow_imported"]
     assert set(results["pipeline"]["pipelines"]) == {"pneumocnn", "in-memory", "seed"}
