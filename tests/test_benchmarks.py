@@ -234,3 +234,26 @@ def test_the_default_recipe_is_the_studys_chosen_configuration():
 
     studied = make_config("seed", **study_settings(BY_NAME[CHOSEN], fold=0))
     assert dataclasses.replace(studied, fold=None) == TrainingConfig()
+
+
+@pytest.mark.training
+def test_candidate_architectures_export_as_pneumocnn_would_and_are_tabled(tmp_path):
+    """benchmarks.architectures: a small candidate exports with one input channel in float32
+    and int8 (float head), loads in pneumocnn, and the table compares rows with the first."""
+    from benchmarks import architectures
+    from pneumocnn.core.modelfile import read_from_tflite
+
+    model = architectures._cnn(32, (4, 8), separable_from=1)
+    for quantization in architectures.QUANTIZATIONS:
+        description = read_from_tflite(architectures.export(model, quantization), "candidate")
+        assert description.preprocessing.input_shape == (32, 32, 1)
+        assert description.info["quantization"] == quantization
+    first = next(iter(architectures.CANDIDATES))
+    rows = [{"candidate": first, "quantization": "int8", "threads": 1, "size_bytes": 2048,
+             "parameters": 10, "median_ms": 2.0, "p95_ms": 3.0},
+            {"candidate": "other", "quantization": "int8", "threads": 1, "size_bytes": 1024,
+             "parameters": 5, "median_ms": 1.0, "p95_ms": 1.5}]
+    machine = {"cpu": "CPU", "cpu_features": {"class": "x86-64 AVX2, no VNNI"}, "cores": 2,
+               "versions": {"ai-edge-litert": "2.3.0"}}
+    text = architectures.table(rows, machine)
+    assert "| other | int8 | 1 | 5 | 1 | 1.00 | 1.50 | 0.50x |" in text
