@@ -113,7 +113,8 @@ def table(rows: list[dict], machine: dict) -> str:
              f"({machine['cpu_features']['class']}), {machine['cores']} cores, ai-edge-litert "
              f"{machine['versions'].get('ai-edge-litert')}. Batch 1 through pneumocnn's LiteRT "
              f"backend, {ROUNDS} interleaved rounds of {CALLS} calls after warm-up. Latency only: "
-             "whether a candidate keeps accuracy is for the study to say.", "",
+             "whether a candidate keeps accuracy is for the study to say. Load average (1 min) at "
+             f"start: {machine.get('load_average_at_start')}.", "",
              "| candidate | quantization | threads | parameters | size KB | median ms | p95 ms "
              "| vs the bundled model's layout |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
