@@ -45,9 +45,8 @@ def test_a_folder_loads_one_of_its_variants_and_says_why(folder, variant_cache):
     assert "fastest here, timed at load" in repr(model)
     image = real_images("PNEUMONIA", 1)[0]
     assert model.predict(image).label in model.labels
-    if "unsteady" not in model.variant.reason:  # remembered unless the CPU was busy
-        remembered = json.loads((variant_cache / "variants.json").read_text())
-        assert [entry["variant"] for entry in remembered.values()] == [model.variant.variant]
+    remembered = json.loads((variant_cache / "variants.json").read_text())
+    assert [entry["variant"] for entry in remembered.values()] == [model.variant.variant]
 
 
 def test_the_choice_is_remembered_and_not_timed_again(folder, monkeypatch, steady_timing):
@@ -88,19 +87,19 @@ def test_the_fastest_wins_and_the_smaller_file_among_near_ties(folder, monkeypat
     assert pneumocnn.load(folder).variant.variant == chosen
 
 
-def test_an_unsteady_choice_is_used_but_not_remembered(folder, monkeypatch, variant_cache):
-    """On a busy CPU the two halves of the rounds may choose differently: the choice is used,
-    said to be unsteady, and timed again at the next load."""
+def test_an_unsteady_choice_says_so_and_is_remembered_all_the_same(folder, monkeypatch,
+                                                                   variant_cache):
+    """On a busy CPU the two halves of the rounds may choose differently: the reason says so,
+    and the choice is still remembered, so that later runs of the same command on this machine
+    give the same answers."""
     half = variants.ROUNDS * variants.CALLS_PER_ROUND // 2
     samples = {"int8": [1.0] * half + [3.0] * half, "dynamic-int8": [2.0] * (2 * half)}
     monkeypatch.setattr(variants, "_time", lambda *args: samples)
     model = pneumocnn.load(folder)
     assert "unsteady" in model.variant.reason
-    assert not (variant_cache / "variants.json").exists()
     steady = {"int8": [1.0] * (2 * half), "dynamic-int8": [2.0] * (2 * half)}
     monkeypatch.setattr(variants, "_time", lambda *args: steady)
-    assert "unsteady" not in pneumocnn.load(folder).variant.reason
-    assert (variant_cache / "variants.json").exists()
+    assert pneumocnn.load(folder).variant.variant == model.variant.variant
 
 
 def test_variant_forces_one_and_an_absent_one_is_named(folder):

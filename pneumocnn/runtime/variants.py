@@ -79,9 +79,8 @@ def open_variant(folder: Path, threads: int | None, variant: str | None
         choice = _remembered(key, names)
         if choice is None:
             opened = {name: candidate.open(threads) for name, candidate in candidates.items()}
-            choice, steady = _fastest(opened, candidates, names)
-            if steady:
-                _remember(key, choice)
+            choice = _fastest(opened, candidates, names)
+            _remember(key, choice)
             chosen = candidates[choice.variant]
             return opened[choice.variant], chosen.description, chosen.path, choice
     chosen = candidates[choice.variant]
@@ -125,10 +124,11 @@ def _model_of(description: ModelDescription) -> tuple:
 
 
 def _fastest(opened: dict[str, TFLiteBackend], candidates: dict[str, _Candidate],
-             names: tuple[str, ...]) -> tuple[VariantChoice, bool]:
-    """Time every opened variant: the fastest wins, the smallest file among near ties. Also
-    whether the choice is steady (the first and the second half of the rounds choose alike):
-    on a busy CPU they may not, and such a choice is used but not remembered."""
+             names: tuple[str, ...]) -> VariantChoice:
+    """Time every opened variant: the fastest wins, the smallest file among near ties. When the
+    first and the second half of the rounds choose differently (a busy CPU), the reason says
+    so; the choice is remembered all the same, so that the same command keeps giving the same
+    answers on this machine (delete the cache file, or pass ``variant=``, to choose again)."""
     spec = next(iter(candidates.values())).description.preprocessing
     samples = _time(opened, spec.height, spec.width)
     sizes = {name: len(candidate.content) for name, candidate in candidates.items()}
@@ -137,11 +137,10 @@ def _fastest(opened: dict[str, TFLiteBackend], candidates: dict[str, _Candidate]
     half = ROUNDS * CALLS_PER_ROUND // 2
     halves = [_winner({name: _median(ms[part]) for name, ms in samples.items()}, sizes)
               for part in (slice(None, half), slice(half, None))]
-    steady = halves == [chosen, chosen]
     reason = f"fastest here, timed at load: {_timings_text(timings)}"
-    if not steady:
-        reason += "; the timings were unsteady (a busy CPU?): not remembered, timed again next load"
-    return VariantChoice(chosen, names, reason, timings), steady
+    if halves != [chosen, chosen]:
+        reason += "; the timings were unsteady (a busy CPU?)"
+    return VariantChoice(chosen, names, reason, timings)
 
 
 def _winner(timings: dict[str, float], sizes: dict[str, int]) -> str:
