@@ -119,6 +119,11 @@ def test_a_damaged_or_unwritable_cache_costs_only_the_timing(folder, variant_cac
     (variant_cache / "variants.json").write_text("{not json")
     assert pneumocnn.load(folder).variant.timings_ms
     assert json.loads((variant_cache / "variants.json").read_text())  # rewritten
+    entries = json.loads((variant_cache / "variants.json").read_text())
+    for entry in entries.values():
+        entry["timings_ms"] = {"int8": "fast"}  # valid JSON, not a timing
+    (variant_cache / "variants.json").write_text(json.dumps(entries))
+    assert pneumocnn.load(folder).variant.timings_ms == {"int8": 1.0, "dynamic-int8": 2.0}
     (variant_cache / "variants.json").unlink()
     variant_cache.rmdir()
     variant_cache.write_text("a file where the cache folder should be")

@@ -157,7 +157,10 @@ def _remembered(key: str, names: tuple[str, ...]) -> VariantChoice | None:
     entry = _read_cache().get(key)
     if not isinstance(entry, dict) or entry.get("variant") not in names:
         return None
-    timings = {name: float(ms) for name, ms in entry.get("timings_ms", {}).items()}
+    try:
+        timings = {str(name): float(ms) for name, ms in entry.get("timings_ms", {}).items()}
+    except (AttributeError, TypeError, ValueError):  # an entry damaged or edited by hand
+        return None
     return VariantChoice(entry["variant"], names, f"fastest here when timed on "
                          f"{entry.get('measured', '?')}: {_timings_text(timings)}", timings)
 
