@@ -1,8 +1,8 @@
 """pneumocnn: pneumonia triage on chest X-rays with small, self-describing TFLite models.
 
-Inference (``load``, ``predict``, ``evaluate`` on ``.tflite`` files) needs only numpy, Pillow
-and LiteRT; ``train`` and ``convert`` need TensorFlow (``pip install 'pneumocnn[train]'``) and
-import it only when called.
+Inference (``load``, ``predict``, ``evaluate``, and ``calibrate`` to a site's own X-rays, on
+``.tflite`` files) needs only numpy, Pillow and LiteRT; ``train`` and ``convert`` need
+TensorFlow (``pip install 'pneumocnn[train]'``) and import it only when called.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pneumocnn.core.errors import (
 )
 from pneumocnn.runtime.evaluation import evaluate
 from pneumocnn.runtime.model import Model, Prediction, load, predict
+from pneumocnn.runtime.site import SiteCalibration, calibrate
 
 if TYPE_CHECKING:
     from pneumocnn.training.trainer import TrainingResult
@@ -55,7 +56,9 @@ __all__ = [
     "ModelFileError",
     "PneumocnnError",
     "Prediction",
+    "SiteCalibration",
     "__version__",
+    "calibrate",
     "convert",
     "evaluate",
     "load",

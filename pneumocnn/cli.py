@@ -1,4 +1,5 @@
-"""The ``pneumocnn`` command line: predict, explain, triage, evaluate, info, train, convert.
+"""The ``pneumocnn`` command line: predict, explain, triage, evaluate, calibrate, info, train,
+convert.
 
 Exit codes: 0 success; 1 some inputs could not be scored (the rest were); 2 usage error,
 including a model or data folder that cannot be used. ``predict --csv FILE --resume`` continues
@@ -84,6 +85,28 @@ def _parser() -> argparse.ArgumentParser:
                                  "reliability PNGs")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser(
+        "calibrate", help="refit a model's calibration and threshold on a site's own X-rays",
+        description="Labelled: refit temperature and bias on the site's X-rays and choose the "
+        "threshold for --target-sensitivity there; report sensitivity and specificity with "
+        "bootstrap 95 %% intervals. --unlabelled: estimate the site's pneumonia share and shift "
+        "the calibration to it. Writes a new model whose description records the calibration.")
+    p.add_argument("model", nargs="?", help=".tflite file, or folder of variants of one model "
+                                            "(default: the bundled models)")
+    p.add_argument("folder", help="the site's X-rays: NORMAL/ and PNEUMONIA/ subfolders (with "
+                                  "--unlabelled: any folder, searched recursively)")
+    p.add_argument("--out", required=True, help="the site model to write: a .tflite file, or a "
+                                                "folder for a folder of variants")
+    p.add_argument("--target-sensitivity", type=float, default=0.97,
+                   help="sensitivity the threshold is chosen for (default: %(default)s)")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="FOLDER holds unlabelled X-rays: re-estimate the pneumonia share only")
+    p.add_argument("--training-prior", type=float,
+                   help="with --unlabelled: the pneumonia share the model's calibration assumes "
+                        "(default: read from its description)")
+    p.add_argument("--json", action="store_true", help="print the recorded calibration as JSON")
+    p.set_defaults(run=_calibrate)
 
     p = commands.add_parser("explain", help="draw what drove the answer for one X-ray")
     p.add_argument("image", help="image or DICOM file")
@@ -222,6 +245,21 @@ def _evaluate(args) -> int:
     return SOME_FAILED if result.failed else OK
 
 
+def _calibrate(args) -> int:
+    from pneumocnn.runtime.site import calibrate
+
+    result = calibrate(args.model, args.folder, args.out,
+                       target_sensitivity=args.target_sensitivity, unlabelled=args.unlabelled,
+                       training_prior=args.training_prior)
+    if args.json:
+        print(json.dumps(result.record, indent=1))
+        for entry in result.unreadable:
+            print(f"pneumocnn calibrate: skipped {entry}", file=sys.stderr)
+    else:
+        print(result)  # the report names the images skipped
+    return SOME_FAILED if result.unreadable else OK
+
+
 def _explain(args) -> int:
     from pneumocnn.runtime.explain import grad_cam, occlusion, overlay, save_png
 
@@ -243,9 +281,12 @@ def _triage(args) -> int:
 
 
 def _info(args) -> int:
+    from pneumocnn.runtime.site import describe
 
     model = _load(args)
     print(model)
+    for line in describe(model.description):
+        print(line)
     if model.description.sha256:
         print(f"digest: sha256 {model.description.sha256}, checked at load")
     elif str(model.path).endswith(".keras"):

@@ -1,8 +1,10 @@
-"""Binary classification metrics, threshold choice and probability calibration, on numpy."""
+"""Binary classification metrics, threshold choice, probability calibration, a new site's
+class prior (EM) and bootstrap confidence intervals, on numpy."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -122,6 +124,71 @@ def fit_calibration(labels: np.ndarray, probabilities: np.ndarray) -> tuple[floa
         inverse_t = _golden_minimum(lambda a, b=bias: log_loss(a, b), 1 / 20, 20.0)
         bias = _golden_minimum(lambda b, a=inverse_t: log_loss(a, b), -10.0, 10.0)
     return 1.0 / inverse_t, bias
+
+
+@dataclass(frozen=True)
+class PriorEstimate:
+    """The positive-class share of a set of images estimated from a model's outputs:
+    ``prior``, after ``iterations`` EM steps (``converged`` False when the step limit ended
+    them)."""
+
+    prior: float
+    iterations: int
+    converged: bool
+
+
+def estimate_prior(probabilities: np.ndarray, training_prior: float, *,
+                   tolerance: float = 1e-8, max_iterations: int = 10_000) -> PriorEstimate:
+    """The positive-class share of unlabelled images, by EM on calibrated probabilities
+    (Saerens, Latinne and Decaestecker 2002, *Adjusting the outputs of a classifier to new a
+    priori probabilities*).
+
+    ``probabilities`` are posteriors calibrated under the positive share ``training_prior``.
+    Each step re-weighs them to the current estimate ``prior`` and averages them:
+    ``p'_i = prior/training_prior * p_i / (prior/training_prior * p_i +
+    (1-prior)/(1-training_prior) * (1-p_i))``, ``prior = mean(p'_i)``, from
+    ``prior = training_prior`` until it moves less than ``tolerance``. It assumes that only the
+    share differs (the images of each class look as they did where the model was calibrated)."""
+    if not 0.0 < training_prior < 1.0:
+        raise ValueError(f"training prior must lie in (0, 1), got {training_prior}")
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.size == 0 or not np.all((p >= 0) & (p <= 1)):  # NaN fails too
+        raise ValueError("estimate_prior needs probabilities in [0, 1], at least one")
+    prior = training_prior
+    for iteration in range(1, max_iterations + 1):
+        positive = prior / training_prior * p
+        negative = (1 - prior) / (1 - training_prior) * (1 - p)
+        updated = float(np.mean(positive / (positive + negative)))
+        moved, prior = abs(updated - prior), updated
+        if moved < tolerance:
+            return PriorEstimate(prior, iteration, True)
+    return PriorEstimate(prior, max_iterations, False)
+
+
+def bootstrap_interval(hits: np.ndarray, *, level: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the share of true values in ``hits`` (a
+    sensitivity: the pneumonias called; a specificity: the normals cleared).
+
+    Drawing ``n`` items with replacement from ``n`` of which ``k`` are hits gives
+    Binomial(``n``, ``k/n``) hits, so the ``resamples`` are drawn as that (the same
+    distribution as resampling the items, vectorised, in memory independent of ``n``), with a
+    fixed ``seed``. A share of 0 or 1 cannot vary under resampling: there the interval's free
+    end is the exact (Clopper-Pearson) bound instead, ``((1 - level) / 2) ** (1 / n)`` from the
+    end, not a zero-width interval. ``(nan, nan)`` for no items."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"confidence level must lie in (0, 1), got {level}")
+    h = np.asarray(hits).astype(bool)
+    n, k = h.size, int(h.sum())
+    if n == 0:
+        return math.nan, math.nan
+    tail = (1 - level) / 2
+    if k in (0, n):
+        exact = tail ** (1 / n)
+        return (exact, 1.0) if k == n else (0.0, 1 - exact)
+    draws = np.random.default_rng(seed).binomial(n, k / n, resamples) / n
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def _golden_minimum(function, low: float, high: float, steps: int = 60) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn.core.files import write_text
-from pneumocnn.core.folders import index_folder
+from pneumocnn.core.folders import LabelledImages, index_folder
 from pneumocnn.core.metrics import binary_metrics, roc_curve
 from pneumocnn.runtime.model import Model, Prediction, load
 
@@ -57,14 +57,8 @@ def evaluate(
     """
     if not isinstance(model, Model):
         model = load(model)
-    images = index_folder(folder)
-    if [n.upper() for n in images.class_names] != [n.upper() for n in model.labels]:
-        log.warning("folder classes %s are taken as the model's labels %s",
-                    images.class_names, model.labels)
-    predictions = model.predict([str(p) for p in images.paths], threshold=threshold)
+    images, predictions = score_labelled(model, folder, threshold)
     scored = np.array([p.ok for p in predictions])
-    if not scored.any():
-        raise ValueError(f"{folder}: none of the images could be read")
     probabilities = np.array([p.probability for p in predictions])[scored]
     cutoff = predictions[0].threshold
     metrics = binary_metrics(images.labels[scored], probabilities, cutoff)
@@ -75,6 +69,21 @@ def evaluate(
     if out is not None:
         _write(result, images.labels[scored], probabilities, Path(out), model.labels)
     return result
+
+
+def score_labelled(model: Model, folder: str | os.PathLike, threshold: float | None = None
+                   ) -> tuple[LabelledImages, list[Prediction]]:
+    """Index ``folder/{NORMAL,PNEUMONIA}`` and score each image with ``model``, in the
+    index's order; an unreadable image gets a :class:`Prediction` with ``error`` set. Raises
+    ``ValueError`` when none could be read."""
+    images = index_folder(folder)
+    if [n.upper() for n in images.class_names] != [n.upper() for n in model.labels]:
+        log.warning("folder classes %s are taken as the model's labels %s",
+                    images.class_names, model.labels)
+    predictions = model.predict([str(p) for p in images.paths], threshold=threshold)
+    if not any(p.ok for p in predictions):
+        raise ValueError(f"{folder}: none of the images could be read")
+    return images, predictions
 
 
 def _write(result: Evaluation, labels, probabilities, out: Path, names) -> None:

@@ -7,7 +7,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -86,6 +86,13 @@ class Model:
         chosen = f", variant: {self.variant}" if self.variant else ""
         return (f"Model({self.path!r}, {info.get('architecture', '?')}, "
                 f"{info.get('quantization', 'keras')}, threshold={self.threshold:.4f}{chosen})")
+
+    def uncalibrated(self) -> Model:
+        """This model answering with its raw output, before the description's temperature and
+        bias (on the same interpreter, through the same ``predict`` path); what a calibration
+        is fitted on."""
+        raw = replace(self.description, temperature=1.0, bias=0.0)
+        return Model(self._backend, raw, self.path, self.variant)
 
     def predict(
         self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None
@@ -170,11 +177,7 @@ def load(path: str | os.PathLike | None = None, *, threads: int | None = None,
     remembered; see :mod:`pneumocnn.runtime.variants`), or ``variant`` (``"int8"``,
     ``"float16"``, ...) when given; ``Model.variant`` says which and why. ``threads`` sets the
     interpreter's CPU threads (default: all cores)."""
-    if path is None:
-        path = Path(str(resources.files("pneumocnn") / "models"))
-        if not any(path.glob("*.tflite")):
-            raise ModelFileError(str(path), "the bundled models are missing from this install")
-    path = Path(path)
+    path = bundled_models() if path is None else Path(path)
     if path.is_dir():
         backend, description, file, choice = open_variant(path, threads, variant)
         return Model(backend, description, str(file), choice)
@@ -184,6 +187,14 @@ def load(path: str | os.PathLike | None = None, *, threads: int | None = None,
         raise ValueError(f"{path} is the {own} variant, not {variant!r}; pass its folder to "
                          f"choose among variants")
     return Model(backend, description, str(path))
+
+
+def bundled_models() -> Path:
+    """The folder of the models bundled with pneumocnn (what ``load()`` loads)."""
+    path = Path(str(resources.files("pneumocnn") / "models"))
+    if not any(path.glob("*.tflite")):
+        raise ModelFileError(str(path), "the bundled models are missing from this install")
+    return path
 
 
 _default: Model | None = None

@@ -87,6 +87,12 @@ def open_variant(folder: Path, threads: int | None, variant: str | None
     return chosen.open(threads), chosen.description, chosen.path, choice
 
 
+def variant_files(folder: Path) -> dict[str, Path]:
+    """The ``.tflite`` files of a model folder by variant name (``"int8"``, ``"float16"``, ...),
+    checked to be variants of one model as :func:`open_variant` checks them; nothing is timed."""
+    return {name: candidate.path for name, candidate in _candidates(folder).items()}
+
+
 @dataclass(frozen=True)
 class _Candidate:
     path: Path

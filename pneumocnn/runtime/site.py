@@ -1,0 +1,421 @@
+"""Site calibration: refit a model's probability calibration and threshold on a clinic's own
+X-rays, and write a model file whose description records it.
+
+A model's calibration (``sigmoid(logit(p) / T + b)``) and threshold were chosen on images of
+the centre it was trained at. At another site X-rays look different (framing, processing,
+detectors) and pneumonia is more or less common: the probabilities drift, and the threshold no
+longer gives the sensitivity it was chosen for. :func:`calibrate` refits them there:
+
+- **labelled** (``FOLDER/{NORMAL,PNEUMONIA}``): temperature and bias fitted on the site's
+  images by Platt scaling of the model's raw logit (as training fits them on validation), the
+  threshold chosen for the target sensitivity, and sensitivity and specificity reported with
+  bootstrap 95 % intervals, cross-validated over patient folds and on the images that chose the
+  threshold (optimistic);
+- **unlabelled** (any folder of X-rays): the site's pneumonia share estimated by EM on the
+  model's calibrated outputs, and the calibration bias shifted to it.
+
+A folder of variants (the bundled models) gives a folder: one calibration, fitted on the outputs
+of its most precise variant (as training fits one on the float model for all its exports), is
+written into every variant, so that ``load(SITE_MODEL)`` still chooses among them; the figures
+are measured for each variant on its own outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pneumocnn.core.errors import DatasetError, ModelFileError
+from pneumocnn.core.files import write_bytes
+from pneumocnn.core.folders import patient_folds
+from pneumocnn.core.metrics import (
+    bootstrap_interval,
+    estimate_prior,
+    expected_calibration_error,
+    fit_calibration,
+    logit,
+    roc_auc,
+    threshold_for_sensitivity,
+)
+from pneumocnn.core.modelfile import ModelDescription, embed_in_tflite
+from pneumocnn.runtime.backends import read_tflite
+from pneumocnn.runtime.evaluation import score_labelled
+from pneumocnn.runtime.model import Model, bundled_models, load
+from pneumocnn.runtime.variants import variant_files
+
+TARGET_SENSITIVITY = 0.97
+# Fewest images of each class to fit the calibration's two parameters on: the usual 10 events
+# of the rarer outcome per fitted parameter of a logistic model.
+MIN_PER_CLASS = 20
+# Fewest unlabelled images: the estimated share's sampling error, at most 0.5 / sqrt(n), is
+# then at most 0.1.
+MIN_UNLABELLED = 25
+FOLDS = 5
+RESAMPLES = 2000
+SEED = 0
+# Which variant of a folder the calibration is fitted on: the first present, most precise first.
+PRECISION = ("float32", "float16", "dynamic-int8", "int8")
+KEY = "site_calibration"  # the record's key in the description's info
+
+
+@dataclass(frozen=True)
+class SiteCalibration:
+    """What :func:`calibrate` did: the site model's ``description`` (of the variant the
+    calibration was fitted on; ``record`` is its ``info["site_calibration"]``), the files
+    ``written`` by variant, and the site images that could not be read (``"file: reason"``),
+    which were skipped. ``str()`` is the report the command line prints."""
+
+    description: ModelDescription
+    written: dict[str, Path]
+    unreadable: tuple[str, ...]
+
+    @property
+    def record(self) -> dict:
+        """The site calibration as recorded in the written files' descriptions."""
+        return self.description.info[KEY]
+
+    def __str__(self) -> str:
+        lines = describe(self.description, detailed=True)
+        lines += [f"wrote {path}" for path in self.written.values()]
+        lines += [f"skipped {entry}" for entry in self.unreadable]
+        return "\n".join(lines)
+
+
+def required_images(target_sensitivity: float) -> tuple[int, int]:
+    """The fewest ``(normal, pneumonia)`` labelled images a calibration for
+    ``target_sensitivity`` is done on: ``MIN_PER_CLASS`` of each to fit temperature and bias,
+    and at least ``ceil(1 / (1 - target))`` pneumonias, the fewest among which a threshold for
+    that sensitivity may miss one (34 at 0.97); with fewer, it must call every pneumonia seen,
+    and rests on the single lowest-scored one."""
+    if not 0.0 < target_sensitivity < 1.0:  # NaN fails too
+        raise ValueError(f"target sensitivity must lie in (0, 1), got {target_sensitivity}")
+    return MIN_PER_CLASS, max(MIN_PER_CLASS, math.ceil(1 / (1 - target_sensitivity) - 1e-9))
+
+
+def calibrate(
+    model: str | os.PathLike | None,
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    target_sensitivity: float = TARGET_SENSITIVITY,
+    unlabelled: bool = False,
+    training_prior: float | None = None,
+) -> SiteCalibration:
+    """Calibrate ``model`` on a site's X-rays in ``folder`` and write the site model to ``out``.
+
+    ``model`` is a ``.tflite`` file (``out`` is then a file), a folder of its variants (``out``
+    is then a folder holding each variant, calibrated alike), or ``None`` for the bundled
+    models. The original is never overwritten.
+
+    Labelled (``folder/{NORMAL,PNEUMONIA}``): temperature and bias are refitted on the model's
+    raw outputs for the site's images, and the threshold set to the highest whose sensitivity on
+    them reaches ``target_sensitivity``. The record holds sensitivity and specificity with
+    bootstrap 95 % intervals, twice: cross-validated over ``FOLDS`` patient folds (each image
+    judged by a threshold chosen on the other folds: the estimate to go by) and on the images
+    that chose the threshold (optimistic: at least the target by construction). Refuses
+    (:class:`~pneumocnn.DatasetError`, saying how many are needed) fewer images than
+    :func:`required_images`.
+
+    ``unlabelled=True`` (any folder, searched recursively; at least ``MIN_UNLABELLED``
+    images): the site's pneumonia share is estimated by EM on the model's calibrated outputs
+    (:func:`~pneumocnn.core.metrics.estimate_prior`) and the bias moved by
+    ``logit(share) - logit(prior)``, where ``prior`` is the share the model's calibration was
+    fitted under (``training_prior``, else read from the description; see
+    :func:`calibration_prior`). The probabilities then speak for the site's share. A threshold
+    chosen for a sensitivity moves with the bias, so that the same images are called
+    pneumonia: a sensitivity is a property of the pneumonia images' scores alone, which a
+    change in how common pneumonia is does not move (keeping its value instead would call fewer
+    pneumonias where they are rarer, below the target it was chosen for). A fixed probability
+    threshold (such as 0.5) keeps its value: it is a decision about the probability, which now
+    accounts for the share. Without labels nothing measures sensitivity or specificity.
+
+    Unreadable images are skipped and listed in the result.
+    """
+    path = bundled_models() if model is None else Path(model)
+    sources = variant_files(path) if path.is_dir() else {_variant_name(path): path}
+    targets = _targets(sources, Path(out), into_folder=path.is_dir())
+    models = {name: load(source) for name, source in sources.items()}
+    reference = next(name for name in (*PRECISION, *models) if name in models)
+    if unlabelled:
+        descriptions, unreadable = _unlabelled(models, reference, folder, training_prior)
+    else:
+        descriptions, unreadable = _labelled(models, reference, folder, target_sensitivity)
+    for name, description in descriptions.items():
+        content, original = read_tflite(sources[name])
+        record = {**description.info[KEY], "source": _source(sources[name], content, original)}
+        write_bytes(targets[name], embed_in_tflite(content, description.with_info(**{KEY: record})))
+    written = {name: targets[name] for name in descriptions}
+    return SiteCalibration(read_tflite(written[reference])[1], written, tuple(unreadable))
+
+
+def fit_labelled(description: ModelDescription, labels: np.ndarray, raw: np.ndarray,
+                 target_sensitivity: float = TARGET_SENSITIVITY) -> ModelDescription:
+    """``description`` with temperature and bias refitted on the raw outputs ``raw`` of images
+    labelled ``labels`` (1 = pneumonia), and the threshold the highest whose sensitivity on them
+    reaches ``target_sensitivity``; nothing else is checked or recorded (:func:`calibrate`
+    does that)."""
+    temperature, bias = fit_calibration(labels, raw)
+    fitted = replace(description, temperature=temperature, bias=bias)
+    threshold = threshold_for_sensitivity(labels, fitted.calibrate(raw), target_sensitivity)
+    return replace(fitted, threshold=threshold).with_info(
+        threshold_source=f"site sensitivity >= {target_sensitivity}",
+        thresholds={"fixed_0.5": 0.5, f"sensitivity_{target_sensitivity}": threshold})
+
+
+def fit_unlabelled(description: ModelDescription, probabilities: np.ndarray,
+                   training_prior: float) -> tuple[ModelDescription, dict]:
+    """``description`` with its bias shifted from the pneumonia share ``training_prior`` to the
+    share EM estimates from the calibrated ``probabilities`` of a site's images, and its
+    threshold moved or kept as :func:`calibrate` says; and what was found."""
+    estimate = estimate_prior(probabilities, training_prior)
+    shift = float(logit(estimate.prior) - logit(training_prior))
+    by_sensitivity = "sensitivity" in str(description.info.get("threshold_source", ""))
+
+    def moved(threshold: float) -> float:
+        return float(1 / (1 + np.exp(-(logit(threshold) + shift))))
+
+    thresholds = description.info.get("thresholds")
+    if isinstance(thresholds, dict):  # each alternative threshold follows its own rule
+        thresholds = {key: moved(value) if key.startswith("sensitivity") else value
+                      for key, value in thresholds.items()}
+    site = replace(description, bias=description.bias + shift,
+                   threshold=moved(description.threshold) if by_sensitivity
+                   else description.threshold)
+    found = {"prior": estimate.prior, "prior_before": training_prior, "bias_shift": shift,
+             "iterations": estimate.iterations, "converged": estimate.converged,
+             "threshold_rule": "moved with the bias: the same images are called pneumonia"
+             if by_sensitivity else "kept: a fixed probability threshold"}
+    return (site.with_info(thresholds=thresholds) if thresholds is not None else site), found
+
+
+def calibration_prior(description: ModelDescription) -> tuple[float, str]:
+    """The pneumonia share the model's calibrated outputs assume, and where it was read: a
+    previous site calibration's share; else, for a calibrated model, its validation images'
+    (where training fits the calibration), falling back to its training images'; for an
+    uncalibrated one, its training images' (0.5 when trained with balanced class weights).
+    Raises :class:`~pneumocnn.ModelFileError` when the description records none."""
+    site = description.info.get(KEY)
+    if isinstance(site, dict) and isinstance(site.get("prior"), float):
+        return site["prior"], "its previous site calibration"
+    provenance = description.info.get("provenance")
+    provenance = provenance if isinstance(provenance, dict) else {}
+    calibrated = description.temperature != 1.0 or description.bias != 0.0
+    if not calibrated and (provenance.get("config") or {}).get("class_weight") == "balanced":
+        return 0.5, "balanced class weights in training"
+    keys = ("validation_counts", "train_counts") if calibrated else ("train_counts",)
+    for key in keys:
+        counts = provenance.get(key)
+        if (isinstance(counts, list) and len(counts) == 2
+                and all(isinstance(n, int) and n > 0 for n in counts)):
+            note = "" if key == keys[0] else " (it records no validation counts)"
+            return counts[1] / sum(counts), f"its provenance's {key}{note}"
+    raise ModelFileError(description.info.get("architecture", "the model"),
+                         "its description records no class counts to tell the pneumonia share its "
+                         "calibration assumes; give it (training_prior=, --training-prior)")
+
+
+def describe(description: ModelDescription, detailed: bool = False) -> list[str]:
+    """Readable lines about the site calibration a description records (``[]`` when none):
+    two for ``pneumocnn info``; with ``detailed``, the report of :func:`calibrate`."""
+    record = description.info.get(KEY)
+    if not isinstance(record, dict):
+        return []
+    source = record.get("source", {})
+    before = (f"recalibrated from {source.get('file', '?')} (sha256 "
+              f"{str(source.get('sha256', '?'))[:16]}...: temperature "
+              f"{source.get('temperature', math.nan):.3f}, bias {source.get('bias', math.nan):.3f}, "
+              f"threshold {source.get('threshold', math.nan):.3f}) to temperature "
+              f"{description.temperature:.3f}, bias {description.bias:.3f}, threshold "
+              f"{description.threshold:.3f}")
+    if record.get("mode") == "unlabelled":
+        lines = [f"site calibration: unlabelled, {record['images']} images, {record['date']}: "
+                 f"estimated pneumonia share {record['prior']:.3f} (the calibration assumed "
+                 f"{record['prior_before']:.3f}); threshold {record['threshold_rule']}",
+                 f"  {before}"]
+        if detailed:
+            em = "converged" if record["converged"] else "stopped unconverged"
+            lines.append(f"  EM {em} after {record['iterations']} iterations; the assumed share "
+                         f"from {record['prior_before_source']}. Without labels, sensitivity "
+                         "and specificity were not measured: validate on labelled images")
+        return lines
+    counts = ", ".join(f"{n} {name}" for name, n in record["images"].items())
+    cv = record["cross_validated"]
+    lines = [f"site calibration: labelled, {counts}, {record['date']}: threshold for "
+             f"sensitivity >= {record['target_sensitivity']}; cross-validated sensitivity "
+             f"{_interval(cv, 'sensitivity')}, specificity {_interval(cv, 'specificity')}",
+             f"  {before}"]
+    if detailed:
+        seen = record["in_sample"]
+        lines += [f"  cross-validated: {cv['folds']} patient folds, each image judged by a "
+                  "threshold chosen on the others; 95 % percentile bootstrap intervals",
+                  f"  on the images that chose the threshold (optimistic): sensitivity "
+                  f"{_interval(seen, 'sensitivity')}, specificity {_interval(seen, 'specificity')}"
+                  f", ECE {seen['ece']:.3f}, ROC AUC {seen['roc_auc']:.4f}"]
+        lines += [f"  the {name} variant (the same calibration, on its own outputs): "
+                  f"cross-validated sensitivity {_interval(figures['cross_validated'], 'sensitivity')}"
+                  f", specificity {_interval(figures['cross_validated'], 'specificity')}"
+                  for name, figures in record.get("other_variants", {}).items()]
+    return lines
+
+
+def _interval(figures: dict, name: str) -> str:
+    low, high = figures[f"{name}_ci"]
+    return f"{figures[name]:.3f} (95 % CI {low:.3f}-{high:.3f})"
+
+
+def _labelled(models: dict[str, Model], reference: str, folder: str | os.PathLike,
+              target: float) -> tuple[dict[str, ModelDescription], list[str]]:
+    """Fit on the reference variant's raw outputs; describe every variant with its figures."""
+    need_normal, need_pneumonia = required_images(target)
+    images, predictions = score_labelled(models[reference].uncalibrated(), folder)
+    scored = np.array([p.ok for p in predictions])
+    unreadable = [f"{p.source}: {p.error}" for p in predictions if not p.ok]
+    images = images.subset(np.flatnonzero(scored))
+    labels, raw = images.labels, np.array([p.probability for p in predictions])[scored]
+    counts = images.counts()
+    have = (int((labels == 0).sum()), int((labels == 1).sum()))
+    if have[0] < need_normal or have[1] < need_pneumonia:
+        negative, positive = images.class_names
+        raise DatasetError(
+            f"{folder}: too few readable images to calibrate for sensitivity {target} honestly: "
+            f"{have[1]} {positive} (at least {need_pneumonia} needed) and {have[0]} {negative} "
+            f"(at least {need_normal} needed). A threshold for sensitivity {target} must be "
+            f"able to miss one pneumonia in {need_pneumonia}, and temperature and bias are "
+            f"fitted on at least {MIN_PER_CLASS} images of each class")
+    folds = patient_folds(images, FOLDS, SEED)
+    fitted = fit_labelled(models[reference].description, labels, raw, target)
+    outputs = {reference: raw}
+    for name in models.keys() - {reference}:
+        outputs[name] = _raw_outputs(models[name], [str(path) for path in images.paths])
+    figures = {name: _figures(fitted, labels, outputs[name], raw, folds, target)
+               for name in models}
+    record = {"mode": "labelled", "date": _now(), "images": counts,
+              "unreadable": len(unreadable), "target_sensitivity": target,
+              "prior": have[1] / sum(have), "fitted_on": reference,
+              "bootstrap": {"resamples": RESAMPLES, "level": 0.95, "seed": SEED}}
+    return {name: _variant(fitted, models[name].description).with_info(**{KEY: {
+        **record, **figures[name],
+        "other_variants": {other: figures[other] for other in models if other != name}}})
+        for name in models}, unreadable
+
+
+def _figures(fitted: ModelDescription, labels: np.ndarray, raw: np.ndarray,
+             fitted_raw: np.ndarray, folds: np.ndarray, target: float) -> dict:
+    """Sensitivity and specificity of the raw outputs ``raw`` under the calibration fitted on
+    ``fitted_raw`` (the same array for the variant it was fitted on): at its threshold, and
+    cross-validated. Calibration is increasing in the raw logit, so a threshold for a
+    sensitivity is the same cut of the raw logit whatever temperature and bias are refitted on
+    the other folds: each fold's cut is taken on the others' raw logits."""
+    calibrated = fitted.calibrate(raw)
+    cut, fitted_cut = logit(raw), logit(fitted_raw)
+    held_out_called = np.zeros(labels.size, dtype=bool)
+    for fold in np.unique(folds):
+        held = folds == fold
+        threshold = threshold_for_sensitivity(labels[~held], fitted_cut[~held], target)
+        held_out_called[held] = cut[held] >= threshold
+    return {
+        "in_sample": {**_rates(labels, calibrated >= fitted.threshold),
+                      "ece": expected_calibration_error(labels, calibrated),
+                      "roc_auc": roc_auc(labels, raw)},
+        "cross_validated": {"folds": int(np.unique(folds).size),
+                            **_rates(labels, held_out_called)},
+    }
+
+
+def _rates(labels: np.ndarray, called: np.ndarray) -> dict:
+    positive = labels.astype(bool)
+    hits = {"sensitivity": called[positive], "specificity": ~called[~positive]}
+    rates: dict = {}
+    for name, hit in hits.items():
+        rates[name] = float(hit.mean())
+        rates[f"{name}_ci"] = list(bootstrap_interval(hit, resamples=RESAMPLES, seed=SEED))
+    return rates
+
+
+def _unlabelled(models: dict[str, Model], reference: str, folder: str | os.PathLike,
+                training_prior: float | None) -> tuple[dict[str, ModelDescription], list[str]]:
+    if not Path(folder).is_dir():
+        raise DatasetError(f"{folder}: folder does not exist")
+    predictions = models[reference].predict(folder)
+    unreadable = [f"{p.source}: {p.error}" for p in predictions if not p.ok]
+    probabilities = np.array([p.probability for p in predictions if p.ok])
+    if probabilities.size < MIN_UNLABELLED:
+        raise DatasetError(
+            f"{folder}: {probabilities.size} readable images; estimating the site's pneumonia "
+            f"share needs at least {MIN_UNLABELLED} (its sampling error is then at most 0.1; "
+            "100 or more are better)")
+    description = models[reference].description
+    if training_prior is None:
+        training_prior, prior_source = calibration_prior(description)
+    else:
+        prior_source = "given"
+    site, found = fit_unlabelled(description, probabilities, training_prior)
+    record = {"mode": "unlabelled", "date": _now(), "images": int(probabilities.size),
+              "unreadable": len(unreadable), **found, "prior_before_source": prior_source,
+              "fitted_on": reference}
+    return {name: _variant(site, model.description).with_info(**{KEY: record})
+            for name, model in models.items()}, unreadable
+
+
+def _raw_outputs(model: Model, paths: list[str]) -> np.ndarray:
+    """Raw outputs of a variant for images another variant read; unreadable now, they fail."""
+    predictions = model.uncalibrated().predict(paths)
+    failed = [f"{p.source}: {p.error}" for p in predictions if not p.ok]
+    if failed:
+        raise DatasetError(f"{failed[0]} (it was read a moment before: has it changed?)")
+    return np.array([p.probability for p in predictions])
+
+
+def _variant(site: ModelDescription, own: ModelDescription) -> ModelDescription:
+    """``own`` (one variant's description) with the calibration and thresholds of ``site``."""
+    return replace(own, temperature=site.temperature, bias=site.bias, threshold=site.threshold,
+                   info={**own.info, **{key: site.info[key] for key in
+                                        ("threshold_source", "thresholds") if key in site.info}})
+
+
+def _source(path: Path, content: bytes, description: ModelDescription) -> dict:
+    """What the site model was made from: file, SHA-256 of its bytes (as ``sha256sum`` gives
+    it), its stamped digest (as ``pneumocnn info`` shows it), its calibration and threshold."""
+    return {"file": path.name, "sha256": hashlib.sha256(content).hexdigest(),
+            "digest": description.sha256, "temperature": description.temperature,
+            "bias": description.bias, "threshold": description.threshold}
+
+
+def _variant_name(path: Path) -> str:
+    """A model file's variant name: its quantization; refuses what is not a ``.tflite``."""
+    if path.suffix == ".keras":
+        raise ModelFileError(str(path), "calibrate writes .tflite files: give this model's "
+                                        ".tflite export (or its run folder)")
+    return read_tflite(path)[1].info.get("quantization") or path.stem
+
+
+def _targets(sources: dict[str, Path], out: Path, into_folder: bool) -> dict[str, Path]:
+    """Where each source is written: ``out`` for a file; ``out/<its name>`` for a folder of
+    variants. Refuses to overwrite an original, or to mix other models' files into ``out``."""
+    if into_folder:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out} is a file: a folder of variants is calibrated into a folder")
+        targets = {name: out / path.name for name, path in sources.items()}
+        others = sorted(p.name for p in out.glob("*.tflite") if p not in targets.values())
+        if others:
+            raise ValueError(f"{out} holds other model files ({', '.join(others)}): a folder of "
+                             "variants must hold the files of one model only")
+    elif out.is_dir():
+        raise ValueError(f"{out} is a folder: give the site model's file name (.tflite)")
+    else:
+        targets = {name: out for name in sources}
+    for name, target in targets.items():
+        if target.exists() and target.resolve() == sources[name].resolve():
+            raise ValueError(f"{target} is the model being calibrated: write the site model "
+                             "elsewhere, and keep the original")
+    return targets
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
