@@ -9,6 +9,8 @@ import pytest
 
 from pneumocnn.core.metrics import (
     binary_metrics,
+    bootstrap_interval,
+    estimate_prior,
     expected_calibration_error,
     fit_calibration,
     reliability_bins,
@@ -213,3 +215,82 @@ def test_expected_calibration_error_of_calibrated_data_is_near_zero():
     # and it does see miscalibration: the same labels with overconfident probabilities
     overconfident = sigmoid(3 * np.log(probabilities / (1 - probabilities)))
     assert expected_calibration_error(labels, overconfident) > 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# estimate_prior (EM, Saerens et al. 2002) and bootstrap_interval
+
+
+def calibrated_sample(seed: int, n: int, share: float, training_prior: float):
+    """Labels drawn at ``share`` and the posteriors of a model calibrated where the share was
+    ``training_prior``: scores N(+1, 1) for positives and N(-1, 1) for negatives, whose
+    likelihood ratio is exp(2x), so the posterior is sigmoid(2x + logit(training_prior))."""
+    rng = np.random.default_rng(seed)
+    labels = rng.random(n) < share
+    x = rng.normal(np.where(labels, 1.0, -1.0), 1.0)
+    return labels, sigmoid(2 * x + math.log(training_prior / (1 - training_prior)))
+
+
+@pytest.mark.parametrize("share", [0.1, 0.3, 0.625, 0.9])
+def test_estimate_prior_recovers_a_known_share(share):
+    labels, posteriors = calibrated_sample(1, 50_000, share, training_prior=0.75)
+    estimate = estimate_prior(posteriors, 0.75)
+    assert estimate.converged and estimate.iterations > 1
+    assert estimate.prior == pytest.approx(labels.mean(), abs=0.01)
+    # the outputs' mean alone, the naive estimate, is pulled toward 0.75
+    assert abs(posteriors.mean() - labels.mean()) > abs(estimate.prior - labels.mean()) + 0.02
+
+
+def test_estimate_prior_stays_where_nothing_changed():
+    labels, posteriors = calibrated_sample(2, 50_000, 0.4, training_prior=0.4)
+    assert estimate_prior(posteriors, 0.4).prior == pytest.approx(0.4, abs=0.01)
+
+
+def test_estimate_prior_stops_at_its_step_limit_and_refuses_nonsense():
+    labels, posteriors = calibrated_sample(3, 1000, 0.2, training_prior=0.7)
+    stopped = estimate_prior(posteriors, 0.7, max_iterations=2)
+    assert not stopped.converged and stopped.iterations == 2
+    for bad in (np.array([]), np.array([0.5, np.nan]), np.array([1.5])):
+        with pytest.raises(ValueError, match="probabilities"):
+            estimate_prior(bad, 0.5)
+    with pytest.raises(ValueError, match="training prior"):
+        estimate_prior(posteriors, 1.0)
+
+
+def test_bootstrap_interval_covers_the_estimate_and_narrows_with_more_items():
+    rng = np.random.default_rng(4)
+    widths = []
+    for n in (50, 500, 5000):
+        hits = rng.random(n) < 0.9
+        low, high = bootstrap_interval(hits)
+        assert low < hits.mean() < high
+        widths.append(high - low)
+    assert widths[0] > 2 * widths[1] > 4 * widths[2]
+    # at n = 5000 the percentile interval is the normal one, +-1.96 standard errors
+    assert widths[2] == pytest.approx(2 * 1.96 * math.sqrt(0.09 / 5000), rel=0.1)
+
+
+def test_bootstrap_interval_is_the_bootstrap_of_resampled_items():
+    """Drawing binomial counts is resampling the items: the same interval, to resampling noise,
+    as 20,000 resamples of indices; and a fixed seed gives a fixed interval."""
+    hits = np.r_[np.ones(27, bool), np.zeros(7, bool)]
+    rng = np.random.default_rng(5)
+    resampled = hits[rng.integers(0, hits.size, (20_000, hits.size))].mean(axis=1)
+    expected = np.quantile(resampled, [0.025, 0.975])
+    assert bootstrap_interval(hits, resamples=20_000) == pytest.approx(tuple(expected), abs=0.03)
+    assert bootstrap_interval(hits) == bootstrap_interval(hits)
+    assert bootstrap_interval(hits, level=0.5)[1] - bootstrap_interval(hits, level=0.5)[0] < (
+        bootstrap_interval(hits)[1] - bootstrap_interval(hits)[0])
+
+
+def test_bootstrap_interval_of_all_or_no_hits_is_the_exact_bound():
+    """Resampling cannot vary a share of 1 (or 0): the free end is the exact bound instead of a
+    zero-width interval; 34 of 34 gives 0.897, the level at which 34 hits in a row have a 2.5 %
+    chance."""
+    low, high = bootstrap_interval(np.ones(34, bool))
+    assert high == 1.0 and low == pytest.approx(0.025 ** (1 / 34)) and 0.89 < low < 0.9
+    low, high = bootstrap_interval(np.zeros(34, bool))
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 34))
+    assert all(math.isnan(v) for v in bootstrap_interval(np.array([], bool)))
+    with pytest.raises(ValueError, match="confidence level"):
+        bootstrap_interval(np.ones(3, bool), level=1.0)
