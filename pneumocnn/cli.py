@@ -155,10 +155,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, choices=(1, 3))
     p.add_argument("--normalize", choices=("none", "equalize", "autocontrast"),
                    help="intensity normalisation, stored in the model file")
+    p.add_argument("--crop", choices=("none", "margins"),
+                   help="margins: cut dark or bright bands at the image edges before resizing, "
+                   "stored in the model file")
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--augmentation", choices=sorted(AUGMENTATIONS),
                    help="seed: the report's shear/zoom/flip; shift: acquisition differences; "
-                   "shift-flip: shift plus horizontal flip; shift-zoom: shift with zoom 0.7-1.3")
+                   "shift-flip: shift plus horizontal flip; shift-zoom: shift with zoom 0.7-1.3; "
+                   "shift-zoom-sharpness: shift-zoom with random blur or sharpening")
     p.add_argument("--class-weight", choices=("balanced", "none"))
     p.add_argument("--validation", choices=("patients", "folder"))
     p.add_argument("--validation-fraction", type=float)

@@ -14,6 +14,7 @@ from PIL import Image, JpegImagePlugin, PngImagePlugin
 from pneumocnn.core.errors import InputError
 from pneumocnn.core.preprocessing import (
     Preprocessing,
+    crop_margins,
     load_pixels,
     preprocess,
     source_name,
@@ -352,6 +353,50 @@ def test_description_without_normalize_means_none():
     """Model files written before intensity normalisation existed keep their meaning."""
     older = {k: v for k, v in Preprocessing().to_dict().items() if k != "normalize"}
     assert Preprocessing.from_dict(older).normalize == "none"
+
+
+def test_description_without_crop_means_none_and_none_is_not_written():
+    """Model files without a crop keep their meaning, and stay readable by pneumocnn 0.1."""
+    assert "crop" not in Preprocessing().to_dict()
+    assert Preprocessing.from_dict(Preprocessing().to_dict()).crop == "none"
+    spec = Preprocessing(crop="margins", normalize="equalize")
+    assert Preprocessing.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="crop must be one of"):
+        Preprocessing(crop="lungs")
+
+
+def _framed(gray: np.ndarray, fraction: float, level: int) -> np.ndarray:
+    """The X-ray shrunk inside a band of ``level`` (0 black, 255 white) of ``fraction`` of its
+    size each side: a wider field of view, padding or collimation."""
+    h, w = gray.shape
+    dy, dx = round(h * fraction), round(w * fraction)
+    framed = np.full_like(gray, level)
+    framed[dy:h - dy, dx:w - dx] = np.asarray(Image.fromarray(gray).resize((w - 2 * dx, h - 2 * dy)))
+    return framed
+
+
+@pytest.mark.parametrize("fraction, level", [(0.05, 0), (0.09, 0), (0.08, 255), (0.09, 3)])
+def test_margin_crop_makes_framings_alike(gray, fraction, level):
+    spec = Preprocessing(normalize="equalize", crop="margins")
+    framed = _framed(gray, fraction, level)
+    assert mean_abs_diff(load_pixels(gray, Preprocessing(normalize="equalize")),
+                         load_pixels(framed, Preprocessing(normalize="equalize"))) > 20
+    assert mean_abs_diff(load_pixels(gray, spec), load_pixels(framed, spec)) < 4
+
+
+def test_margin_crop_keeps_an_x_ray_without_margins_and_a_blank_image(gray):
+    image = Image.fromarray(gray)
+    cropped = crop_margins(image)
+    assert cropped.size[0] >= 0.9 * image.size[0] and cropped.size[1] >= 0.9 * image.size[1]
+    blank = Image.new("L", (64, 48), 0)
+    assert crop_margins(blank).size == (64, 48)
+
+
+def test_margin_crop_applies_to_files_as_to_pixels(tmp_path, gray):
+    path = tmp_path / "framed.png"
+    Image.fromarray(_framed(gray, 0.1, 0)).save(path)
+    spec = Preprocessing(crop="margins")
+    assert np.array_equal(load_pixels(path, spec), load_pixels(_framed(gray, 0.1, 0), spec))
 
 
 def _washed_out(gray: np.ndarray) -> np.ndarray:

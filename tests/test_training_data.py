@@ -25,6 +25,25 @@ def test_shift_augmentation_is_deterministic_and_in_range():
     assert not np.allclose(first, _augment(images, SEED_AUGMENTATION, seed).numpy())
 
 
+def test_sharpness_augmentation_blurs_some_images_and_sharpens_others():
+    import tensorflow as tf
+
+    from pneumocnn.training.augmentations import AUGMENTATIONS
+    from pneumocnn.training.data import _adjust_sharpness
+
+    assert AUGMENTATIONS["shift-zoom-sharpness"].sharpness > 0
+    images = tf.constant(np.random.default_rng(0).random((16, 32, 32, 1)), tf.float32)
+    out = _adjust_sharpness(images, 1.0, tf.constant([1, 2], tf.int64)).numpy()
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+    def roughness(batch: np.ndarray) -> np.ndarray:  # mean absolute step between neighbours
+        return np.abs(np.diff(batch, axis=2)).mean(axis=(1, 2, 3))
+
+    change = roughness(out) / roughness(images.numpy())
+    assert (change < 0.8).any() and (change > 1.2).any()
+    assert np.array_equal(out, _adjust_sharpness(images, 1.0, tf.constant([1, 2], tf.int64)))
+
+
 def test_training_batches_are_shuffled_with_or_without_augmentation():
     """Class folders are read in order: unshuffled training batches would hold one class at a
     time (a run without augmentation collapsed that way before this was fixed)."""

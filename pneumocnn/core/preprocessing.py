@@ -6,8 +6,11 @@ An input (file path, bytes, binary file, PIL image or numpy array) becomes:
    twice the model input size (Pillow's draft mode); EXIF orientation is applied; colour,
    palette, CMYK and alpha images are converted to luminance; 16-bit images are scaled by
    their bit depth;
-2. ``pixels``: that image resized to the model input (bilinear, antialiased), uint8 ``(H, W)``,
-   then, if the model asks for it, intensity-normalised: ``"equalize"`` (histogram
+2. ``pixels``: if the model asks for it (``crop="margins"``), the near-black or near-white
+   bands at the image's edges (collimation, padding, detector borders) cut off, so that framing
+   differences between machines do not reach the model; then resized to the model input
+   (bilinear, antialiased), uint8 ``(H, W)``; then, if the model asks for it,
+   intensity-normalised: ``"equalize"`` (histogram
    equalisation) or ``"autocontrast"`` (stretch the 1st-99th percentile to 0-255), so that
    exposures and contrast curves of different machines look alike;
 3. the model input: ``pixels * scale`` as float32, repeated to the model's channel count.
@@ -42,6 +45,9 @@ _NORMALIZATIONS = {
     "equalize": ImageOps.equalize,
     "autocontrast": lambda image: ImageOps.autocontrast(image, cutoff=1),
 }
+_CROPS = ("none", "margins")
+# An edge row or column is margin while under 2 % of its pixels lie between these levels.
+_MARGIN_DARK, _MARGIN_BRIGHT, _MARGIN_CONTENT = 12, 243, 0.02
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 # Only these decoders ever see an input: no PostScript (Ghostscript), PDF or other exotic formats.
 FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP", "JPEG2000", "PPM")
@@ -49,7 +55,7 @@ FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP", "JPEG2000", "PPM")
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an X-ray becomes a model input: size, channels, resampling, intensity
+    """How an X-ray becomes a model input: size, channels, margin crop, resampling, intensity
     normalisation and scale."""
 
     height: int = 150
@@ -58,6 +64,7 @@ class Preprocessing:
     resize: str = "bilinear"
     scale: float = 1.0 / 255.0
     normalize: str = "none"
+    crop: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "channels"):
@@ -76,6 +83,8 @@ class Preprocessing:
         if self.normalize not in _NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {sorted(_NORMALIZATIONS)}, "
                              f"got {self.normalize!r}")
+        if self.crop not in _CROPS:
+            raise ValueError(f"crop must be one of {list(_CROPS)}, got {self.crop!r}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -83,8 +92,12 @@ class Preprocessing:
         return (self.height, self.width, self.channels)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready form stored in model files."""
-        return {"color": "gray", **asdict(self)}
+        """Return the JSON-ready form stored in model files; ``crop`` only when one is used, so
+        that models without one stay readable by pneumocnn 0.1."""
+        fields = asdict(self)
+        if self.crop == "none":
+            del fields["crop"]
+        return {"color": "gray", **fields}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
@@ -123,6 +136,8 @@ def load_pixels(source: ImageInput, spec: Preprocessing, name: str | None = None
     """
     name = name or source_name(source)
     gray = _to_gray(source, spec, name)
+    if spec.crop == "margins":
+        gray = crop_margins(gray)
     resized = gray.resize((spec.width, spec.height), _RESAMPLING[spec.resize])
     return np.asarray(_NORMALIZATIONS[spec.normalize](resized), dtype=np.uint8)
 
@@ -136,6 +151,19 @@ def to_model_input(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
 def to_model_inputs(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """:func:`to_model_input` over a batch: uint8 ``(N, H, W)`` to float32 ``(N, H, W, C)``."""
     return np.stack([to_model_input(p, spec) for p in pixels])
+
+
+def crop_margins(image: Image.Image) -> Image.Image:
+    """Cut the bands at the edges of an 8-bit grayscale image where almost nothing lies between
+    near-black and near-white (collimation, padding, detector borders); an image that is all
+    margin is returned as it is."""
+    pixels = np.asarray(image)
+    content = (pixels > _MARGIN_DARK) & (pixels < _MARGIN_BRIGHT)
+    rows = np.flatnonzero(content.mean(axis=1) >= _MARGIN_CONTENT)
+    columns = np.flatnonzero(content.mean(axis=0) >= _MARGIN_CONTENT)
+    if rows.size < 2 or columns.size < 2:
+        return image
+    return image.crop((columns[0], rows[0], columns[-1] + 1, rows[-1] + 1))
 
 
 def load_gray(source: ImageInput, name: str | None = None) -> Image.Image:

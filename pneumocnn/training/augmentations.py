@@ -11,7 +11,9 @@ class Augmentation:
     """Random augmentation. Geometry: shear and rotation in degrees, zoom and translation as
     +- fractions, horizontal flip. Intensity (0 = off): brightness as +- a fraction of full
     scale, contrast as +- a fraction around the image mean, gamma as +- log exponent, Gaussian
-    noise as a standard deviation in full-scale units."""
+    noise as a standard deviation in full-scale units. Sharpness: each image is blended with
+    its Gaussian blur (sigma 1 pixel of the model input) by a weight drawn from +- sharpness;
+    above 0 it is softer, below 0 sharper (unsharp masking)."""
 
     shear_degrees: float = 0.2
     zoom: float = 0.2
@@ -22,6 +24,7 @@ class Augmentation:
     contrast: float = 0.0
     gamma: float = 0.0
     noise: float = 0.0
+    sharpness: float = 0.0
 
     def to_dict(self) -> dict:
         """JSON-ready form for run reports."""
@@ -40,4 +43,6 @@ AUGMENTATIONS = {
     "shift-flip": replace(SHIFT_AUGMENTATION, horizontal_flip=True),  # for the flip study
     # Wider framing differences (zoom 0.7-1.3): field of view and collimation vary by site.
     "shift-zoom": replace(SHIFT_AUGMENTATION, zoom=0.3),
+    # Detectors and their processing differ in sharpness too.
+    "shift-zoom-sharpness": replace(SHIFT_AUGMENTATION, zoom=0.3, sharpness=1.0),
 }

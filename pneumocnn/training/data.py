@@ -175,7 +175,22 @@ def _augment(images: tf.Tensor, augmentation: Augmentation, seed: tf.Tensor) -> 
     images = keras.ops.image.affine_transform(
         images, transform, interpolation="bilinear", fill_mode="nearest"
     )
+    if augmentation.sharpness:
+        images = _adjust_sharpness(images, augmentation.sharpness,
+                                   tf.random.experimental.stateless_fold_in(seed, 2))
     return _adjust_intensity(images, augmentation, extra[3:])
+
+
+def _adjust_sharpness(images: tf.Tensor, spread: float, key: tf.Tensor) -> tf.Tensor:
+    """Blend each image of ``(B, H, W, 1)`` with its Gaussian blur (sigma 1 pixel) by a weight
+    drawn from ``[-spread, spread]``: softer above 0, sharper (unsharp masking) below."""
+    taps = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+    kernel = np.outer(taps, taps) / taps.sum() ** 2
+    padded = tf.pad(images, [[0, 0], [3, 3], [3, 3], [0, 0]], mode="REFLECT")
+    blurred = tf.nn.conv2d(padded, tf.constant(kernel[:, :, None, None], tf.float32),
+                           strides=1, padding="VALID")
+    weight = tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, 1], key, -spread, spread)
+    return tf.clip_by_value(images + weight * (blurred - images), 0.0, 1.0)
 
 
 def _adjust_intensity(images: tf.Tensor, augmentation: Augmentation, keys) -> tf.Tensor:

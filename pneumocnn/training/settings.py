@@ -45,6 +45,7 @@ class TrainingConfig:
     input_size: int = 150
     channels: int = 3
     normalize: str = "equalize"  # intensity normalisation, see pneumocnn.core.preprocessing.Preprocessing
+    crop: str = "none"  # "margins": cut dark or bright edge bands first (same module)
     augment: bool = True
     augmentation: str = "shift-zoom"  # a name in pneumocnn.training.augmentations.AUGMENTATIONS
     class_weight: str | None = None  # None or "balanced"
@@ -76,7 +77,7 @@ class TrainingConfig:
     def preprocessing(self) -> Preprocessing:
         """The preprocessing every model file of this run declares."""
         return Preprocessing(height=self.input_size, width=self.input_size, channels=self.channels,
-                             normalize=self.normalize)
+                             normalize=self.normalize, crop=self.crop)
 
     def compile_settings(self, architecture: CompileDefaults) -> tuple[int, str, str]:
         """``(outputs, loss, optimizer)``: the architecture's own unless overridden here."""
@@ -104,7 +105,7 @@ _SEED_RECIPE = {
     "architecture": "seed-to-be", "output": None, "loss": None, "optimizer": None,
     "epochs": 50, "batch_size": 16, "learning_rate": None, "schedule": "constant",
     "input_size": 150, "channels": 3,
-    "normalize": "none", "augment": True, "augmentation": "seed", "class_weight": None,
+    "normalize": "none", "crop": "none", "augment": True, "augmentation": "seed", "class_weight": None,
     "early_stopping": None, "keep_best": False, "recalibrate_batchnorm": False,
     "threshold": 0.5, "target_sensitivity": 0.95,
 }
