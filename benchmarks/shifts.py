@@ -59,10 +59,23 @@ def _zoom(image: Image.Image) -> Image.Image:
     return image.crop((w // 12, h // 12, w - w // 12, h - h // 12))
 
 
-def _border(image: Image.Image) -> Image.Image:
+def _shrink_and_pad(fraction: float) -> Callable[[Image.Image], Image.Image]:
+    """A wider field of view: the image shrunk inside a black band of ``fraction`` of its size
+    each side."""
+    def apply(image: Image.Image) -> Image.Image:
+        w, h = image.size
+        dx, dy = round(w * fraction), round(h * fraction)
+        return ImageOps.expand(image.resize((w - 2 * dx, h - 2 * dy)), (dx, dy), fill=0)
+    return apply
+
+
+def _collimation(image: Image.Image) -> Image.Image:
+    """Tighter collimation: 8 % of the image's width and height blacked out at each edge."""
     w, h = image.size
-    inner = image.resize((w - 2 * (w // 20), h - 2 * (h // 20)))
-    return ImageOps.expand(inner, (w // 20, h // 20), fill=0)
+    dx, dy = round(w * 0.08), round(h * 0.08)
+    pixels = np.zeros((h, w), np.uint8)
+    pixels[dy:h - dy, dx:w - dx] = np.asarray(image)[dy:h - dy, dx:w - dx]
+    return Image.fromarray(pixels)
 
 
 SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
@@ -74,24 +87,45 @@ SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "noise sd=8": _noise,
     "JPEG quality 20": _jpeg,
     "zoom in 1.2x": _zoom,
-    "black border 5%": _border,
+    "black border 5%": _shrink_and_pad(0.05),
+    "zoom out (9% black pad)": _shrink_and_pad(0.09),
+    "collimation 8%": _collimation,
 }
+# The hold-out's pneumonia share (0.625) against the training data's (0.743).
+PREVALENCE = 0.625
+
+
+def prevalence_subset(labels: np.ndarray, share: float = PREVALENCE) -> np.ndarray:
+    """Indices of the largest subset of ``labels`` whose share of 1s is ``share``: every image
+    of the scarcer side kept, the other side thinned evenly (deterministic)."""
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    keep_positives = min(len(positives), round(len(negatives) * share / (1 - share)))
+    keep_negatives = min(len(negatives), round(keep_positives * (1 - share) / share))
+    return np.sort(np.concatenate([_evenly(positives, keep_positives),
+                                   _evenly(negatives, keep_negatives)]))
+
+
+def _evenly(indices: np.ndarray, count: int) -> np.ndarray:
+    return indices[np.linspace(0, len(indices) - 1, count).round().astype(int)]
 
 
 def _scores(model, labels: np.ndarray, inputs: list) -> dict:
     probabilities = np.array([r.probability for r in model.predict(inputs)])
     return {"at_model_threshold": binary_metrics(labels, probabilities, model.threshold),
-            "at_0.5": binary_metrics(labels, probabilities, 0.5)}
+            "at_0.5": binary_metrics(labels, probabilities, 0.5),
+            "mean_probability": float(probabilities.mean()), "share": float(labels.mean())}
 
 
 def score_model(run: Path, data: Path) -> dict:
-    """Scores of ``run``'s int8 model: ``validation``, ``shifts`` (one entry per shift) and
-    ``official_val`` (``None`` without a ``val`` folder); also the run's Keras figures and
+    """Scores of ``run``'s int8 model: ``validation``, ``shifts`` (one entry per shift),
+    ``prevalence`` (validation thinned to the hold-out's pneumonia share) and ``official_val``
+    (``None`` without a ``val`` folder); also the run's Keras figures and
     settings from its own files."""
     config = saved_config(run)
     model = pneumocnn.load(run / "model-int8.tflite")
     images = split(data, config)[1]
     grays = [load_gray(path) for path in images.paths]
+    subset = prevalence_subset(images.labels)
     official = find_splits(data).get("val")
     metrics = json.loads((run / "metrics.json").read_text())
     seconds = [float(row["seconds"]) for row in csv.DictReader(io.StringIO(
@@ -108,5 +142,6 @@ def score_model(run: Path, data: Path) -> dict:
         "validation": _scores(model, images.labels, grays),
         "shifts": {name: _scores(model, images.labels, [shift(g) for g in grays])
                    for name, shift in SHIFTS.items()},
+        "prevalence": _scores(model, images.labels[subset], [grays[i] for i in subset]),
         "official_val": official and _scores(model, official.labels, list(official.paths)),
     }
