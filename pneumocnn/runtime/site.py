@@ -293,7 +293,7 @@ def _labelled(models: dict[str, Model], reference: str, folder: str | os.PathLik
     outputs = {reference: raw}
     for name in models.keys() - {reference}:
         outputs[name] = _raw_outputs(models[name], [str(path) for path in images.paths])
-    figures = {name: _figures(fitted, labels, outputs[name], raw, folds, target)
+    figures = {name: site_figures(fitted, labels, outputs[name], raw, folds, target)
                for name in models}
     record = {"mode": "labelled", "date": _now(), "images": counts,
               "unreadable": len(unreadable), "target_sensitivity": target,
@@ -305,7 +305,7 @@ def _labelled(models: dict[str, Model], reference: str, folder: str | os.PathLik
         for name in models}, unreadable
 
 
-def _figures(fitted: ModelDescription, labels: np.ndarray, raw: np.ndarray,
+def site_figures(fitted: ModelDescription, labels: np.ndarray, raw: np.ndarray,
              fitted_raw: np.ndarray, folds: np.ndarray, target: float) -> dict:
     """Sensitivity and specificity of the raw outputs ``raw`` under the calibration fitted on
     ``fitted_raw`` (the same array for the variant it was fitted on): at its threshold, and
