@@ -101,8 +101,7 @@ def one_draw(description, labels, raw, images, calibration, rest, prior,
     if counts[0] >= need_normal and counts[1] >= need_pneumonia:
         fitted["labelled"] = fit_labelled(description, cal_labels, cal_raw, TARGET)
         folds = patient_folds(images.subset(calibration), FOLDS, SEED)
-        outcome["estimate"] = site_figures(fitted["labelled"], cal_labels, cal_raw, cal_raw, folds,
-                                           TARGET)
+        outcome["estimate"] = site_figures(fitted["labelled"], cal_labels, cal_raw, folds, TARGET)
     fitted["unlabelled"], found = fit_unlabelled(description, description.calibrate(cal_raw),
                                                  prior)
     outcome["estimated_share"] = found["prior"]
