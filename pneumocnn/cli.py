@@ -140,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/pneumocnn", help="run folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true", default=False,
                    help="continue the run in --out")
+    p.add_argument("--strategy", choices=("auto", "mirrored", "none"), default="auto",
+                   help="auto: across the workers TF_CONFIG names (every worker runs this "
+                   "command; the chief writes --out), or the GPUs of this machine; "
+                   "--batch-size is the global batch (default: %(default)s)")
     p.add_argument("--recipe", default="pneumocnn", choices=sorted(RECIPES),
                    help="starting settings: pneumocnn (the bundled model's), seed (the seed "
                    "report's TO-BE CNN) or seed-as-is (default: %(default)s)")
@@ -313,8 +317,11 @@ def _train(args) -> int:
     if settings.get("class_weight") == "none":
         settings["class_weight"] = None
     result = train(args.data, args.out, recipe=args.recipe, resume=args.resume, verbose=2,
-                   **settings)
-    print((result.run_dir / "report.md").read_text())
+                   strategy=args.strategy, **settings)
+    if result.chief:
+        print((result.run_dir / "report.md").read_text())
+    else:
+        print(f"trained as a worker of a multi-worker run; the chief wrote {result.run_dir}")
     return OK
 
 

@@ -94,7 +94,10 @@ def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):
 
     seen = []
 
-    def fake_train(data, out, recipe, resume, verbose, **settings):
+    strategies = []
+
+    def fake_train(data, out, recipe, resume, verbose, strategy, **settings):
+        strategies.append(strategy)
         seen.append(trainer.make_config(recipe, **settings))
         raise pneumocnn.core.errors.DatasetError("stop here")
 
@@ -118,6 +121,9 @@ def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):
         "seed-to-be", "seed", 0.5)
     main(["train", str(tmp_path), "--recipe", "seed", "--seed", "7"])  # --seed: the random seed
     assert seen[-1] == dataclasses.replace(trainer.make_config("seed"), random_seed=7)
+    main(["train", str(tmp_path), "--strategy", "mirrored", "--crop", "margins"])
+    assert strategies == ["auto"] * 4 + ["mirrored"]  # where to train is not a setting
+    assert seen[-1] == dataclasses.replace(trainer.TrainingConfig(), crop="margins")
 
 
 def test_train_help_says_seed_is_the_random_seed(capsys):

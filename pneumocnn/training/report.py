@@ -59,6 +59,7 @@ def report_text(run: TrainedRun, description: ModelDescription, metrics: dict,
     train_images, val_images = images
     val = metrics["validation"]
     seconds = [row["seconds"] for row in history]
+    where = description.info.get("provenance", {}).get("distribution")
     lines = [
         f"# Training report: {description.info['architecture']}",
         "",
@@ -67,6 +68,9 @@ def report_text(run: TrainedRun, description: ModelDescription, metrics: dict,
         f"random seed {config.random_seed}): {summary(val_images)}",
         f"- epochs: {len(history)}; median seconds per epoch: "
         f"{np.median(seconds) if seconds else float('nan'):.1f}",
+        *([f"- trained on {where['workers']} worker(s), {where['replicas']} replica(s) "
+           f"({where['strategy']}): global batch {where['global_batch']}, "
+           f"{where['per_replica_batch']} per replica"] if where else []),
         f"- exported epoch: {run.exported_epoch}"
         + (" (lowest validation loss)" if config.keep_best else " (the last)")
         + ("; batch-norm statistics re-estimated on the training images without augmentation"
