@@ -5,7 +5,9 @@ An input (file path, bytes, binary file, PIL image or numpy array) becomes:
 1. an 8-bit grayscale image: large JPEGs are decoded at a reduced scale that keeps at least
    twice the model input size (Pillow's draft mode); EXIF orientation is applied; colour,
    palette, CMYK and alpha images are converted to luminance; 16-bit images are scaled by
-   their bit depth;
+   their bit depth; DICOM files are shown as a viewer shows them (:mod:`pneumocnn.core.dicom`),
+   and those whose tags say they are not a frontal chest X-ray are refused unless the input
+   guard is turned off (:mod:`pneumocnn.core.guard`);
 2. ``pixels``: if the model asks for it (``crop="margins"``), the near-black or near-white
    bands at the image's edges (collimation, padding, detector borders) cut off, so that framing
    differences between machines do not reach the model; then resized to the model input
