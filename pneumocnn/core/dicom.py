@@ -46,7 +46,6 @@ _BARE_STARTS = (b"\x02\x00", b"\x08\x00")
 _BARE_BIG_ENDIAN_START = b"\x00\x08"
 # the loggers of pydicom and its decoder plugins (top-level names)
 _LIBRARIES = frozenset({"pydicom", "pylibjpeg", "libjpeg", "openjpeg", "rle", "jpeg_ls"})
-_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -65,13 +64,12 @@ def read_identifiers(path: str | os.PathLike) -> dict[str, str]:
         return {}
     try:
         import pydicom
-        import pydicom.errors
     except ImportError:
         return {}
     with _holding_library_logs():
         try:
             return _identifiers(pydicom.dcmread(path, stop_before_pixels=True, force=True))
-        except (pydicom.errors.InvalidDicomError, *_READ_ERRORS):
+        except Exception:  # a file that cannot be read has no identifiers to show
             return {}
 
 
@@ -115,14 +113,15 @@ def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True) -> DicomIma
     :class:`MissingDependencyError` if pydicom is not installed."""
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
     except ImportError:
         raise MissingDependencyError(f"{name}: DICOM input needs pydicom: {INSTALL}") from None
+    # pydicom and its decoders, given damaged or hostile bytes, raise errors of many kinds
+    # (struct.error, NotImplementedError, their own...): every one is the file's fault here
     with _holding_library_logs() as logged:
         try:
             dataset = pydicom.dcmread(stream, force=True)
             flagged = guard.reason(_guard_tags(dataset)) if guard_tags else None
-        except (InvalidDicomError, *_READ_ERRORS) as error:
+        except Exception as error:
             raise InputError(name, f"cannot read DICOM ({one_line(error)})") from error
         if flagged:
             raise NotFrontalChestError(name, flagged)
@@ -135,7 +134,7 @@ def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True) -> DicomIma
             return DicomImage(_display(pixels, dataset, name), _identifiers(dataset))
         except InputError:
             raise
-        except (NotImplementedError, RuntimeError, *_READ_ERRORS) as error:
+        except Exception as error:
             raise InputError(name, f"cannot decode DICOM pixel data ({one_line(error)})") from error
 
 
