@@ -5,6 +5,7 @@ are not a frontal chest X-ray."""
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import subprocess
@@ -219,6 +220,36 @@ def test_damaged_files_are_refused_in_one_line_without_library_logs(xray, model,
     assert not library, [r.getMessage() for r in library]
     logging.getLogger("pydicom").warning("said outside a read")  # pydicom's log is not muted
     assert caplog.records[-1].getMessage() == "said outside a read"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's, on each damaged value
+def test_mutated_dicom_bytes_give_an_image_or_an_input_error(xray):
+    """A valid compressed file and a file without preamble, with bytes changed or cut off, and
+    random bytes that start like a data set: pydicom raises errors of many kinds on them
+    (struct.error, NotImplementedError, its own); each must come out as an InputError."""
+    gray = xray[1]
+    buffer = io.BytesIO()
+    compressed(dx_dataset(gray), uid.RLELossless).save_as(buffer, enforce_file_format=True)
+    rng = np.random.default_rng(7)
+    bare = io.BytesIO()
+    dataset = uncompressed(dx_dataset(gray), uid.ImplicitVRLittleEndian)
+    del dataset.file_meta
+    pydicom.dcmwrite(bare, dataset, implicit_vr=True, little_endian=True)
+    outcomes = []
+    for index in range(300):
+        if index % 3 == 0:
+            data = b"\x08\x00" + rng.integers(0, 256, int(rng.integers(0, 400)), np.uint8).tobytes()
+        else:
+            data = bytearray((buffer if index % 3 == 1 else bare).getvalue())
+            for _ in range(int(rng.integers(1, 20))):
+                data[int(rng.integers(0, 2000))] = int(rng.integers(0, 256))
+            data = bytes(data[: int(rng.integers(10, len(data)))] if index % 2 else data)
+        try:
+            load_gray(data)
+            outcomes.append("image")
+        except pneumocnn.InputError:
+            outcomes.append("refused")
+    assert outcomes.count("refused") > 100 and "image" in outcomes
 
 
 def test_a_missing_decoder_names_the_extra(xray, tmp_path):
