@@ -60,7 +60,7 @@ def read_identifiers(path: str | os.PathLike) -> dict[str, str]:
     """The study identifiers of a DICOM file, without reading its pixels; ``{}`` for a file
     that is not DICOM, or when pydicom is not installed."""
     path = Path(path)
-    if not is_dicom_file(path):
+    if path.suffix.lower() not in SUFFIXES and not _starts_like_dicom(path):
         return {}
     try:
         import pydicom
