@@ -122,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--training-prior", type=float,
                    help="with --unlabelled: the pneumonia share the model's calibration assumes "
                         "(default: read from its description)")
-    p.add_argument("--json", action="store_true", help="print the recorded calibration as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the recorded calibration of each variant written as JSON")
     p.set_defaults(run=_calibrate)
 
     p = commands.add_parser("explain", help="draw what drove the answer for one X-ray")
@@ -281,7 +282,7 @@ def _calibrate(args) -> int:
                        target_sensitivity=args.target_sensitivity, unlabelled=args.unlabelled,
                        training_prior=args.training_prior)
     if args.json:
-        print(strictjson.dumps(result.record, indent=1))
+        print(strictjson.dumps(result.records, indent=1))
         for entry in result.unreadable:
             print(f"pneumocnn calibrate: skipped {entry}", file=sys.stderr)
     else:
