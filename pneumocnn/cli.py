@@ -1,9 +1,13 @@
 """The ``pneumocnn`` command line: predict, explain, triage, evaluate, calibrate, info, train,
 convert.
 
-Exit codes: 0 success; 1 some inputs could not be scored (the rest were); 2 usage error,
-including a model or data folder that cannot be used. ``predict --csv FILE --resume`` continues
-an interrupted run: inputs already in FILE are skipped, new rows are appended.
+Exit codes: 0 success; 1 some inputs could not be scored (the rest were), including inputs
+the input guard held back (DICOM tags that say the image is not a frontal chest X-ray; ``--no-guard``
+scores them); 2 usage error, including a model or data folder that cannot be used.
+``predict --csv FILE --resume`` continues an interrupted run: inputs already in FILE are
+skipped, new rows are appended. JSON output is strict: ``null`` where a number is undefined.
+What pydicom and its decoders log or warn about a file never reaches stderr: each input that
+could not be scored gets one line of pneumocnn's own.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
-from pneumocnn.core.errors import PneumocnnError
+from pneumocnn.core import strictjson
+from pneumocnn.core.errors import NotFrontalChestError, PneumocnnError
 from pneumocnn.training.settings import AUGMENTATIONS, RECIPES, TrainingConfig
 
 OK, SOME_FAILED, USAGE = 0, 1, 2
@@ -28,12 +33,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(message)s")
+    # pydicom warns about each oddity of a file it reads (and logs it too, which pneumocnn holds
+    # back while reading); a file that cannot be used is reported once, by pneumocnn
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     if hasattr(sys.stdout, "reconfigure"):  # print any file name, even one that is not UTF-8
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return args.run(args)
     except (PneumocnnError, ValueError, OSError) as error:
-        print(f"pneumocnn {args.command}: error: {error}", file=sys.stderr)
+        hint = " (--no-guard to go on all the same)" if isinstance(error, NotFrontalChestError) else ""
+        print(f"pneumocnn {args.command}: error: {error}{hint}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:
         print(f"pneumocnn {args.command}: interrupted", file=sys.stderr)
@@ -46,6 +55,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                                    "this CPU is used")
     p.add_argument("--variant", help="the variant to use (int8, float16, ...) instead of the "
                                      "fastest")
+
+
+def _guard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-guard", dest="guard", action="store_false",
+                   help="score DICOM files whose tags say they are not a frontal chest X-ray "
+                        "(another modality or body part, a lateral view, an animal), which "
+                        "are otherwise reported as not scored")
 
 
 def _load(args, threads: int | None = None):
@@ -69,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--threshold", type=float, help="override the model's decision threshold")
     p.add_argument("--threads", type=int, help="interpreter CPU threads (default: all cores)")
+    _guard_option(p)
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON lines")
     output.add_argument("--csv", metavar="FILE", help="write a CSV file as results arrive")
@@ -115,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--method", choices=("occlusion", "grad-cam"), default="occlusion",
                    help="grad-cam needs a .keras model and TensorFlow")
+    _guard_option(p)
     p.set_defaults(run=_explain)
 
     p = commands.add_parser("triage", help="score a folder into a sorted worklist and report")
@@ -122,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder: worklist.csv, report.html")
     _model_options(p)
     p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
+    _guard_option(p)
     p.set_defaults(run=_triage)
 
     p = commands.add_parser("info", help="print a model file's embedded description")
@@ -228,21 +247,27 @@ def _predict(args) -> int:
         writer = csv.DictWriter(sink, fieldnames=fields)
         if sink.tell() == 0:
             writer.writeheader()
+    flagged = 0
     try:
-        for prediction in model.predict_iter(inputs, threshold=args.threshold):
+        for prediction in model.predict_iter(inputs, threshold=args.threshold, guard=args.guard):
             failed += not prediction.ok
+            flagged += prediction.flagged
             if writer is not None:
                 writer.writerow(prediction.to_dict())
                 sink.flush()
             elif args.json:
-                print(json.dumps(prediction.to_dict()), flush=True)
+                print(strictjson.dumps(prediction.to_dict()), flush=True)
             else:
                 print(prediction, flush=True)
+            if not prediction.ok and (writer is not None or args.json):  # results go elsewhere
+                print(f"pneumocnn predict: {prediction}", file=sys.stderr, flush=True)
     finally:
         if sink is not None:
             sink.close()
     if failed:
-        print(f"pneumocnn predict: {failed} input(s) could not be scored", file=sys.stderr)
+        held = (f", {flagged} of them not a frontal chest X-ray (--no-guard scores them)"
+                if flagged else "")
+        print(f"pneumocnn predict: {failed} input(s) could not be scored{held}", file=sys.stderr)
     return SOME_FAILED if failed else OK
 
 
@@ -250,7 +275,7 @@ def _evaluate(args) -> int:
     from pneumocnn.runtime.evaluation import evaluate
 
     result = evaluate(args.model, args.folder, threshold=args.threshold, out=args.out)
-    print(json.dumps(result.metrics, indent=1) if args.json else result)
+    print(strictjson.dumps(result.metrics, indent=1) if args.json else result)
     return SOME_FAILED if result.failed else OK
 
 
@@ -261,7 +286,7 @@ def _calibrate(args) -> int:
                        target_sensitivity=args.target_sensitivity, unlabelled=args.unlabelled,
                        training_prior=args.training_prior)
     if args.json:
-        print(json.dumps(result.records, indent=1))
+        print(strictjson.dumps(result.records, indent=1))
         for entry in result.unreadable:
             print(f"pneumocnn calibrate: skipped {entry}", file=sys.stderr)
     else:
@@ -273,7 +298,8 @@ def _explain(args) -> int:
     from pneumocnn.runtime.explain import grad_cam, occlusion, overlay, save_png
 
     model = _load(args)
-    explanation = (grad_cam if args.method == "grad-cam" else occlusion)(model, args.image)
+    explain = grad_cam if args.method == "grad-cam" else occlusion
+    explanation = explain(model, args.image, guard=args.guard)
     save_png(overlay(args.image, explanation), args.out)
     print(f"{explanation.source}: probability {explanation.probability:.3f}; "
           f"{explanation.method} heatmap written to {args.out}")
@@ -283,7 +309,8 @@ def _explain(args) -> int:
 def _triage(args) -> int:
     from pneumocnn.runtime.triage import triage
 
-    worklist = triage(args.folder, args.out, _load(args), heatmaps=args.heatmaps)
+    worklist = triage(args.folder, args.out, _load(args), heatmaps=args.heatmaps,
+                      guard=args.guard)
     print(f"{len(worklist.rows) - len(worklist.failed)} scored, {len(worklist.failed)} failed; "
           f"worklist {worklist.csv_path}, report {worklist.html_path}")
     return SOME_FAILED if worklist.failed else OK

@@ -56,12 +56,14 @@ def triage(
     *,
     heatmaps: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    guard: bool = True,
 ) -> Worklist:
     """Score every image and DICOM file under ``folder`` into the report folder ``out``.
 
     ``model`` is a :class:`Model`, a model path, or None for the bundled model. ``progress``
     is called with ``(done, total)`` after each file; by default a counter is drawn on a
-    terminal's stderr.
+    terminal's stderr. A DICOM file whose tags say it is not a frontal chest X-ray is listed
+    with the failures, its reason in ``error``, unless ``guard=False``.
     """
     if not isinstance(model, Model):
         model = load(model)
@@ -76,7 +78,7 @@ def triage(
         if sink.tell() == 0:
             writer.writeheader()
         for count, (item, name) in enumerate(todo, start=1):
-            writer.writerow(_score(model, item, name, out / "images", heatmaps))
+            writer.writerow(_score(model, item, name, out / "images", heatmaps, guard))
             sink.flush()
             progress(len(done) + count, len(done) + len(todo))
     rows = _read_rows(scores)
@@ -87,17 +89,18 @@ def triage(
     return Worklist(rows, csv_path, html_path)
 
 
-def _score(model: Model, item, name: str, images: Path, heatmaps: bool) -> dict[str, str]:
+def _score(model: Model, item, name: str, images: Path, heatmaps: bool,
+           guard: bool) -> dict[str, str]:
     row = dict.fromkeys(COLUMNS, "")
     row["file"] = name
+    row.update(_identifiers(item))  # on failed rows too: a clinic matches them to its studies
     try:
         # Decode twice, not once per use: the model's pixels exactly as predict(path) makes
         # them (scored as they are: predict(pixels) would normalise them again), and the
         # full-size image for display.
-        pixels = load_pixels(item, model.description.preprocessing, name)
+        pixels = load_pixels(item, model.description.preprocessing, name, guard=guard)
         gray = load_gray(item, name)
         prediction = model.predict_pixels(pixels, name)
-        row.update(_identifiers(item))
         stem = _stem(name)
         thumbnail = gray.copy()
         thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
@@ -163,7 +166,7 @@ def _write_html(path: Path, rows: list[dict[str, str]], model: Model, images: Pa
         errors = "".join(f"<li>{html.escape(row['file'])}: {html.escape(row['error'])}</li>"
                          for row in failed)
         stream.write(f"""</tbody></table>
-<h2>Files that could not be scored</h2>
+<h2>Files not scored (unreadable, or not a frontal chest X-ray)</h2>
 <ul>{errors or "<li>none</li>"}</ul>
 </body></html>
 """.encode())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumocnn.core import strictjson
 from pneumocnn.core.files import write_text
 from pneumocnn.core.folders import LabelledImages
 from pneumocnn.core.metrics import binary_metrics
@@ -43,7 +44,7 @@ def write_reports(run_dir: Path, run: TrainedRun, description: ModelDescription,
     writer.writeheader()
     writer.writerows(history)
     write_text(run_dir / "history.csv", buffer.getvalue())
-    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    write_text(run_dir / "metrics.json", strictjson.dumps(metrics, indent=1))
     if history:
         plot_history(history, run_dir / "curves.png")
     write_text(run_dir / "report.md", report_text(run, description, metrics, images))
