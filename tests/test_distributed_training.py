@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ def _train_command(data: Path, out: Path, *extra: str) -> list[str]:
             "--validation-fraction", "0.25", *extra]
 
 
-def _run_workers(data: Path, out: Path, *extra: str) -> list[subprocess.CompletedProcess]:
+def _start_workers(data: Path, out: Path, *extra: str) -> list[subprocess.Popen]:
     """Every worker of a two-worker cluster runs the same command, as on a real cluster."""
     addresses = [f"localhost:{port}" for port in _free_ports(2)]
     workers = []
@@ -50,11 +51,19 @@ def _run_workers(data: Path, out: Path, *extra: str) -> list[subprocess.Complete
                "CUDA_VISIBLE_DEVICES": ""}
         workers.append(subprocess.Popen(_train_command(data, out, *extra), env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return workers
+
+
+def _finish(workers: list[subprocess.Popen]) -> list[subprocess.CompletedProcess]:
     done = []
     for worker in workers:
         stdout, stderr = worker.communicate(timeout=TIMEOUT)
         done.append(subprocess.CompletedProcess(worker.args, worker.returncode, stdout, stderr))
     return done
+
+
+def _run_workers(data: Path, out: Path, *extra: str) -> list[subprocess.CompletedProcess]:
+    return _finish(_start_workers(data, out, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +117,28 @@ def test_global_batch_must_split_evenly_over_the_replicas(tiny_data, tmp_path):
         assert worker.returncode != 0
         assert "must be a multiple of the 2 replicas" in worker.stderr
     assert not (tmp_path / "odd" / "model.keras").exists()
+
+
+def _history(run: Path) -> list[dict]:
+    state = run / "checkpoints" / "state.json"
+    return json.loads(state.read_text())["history"] if state.exists() else []
+
+
+def test_a_killed_multi_worker_run_resumes_from_the_chiefs_checkpoint(tiny_data, tmp_path):
+    out = tmp_path / "killed"
+    workers = _start_workers(tiny_data, out, "--epochs", "3")
+    deadline = time.monotonic() + TIMEOUT
+    while not _history(out) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for worker in workers:  # as a lost node would: no chance to clean up
+        worker.kill()
+        worker.wait()
+    first = _history(out)
+    assert len(first) in (1, 2) and not (out / "model.keras").exists()
+    resumed = _finish(_start_workers(tiny_data, out, "--epochs", "3", "--resume"))
+    for worker in resumed:
+        assert worker.returncode == 0, worker.stderr[-3000:]
+    history = _history(out)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[:len(first)] == first  # the epochs done before the kill were not trained again
+    assert (out / "model-int8.tflite").exists()
