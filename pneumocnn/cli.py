@@ -1,5 +1,5 @@
-"""The ``pneumocnn`` command line: predict, explain, triage, evaluate, calibrate, info, train,
-convert.
+"""The ``pneumocnn`` command line: predict, explain, triage, listen, evaluate, calibrate, info,
+train, convert.
 
 Exit codes: 0 success; 1 some inputs could not be scored (the rest were), including inputs
 the input guard held back (DICOM tags that say the image is not a frontal chest X-ray; ``--no-guard``
@@ -142,6 +142,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
     _guard_option(p)
     p.set_defaults(run=_triage)
+
+    p = commands.add_parser(
+        "listen", help="run a DICOM node: triage the X-rays sent to it (needs [dicom-net])",
+        description="A DICOM storage SCP for CR and DX (for presentation) images: each object is "
+        "stored in OUT/received before its C-STORE is answered, then scored into OUT's worklist "
+        "(worklist.csv, report.html) and a Structured Report in OUT/results, sent on to "
+        "--forward. Runs until interrupted (Ctrl-C, SIGTERM); a restart scores what was stored "
+        "but not yet scored.")
+    p.add_argument("--out", required=True, help="the node's folder")
+    p.add_argument("--port", type=int, default=11112, help="TCP port (default: %(default)s)")
+    p.add_argument("--bind", default="0.0.0.0", help="address to listen on (default: all)")
+    p.add_argument("--ae-title", default="PNEUMOCNN", help="the node's AE title, which senders "
+                   "must call (default: %(default)s)")
+    p.add_argument("--allow", nargs="+", metavar="AE", help="calling AE titles allowed to store "
+                   "(default: any)")
+    p.add_argument("--forward", metavar="AE@HOST:PORT", help="send each Structured Report to "
+                   "this storage SCP (a PACS), e.g. PACS@10.0.0.5:104")
+    p.add_argument("--max-associations", type=int, default=10,
+                   help="associations at once; more are rejected (default: %(default)s)")
+    p.add_argument("--max-object-mb", type=float, default=100.0,
+                   help="largest object accepted, in MiB (default: %(default)s)")
+    p.add_argument("--tls-cert", help="listen with TLS: the node's certificate (PEM)")
+    p.add_argument("--tls-key", help="with --tls-cert: its private key (PEM)")
+    p.add_argument("--tls-ca", help="with --tls-cert: accept only senders whose certificate this "
+                   "CA signed (mutual TLS)")
+    _model_options(p)
+    p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
+    _guard_option(p)
+    p.set_defaults(run=_listen)
 
     p = commands.add_parser("info", help="print a model file's embedded description")
     p.add_argument("model", nargs="?", help="model file or folder of variants (default: the "
@@ -314,6 +343,19 @@ def _triage(args) -> int:
     print(f"{len(worklist.rows) - len(worklist.failed)} scored, {len(worklist.failed)} failed; "
           f"worklist {worklist.csv_path}, report {worklist.html_path}")
     return SOME_FAILED if worklist.failed else OK
+
+
+def _listen(args) -> int:
+    from pneumocnn.runtime.node import serve, tls_context
+
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
+        raise ValueError("--tls-cert and --tls-key go together (--tls-ca with them)")
+    logging.getLogger("pneumocnn").setLevel(logging.INFO)
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    serve(args.out, _load(args), port=args.port, host=args.bind, ae_title=args.ae_title,
+          allow=args.allow, forward=args.forward, max_associations=args.max_associations,
+          max_object_mb=args.max_object_mb, tls=tls, heatmaps=args.heatmaps, guard=args.guard)
+    return OK
 
 
 def _info(args) -> int:

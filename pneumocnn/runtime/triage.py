@@ -31,6 +31,7 @@ from pneumocnn.core.preprocessing import load_gray, load_pixels
 from pneumocnn.runtime.explain import occlusion, overlay, save_png
 from pneumocnn.runtime.model import Model, load
 
+SCORES = "scores.csv"
 COLUMNS = ["probability", "label", "threshold", "file", *IDENTIFIERS, "error"]
 THUMBNAIL = 384
 
@@ -69,19 +70,21 @@ def triage(
         model = load(model)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    scores = out / "scores.csv"
-    done = {row["file"] for row in _read_rows(scores)}  # drops a row a kill cut short
+    scores = out / SCORES
+    done = {row["file"] for row in read_scores(scores)}  # drops a row a kill cut short
     todo = [(item, name) for item, name in expand_inputs(folder) if name not in done]
     progress = progress or _terminal_progress
-    with scores.open("a", newline="", encoding="utf-8", errors="surrogateescape") as sink:
-        writer = csv.DictWriter(sink, fieldnames=COLUMNS)
-        if sink.tell() == 0:
-            writer.writeheader()
-        for count, (item, name) in enumerate(todo, start=1):
-            writer.writerow(_score(model, item, name, out / "images", heatmaps, guard))
-            sink.flush()
-            progress(len(done) + count, len(done) + len(todo))
-    rows = _read_rows(scores)
+    for count, (item, name) in enumerate(todo, start=1):
+        append_score(scores, score(model, item, name, out / "images", heatmaps, guard))
+        progress(len(done) + count, len(done) + len(todo))
+    return write_worklist(out, model)
+
+
+def write_worklist(out: str | os.PathLike, model: Model) -> Worklist:
+    """Rewrite ``worklist.csv`` and ``report.html`` in ``out`` from the rows of its
+    ``scores.csv`` (each written atomically)."""
+    out = Path(out)
+    rows = read_scores(out / SCORES)
     rows.sort(key=_worklist_order)
     csv_path, html_path = out / "worklist.csv", out / "report.html"
     write_text(csv_path, _to_csv(rows))
@@ -89,8 +92,23 @@ def triage(
     return Worklist(rows, csv_path, html_path)
 
 
-def _score(model: Model, item, name: str, images: Path, heatmaps: bool,
-           guard: bool) -> dict[str, str]:
+def append_score(scores: Path, row: dict[str, str]) -> None:
+    """Append one row to ``scores.csv`` (with the header if the file is new or empty) and flush
+    it to disk before returning: once this returns, the row survives a crash."""
+    with scores.open("a", newline="", encoding="utf-8", errors="surrogateescape") as sink:
+        writer = csv.DictWriter(sink, fieldnames=COLUMNS)
+        if sink.tell() == 0:
+            writer.writeheader()
+        writer.writerow(row)
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
+def score(model: Model, item, name: str, images: Path, heatmaps: bool = True,
+          guard: bool = True) -> dict[str, str]:
+    """The worklist row of one input (a path or anything ``predict`` takes) named ``name``:
+    its probability, label and threshold, or its ``error``; with the study identifiers of a
+    DICOM file either way. Writes its thumbnail (and heatmap) PNGs into ``images``."""
     row = dict.fromkeys(COLUMNS, "")
     row["file"] = name
     row.update(_identifiers(item))  # on failed rows too: a clinic matches them to its studies
@@ -131,9 +149,9 @@ def _stem(name: str) -> str:
     return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def _read_rows(scores: Path) -> list[dict[str, str]]:
-    """The rows of ``scores.csv``, by the resume rule of :func:`~pneumocnn.core.files.resume_csv`;
-    the last row of a file wins."""
+def read_scores(scores: Path) -> list[dict[str, str]]:
+    """The rows of ``scores.csv``, by the resume rule of :func:`~pneumocnn.core.files.resume_csv`
+    (a row a kill cut short is dropped); the last row of a file wins."""
     rows = [row for row in resume_csv(scores, COLUMNS, "triage scores.csv") if row["file"]]
     return list({row["file"]: row for row in rows}.values())
 
