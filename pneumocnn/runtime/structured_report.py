@@ -15,6 +15,7 @@ pydicom (the ``dicom`` extra).
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
@@ -39,6 +40,7 @@ SOURCE = ("260753009", "SCT", "Source")
 NOTICE = ("A triage aid, not a diagnosis: it suggests which X-rays to read first; every X-ray "
           "still needs a radiologist's reading.")
 SERIES_NUMBER = 9901
+_NAMESPACE = uuid.UUID("7a0c5e52-3d55-4a39-9a55-2f1b0c6e7d01")  # pneumocnn's, for derived UIDs
 # copied from the X-ray so that the report files under the same patient and study
 _PATIENT_AND_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate",
                       "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
@@ -127,9 +129,8 @@ def encode(report) -> bytes:
 
 
 def _derived_uid(what: str, source: str) -> str:
-    from pydicom.uid import generate_uid
-
-    return generate_uid(prefix=None, entropy_srcs=["pneumocnn", what, str(source)])
+    """A UID of the form 2.25.N (PS3.5 B.2), N a name-based UUID of ``what`` and ``source``."""
+    return f"2.25.{uuid.uuid5(_NAMESPACE, f'{what} {source}').int}"
 
 
 def _code(code: tuple[str, str, str]):
