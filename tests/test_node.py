@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -178,9 +179,53 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
     assert len(list((tmp_path / "node" / "received").iterdir())) == 2
     assert len(list((tmp_path / "node" / "results").iterdir())) == 1  # no report unscored
     logged = caplog.text
-    assert "rejected an association from INTRUDER@" in logged
+    assert "rejected an association from INTRUDER@127.0.0.1: calling AE title not allowed" in logged
+    assert "rejected an association from XRAY1@127.0.0.1: it called 'SOMEONE'" in logged
     assert "status 0xA700" in logged and "over the limit" in logged
     assert "status 0xC000" in logged and "cannot parse" in logged
+
+
+def test_associations_beyond_the_limit_are_rejected(tmp_path, tiny, caplog):
+    caplog.set_level(logging.INFO, logger="pneumocnn.node")
+    with node(tmp_path / "node", tiny, max_associations=1) as scp:
+        ae = AE(ae_title="XRAY1")
+        ae.add_requested_context(DigitalXRayImageStorageForPresentation)
+        held = ae.associate(LOCAL, scp.port, ae_title="PNEUMOCNN")
+        assert held.is_established
+        assert send(scp.port, [xray("NORMAL", 14)], calling="XRAY2") is None
+        held.release()
+        deadline = time.monotonic() + 10  # the server forgets the released one shortly after
+        while (statuses := send(scp.port, [xray("NORMAL", 14)], calling="XRAY2")) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert statuses == [0]
+    assert "XRAY2@127.0.0.1: 1 associations at once already" in caplog.text
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_only(tmp_path, tiny):
+    """With a certificate and key the node speaks TLS only: a TLS sender that trusts the
+    certificate stores; a sender without TLS does not get an association."""
+    import ssl
+
+    from pneumocnn.runtime.node import tls_context
+
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    with node(tmp_path / "node", tiny, tls=tls_context(cert, key)) as scp:
+        client = ssl.create_default_context(cafile=str(cert))
+        ae = AE(ae_title="XRAY1")
+        ae.add_requested_context(DigitalXRayImageStorageForPresentation)
+        association = ae.associate(LOCAL, scp.port, ae_title="PNEUMOCNN",
+                                   tls_args=(client, LOCAL))
+        assert association.is_established
+        assert association.send_c_store(xray("NORMAL", 15)).Status == 0
+        association.release()
+        assert send(scp.port, [xray("NORMAL", 16)]) is None
+        assert scp.wait_idle(60)
+    assert len(rows(tmp_path / "node")) == 1
 
 
 def test_a_duplicate_is_acknowledged_and_listed_once(tmp_path, tiny):

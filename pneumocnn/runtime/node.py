@@ -62,8 +62,8 @@ class Node:
     ``model``: a :class:`Model`, a model path, or None for the bundled model. ``allow``: the
     calling AE titles that may store (None: any). ``forward``: ``AE@HOST:PORT`` (or a
     :class:`~pneumocnn.runtime.forward.Destination`) to send each report to. ``tls``: a server
-    SSL context (see :func:`tls_context`); the forward then uses TLS too, with ``forward_tls``
-    or a default client context. ``port=0`` takes a free port (see :attr:`port`).
+    SSL context (see :func:`tls_context`); ``forward_tls`` a client SSL context for the
+    forward. ``port=0`` takes a free port (see :attr:`port`).
     """
 
     def __init__(self, out: str | os.PathLike, model: Model | str | os.PathLike | None = None, *,
@@ -91,11 +91,10 @@ class Node:
         self.forwarder = None
         if forward is not None:
             destination = forward if isinstance(forward, Destination) else Destination.parse(forward)
-            client = forward_tls or (ssl.create_default_context() if tls else None)
             self.forwarder = Forwarder(destination, self.out / "outbox", self.results,
                                        self.ae_title, attempts=forward_attempts,
                                        pause=forward_pause, retry_seconds=retry_seconds,
-                                       tls=client)
+                                       tls=forward_tls)
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._store_lock = threading.Lock()
         self._scored: set[str] = set()
@@ -278,11 +277,17 @@ def serve(out: str | os.PathLike, model: Model | str | os.PathLike | None = None
 
 
 def _log_rejection(event) -> None:
-    requestor = event.assoc.requestor
-    LOG.warning("rejected an association from %s@%s (allowed calling AE titles: %s; "
-                "at most %d associations at once)", requestor.ae_title, requestor.address,
-                ", ".join(event.assoc.ae.require_calling_aet) or "any",
-                event.assoc.ae.maximum_associations)
+    """Log why an association was rejected, by the checks pynetdicom made, in its order."""
+    requestor, ae = event.assoc.requestor, event.assoc.ae
+    called = str(requestor.primitive.called_ae_title).strip()
+    if ae.require_calling_aet and requestor.ae_title.strip() not in ae.require_calling_aet:
+        reason = f"calling AE title not allowed (allowed: {', '.join(ae.require_calling_aet)})"
+    elif called != event.assoc.acceptor.ae_title.strip():
+        reason = f"it called {called!r}, not this node's AE title"
+    else:
+        reason = f"{ae.maximum_associations} associations at once already"
+    LOG.warning("rejected an association from %s@%s: %s", requestor.ae_title,
+                requestor.address, reason)
 
 
 def _one_line(error: Exception) -> str:
