@@ -67,7 +67,8 @@ def xray(label: str = "PNEUMONIA", index: int = 0, cr: bool = False, **tags) -> 
 
 def send(port: int, datasets, calling: str = "XRAY1", called: str = "PNEUMOCNN",
          contexts=CONTEXTS) -> list[int] | None:
-    """C-STORE ``datasets`` in one association; the statuses, or None if it was rejected."""
+    """C-STORE ``datasets`` in one association; the statuses (-1: no answer), or None if it
+    was rejected."""
     ae = AE(ae_title=calling)
     for context in contexts:
         ae.add_requested_context(context)
@@ -75,7 +76,7 @@ def send(port: int, datasets, calling: str = "XRAY1", called: str = "PNEUMOCNN",
     if not association.is_established:
         return None
     try:
-        return [int(association.send_c_store(dataset).Status) for dataset in datasets]
+        return [int(association.send_c_store(dataset).get("Status", -1)) for dataset in datasets]
     finally:
         association.release()
 
@@ -408,3 +409,50 @@ def test_importing_pneumocnn_does_not_import_pynetdicom():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path, tiny):
+    """Four senders, 30 X-rays each, one association per X-ray, into a node in its own process
+    that is killed with SIGKILL mid-stream, then restarted in this one: every X-ray the node
+    acknowledged is listed once, and scores.csv holds each stored object once."""
+    out = tmp_path / "node"
+    code = ("import sys; from pneumocnn.runtime.node import Node; import time; "
+            "n = Node(sys.argv[1], sys.argv[2], port=0, host='127.0.0.1', heatmaps=False).start(); "
+            "print(n.port, flush=True); time.sleep(3600)")
+    process = subprocess.Popen([sys.executable, "-c", code, str(out), str(TINY_INT8)],
+                               stdout=subprocess.PIPE, text=True, cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    port = int(process.stdout.readline())
+    acknowledged: list[str] = []
+    attempted = [0] * 4
+
+    def sender(s: int) -> None:
+        for k in range(30):
+            dataset = xray("PNEUMONIA" if k % 2 else "NORMAL", (s * 30 + k) % 24)
+            attempted[s] += 1
+            try:
+                if send(port, [dataset], calling=f"XRAY{s + 1}") == [0]:
+                    acknowledged.append(dataset.SOPInstanceUID)
+            except (ValueError, RuntimeError, OSError):  # the node is gone
+                return
+
+    threads = [threading.Thread(target=sender, args=(s,)) for s in range(4)]
+    for thread in threads:
+        thread.start()
+    while len(acknowledged) < 50:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    for thread in threads:
+        thread.join()
+    stored = {path.stem for path in (out / "received").glob("*.dcm")}
+    scored_before = len(rows(out, "scores.csv")) if (out / "scores.csv").exists() else 0
+    with node(out, tiny) as scp:
+        assert scp.wait_idle(300)
+    listed = [row["SOPInstanceUID"] for row in rows(out)]
+    assert set(acknowledged) <= set(listed) and len(listed) == len(set(listed)) == len(stored)
+    files = [row["file"] for row in rows(out, "scores.csv")]
+    assert len(files) == len(set(files)) == len(stored)
+    print(f"\n{sum(attempted)} sends, {len(acknowledged)} acknowledged before the kill, "
+          f"{len(stored)} stored, {scored_before} scored before the kill, {len(listed)} listed")
