@@ -263,12 +263,13 @@ def test_concurrent_associations_from_several_senders(tmp_path, tiny):
 
 
 class PACS:
-    """A storage SCP for Structured Reports, standing for the clinic's PACS."""
+    """A storage SCP for Structured Reports, standing for the clinic's PACS; it takes DICOM's
+    default transfer syntax only."""
 
     def __init__(self, port: int = 0) -> None:
         self.received: list[pydicom.Dataset] = []
         ae = AE(ae_title="PACS")
-        ae.add_supported_context(ComprehensiveSRStorage)
+        ae.add_supported_context(ComprehensiveSRStorage, [uid.ImplicitVRLittleEndian])
 
         def store(event) -> int:
             self.received.append(event.dataset)

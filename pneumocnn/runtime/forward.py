@@ -122,7 +122,7 @@ class Forwarder:
         for attempt in range(1, self.attempts + 1):
             try:
                 self.send(path)
-            except (ForwardError, OSError, ValueError) as error:
+            except Exception as error:  # refused, unreachable, or a file pydicom cannot read
                 if attempt == self.attempts:
                     LOG.error("could not forward %s to %s after %d attempts (%s); the file is "
                               "kept and will be tried again", path, self.destination,
@@ -139,13 +139,18 @@ class Forwarder:
                 return
 
     def send(self, path: Path) -> None:
-        """Store the DICOM file ``path`` at the destination, or raise :class:`ForwardError`."""
+        """Store the DICOM file ``path`` at the destination; :class:`ForwardError` if the
+        destination refused it or did not answer (a file that cannot be read raises as pydicom
+        raises)."""
         import pydicom
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE
 
         dataset = pydicom.dcmread(path)
         ae = AE(ae_title=self.ae_title)
-        ae.add_requested_context(dataset.SOPClassUID, [dataset.file_meta.TransferSyntaxUID])
+        # every SCP takes Implicit VR Little Endian, DICOM's default
+        ae.add_requested_context(dataset.SOPClassUID, [ExplicitVRLittleEndian,
+                                                       ImplicitVRLittleEndian])
         tls = (self.tls, self.destination.host) if self.tls else None
         association = ae.associate(self.destination.host, self.destination.port,
                                    ae_title=self.destination.ae_title, tls_args=tls)
