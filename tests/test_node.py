@@ -166,9 +166,8 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
         ae.add_requested_context(CTImageStorage)
         association = ae.associate(LOCAL, scp.port, ae_title="PNEUMOCNN")
         refused = [(c.abstract_syntax, c.result) for c in association.rejected_contexts]
-        if association.is_established:
-            association.release()
         assert refused == [(CTImageStorage, 0x03)]  # abstract syntax not supported
+        assert not association.is_established  # nothing left to send: the sender aborts
         big = xray("NORMAL", 4)  # 50 kB of pixels and 100 kB of a private element
         big.private_block(0x0009, "TEST", create=True).add_new(0x10, "OB", bytes(100_000))
         statuses = send(scp.port, [big, malformed, xray("NORMAL", 5, ViewPosition="LL"),
