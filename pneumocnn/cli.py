@@ -350,7 +350,9 @@ def _listen(args) -> int:
 
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
         raise ValueError("--tls-cert and --tls-key go together (--tls-ca with them)")
-    logging.getLogger("pneumocnn").setLevel(logging.INFO)
+    logging.getLogger("pneumocnn").setLevel(logging.INFO)  # each store, score and refusal
+    for handler in logging.getLogger().handlers:  # a server's log needs the time
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     serve(args.out, _load(args), port=args.port, host=args.bind, ae_title=args.ae_title,
           allow=args.allow, forward=args.forward, max_associations=args.max_associations,

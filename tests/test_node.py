@@ -235,6 +235,8 @@ def test_a_duplicate_is_acknowledged_and_listed_once(tmp_path, tiny):
         assert scp.wait_idle(60)
         assert send(scp.port, [dataset, dataset], calling="XRAY2") == [0, 0]
         assert scp.wait_idle(60)
+        with pytest.raises(pneumocnn.PneumocnnError, match="in use by another process"):
+            node(tmp_path / "node", tiny).start()  # one node per folder
     assert len(rows(tmp_path / "node")) == 1
     assert len(rows(tmp_path / "node", "scores.csv")) == 1  # scored once
 

@@ -108,8 +108,8 @@ class Node:
         return self._server.server_address[1] if self._server else self._requested_port
 
     def start(self) -> Node:
-        """Lock ``out``, queue what an earlier run stored but did not score, start the worker
-        (and the forwarder) and listen; return at once."""
+        """Lock ``out``, listen, queue what an earlier run stored but did not score, start the
+        worker (and the forwarder); return at once. A node starts once."""
         with self._held as held:
             held.enter_context(exclusive_lock(self.out / ".lock", f"the node folder {self.out}"))
             for folder in (self.received, self.results, self.out / "images"):
@@ -121,13 +121,13 @@ class Node:
             if pending:
                 LOG.info("%d object(s) stored by an earlier run but not scored: scoring them",
                          len(pending))
+            self._server = self._listen()  # a port in use raises here, before any thread
             for path in pending:
                 self._queue.put(path)
             self._worker = threading.Thread(target=self._work, name="pneumocnn-score", daemon=True)
             self._worker.start()
             if self.forwarder:
                 self.forwarder.start()
-            self._server = self._listen()
             self._held = held.pop_all()
         LOG.info("%s listening on %s:%d%s; writing to %s", self.ae_title, self.host, self.port,
                  " (TLS)" if self.tls else "", self.out)
