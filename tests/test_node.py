@@ -4,6 +4,7 @@ sending DICOM files made from the real X-rays in tests/data, to nodes on free lo
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import os
@@ -147,14 +148,18 @@ def test_stores_scores_lists_and_reports_what_arrives(tmp_path, tiny):
 def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
     """Refused with a logged reason, and the node goes on storing: a calling AE title not on
     the allow-list, a wrong called AE title, a CT (context rejected), an object over the size
-    limit, a malformed one; a lateral view is stored and listed apart by the guard."""
+    limit, a malformed one, one whose data set names another SOP class than it was sent as; a
+    lateral view is stored and listed apart by the guard."""
     caplog.set_level(logging.INFO, logger="pneumocnn.node")
     malformed = xray("NORMAL", 3, PatientID="HOSTILE")
     encode = association_module.encode
 
-    def hostile_encode(dataset, *args):  # the sender appends a sequence that is not one
+    def hostile_encode(dataset, *args):
+        if dataset.get("PatientID") == "CT":  # sent as a DX, but its data set says CT
+            dataset = copy.deepcopy(dataset)
+            dataset.SOPClassUID = CTImageStorage
         encoded = encode(dataset, *args)
-        if dataset.get("PatientID") == "HOSTILE":
+        if dataset.get("PatientID") == "HOSTILE":  # a sequence that is not one appended
             encoded += bytes.fromhex("4000 30a7") + b"SQ\0\0\xff\xff\xff\xff\x01\x02\x03"
         return encoded
 
@@ -170,9 +175,10 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
         assert not association.is_established  # nothing left to send: the sender aborts
         big = xray("NORMAL", 4)  # 50 kB of pixels and 100 kB of a private element
         big.private_block(0x0009, "TEST", create=True).add_new(0x10, "OB", bytes(100_000))
-        statuses = send(scp.port, [big, malformed, xray("NORMAL", 5, ViewPosition="LL"),
-                                   xray("NORMAL", 6)], calling="XRAY2")
-        assert statuses == [0xA700, 0xC000, 0, 0]
+        statuses = send(scp.port, [big, malformed, xray("NORMAL", 2, PatientID="CT"),
+                                   xray("NORMAL", 5, ViewPosition="LL"), xray("NORMAL", 6)],
+                        calling="XRAY2")
+        assert statuses == [0xA700, 0xC000, 0xA900, 0, 0]
         assert scp.wait_idle(60)
     listed = rows(tmp_path / "node")
     assert len(listed) == 2 and listed[0]["label"] and "lateral view" in listed[1]["error"]
@@ -183,6 +189,7 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
     assert "rejected an association from XRAY1@127.0.0.1: it called 'SOMEONE'" in logged
     assert "status 0xA700" in logged and "over the limit" in logged
     assert "status 0xC000" in logged and "cannot parse" in logged
+    assert "status 0xA900" in logged and f"SOP class {CTImageStorage} sent as" in logged
 
 
 def test_associations_beyond_the_limit_are_rejected(tmp_path, tiny, caplog):
