@@ -145,6 +145,7 @@ def test_stores_scores_lists_and_reports_what_arrives(tmp_path, tiny):
     assert page.count("<tr") == 4 and "not a diagnosis" in page  # header row + 3
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the sender's own bad UID
 def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
     """Refused with a logged reason, and the node goes on storing: a calling AE title not on
     the allow-list, a wrong called AE title, a CT (context rejected), an object over the size
@@ -158,6 +159,9 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
         if dataset.get("PatientID") == "CT":  # sent as a DX, but its data set says CT
             dataset = copy.deepcopy(dataset)
             dataset.SOPClassUID = CTImageStorage
+        if dataset.get("PatientID") == "PATH":  # a UID that would be a path out of received/
+            dataset = copy.deepcopy(dataset)
+            dataset.SOPInstanceUID = "../../escaped"
         encoded = encode(dataset, *args)
         if dataset.get("PatientID") == "HOSTILE":  # a sequence that is not one appended
             encoded += bytes.fromhex("4000 30a7") + b"SQ\0\0\xff\xff\xff\xff\x01\x02\x03"
@@ -176,9 +180,10 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
         big = xray("NORMAL", 4)  # 50 kB of pixels and 100 kB of a private element
         big.private_block(0x0009, "TEST", create=True).add_new(0x10, "OB", bytes(100_000))
         statuses = send(scp.port, [big, malformed, xray("NORMAL", 2, PatientID="CT"),
+                                   xray("NORMAL", 1, PatientID="PATH"),
                                    xray("NORMAL", 5, ViewPosition="LL"), xray("NORMAL", 6)],
                         calling="XRAY2")
-        assert statuses == [0xA700, 0xC000, 0xA900, 0, 0]
+        assert statuses == [0xA700, 0xC000, 0xA900, 0xC000, 0, 0]
         assert scp.wait_idle(60)
     listed = rows(tmp_path / "node")
     assert len(listed) == 2 and listed[0]["label"] and "lateral view" in listed[1]["error"]
@@ -189,6 +194,8 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
     assert "rejected an association from XRAY1@127.0.0.1: it called 'SOMEONE'" in logged
     assert "status 0xA700" in logged and "over the limit" in logged
     assert "status 0xC000" in logged and "cannot parse" in logged
+    assert "invalid or mismatched SOP Instance UID '../../escaped'" in logged
+    assert not list(tmp_path.rglob("escaped*"))
     assert "status 0xA900" in logged and f"SOP class {CTImageStorage} sent as" in logged
 
 
