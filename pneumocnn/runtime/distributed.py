@@ -30,6 +30,7 @@ import itertools
 import math
 import os
 import uuid
+from collections import deque
 from collections.abc import Container, Iterable, Iterator
 from hashlib import sha256
 from pathlib import Path
@@ -186,31 +187,29 @@ def _score(client: distributed.Client, plugin: str, cutoff: float,
     run = uuid.uuid4().hex[:12]
     keys = itertools.count()
     futures = distributed.as_completed()
-    names_of: dict[Any, list[str]] = {}
+    names_of: dict[distributed.Future, list[str]] = {}
+    retry: deque[list[str]] = deque()  # the files of a partition whose workers kept dying
     ready: list[Prediction] = []
-
-    def submit(names: list[str]) -> None:
-        future = client.submit(_score_partition, names, plugin, cutoff,
-                               key=f"pneumocnn-predict-{run}-{next(keys)}", pure=False)
-        names_of[future] = names
-        futures.add(future)
 
     def fill() -> None:
         limit = window or max(4, 2 * sum(client.nthreads().values()))
         while futures.count() < limit:
-            part = next(work, None)
+            part = retry.popleft() if retry else next(work, None)
             if part is None:
                 return
             if isinstance(part, Prediction):
                 ready.append(part)
-            else:
-                submit(part)
+                continue
+            future = client.submit(_score_partition, part, plugin, cutoff,
+                                   key=f"pneumocnn-predict-{run}-{next(keys)}", pure=False)
+            names_of[future] = part
+            futures.add(future)
 
     try:
         fill()
-        yield from ready
-        ready.clear()
         for future in futures:
+            yield from ready
+            ready.clear()
             names = names_of.pop(future)
             try:
                 yield from future.result()
@@ -218,15 +217,13 @@ def _score(client: distributed.Client, plugin: str, cutoff: float,
                 if len(names) == 1:  # this file kills whichever worker reads it
                     yield Prediction(names[0], None, math.nan, cutoff, KILLED)
                 else:  # find the file: one task each
-                    for name in names:
-                        submit([name])
+                    retry.extend([name] for name in names)
             except Exception as error:
                 raise PneumocnnError(f"a Dask task failed: {type(error).__name__}: "
                                      f"{error}") from error
             finally:
                 future.release()
             fill()
-            yield from ready
-            ready.clear()
+        yield from ready
     finally:
         client.cancel(list(names_of))
