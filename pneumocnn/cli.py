@@ -3,7 +3,8 @@ convert.
 
 Exit codes: 0 success; 1 some inputs could not be scored (the rest were); 2 usage error,
 including a model or data folder that cannot be used. ``predict --csv FILE --resume`` continues
-an interrupted run: inputs already in FILE are skipped, new rows are appended.
+an interrupted run: inputs already in FILE are skipped, new rows are appended. ``predict --dask
+CLUSTER`` scores on a Dask cluster (:mod:`pneumocnn.runtime.distributed`, imported only then).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("predict", help="score X-ray files and folders")
+    p = commands.add_parser("predict", help="score X-ray files, folders and manifests")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or "
                                              "manifests: a .txt or .lst file of paths, one a "
                                              "line, or a .csv file with a 'path' column")
@@ -132,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_explain)
 
     p = commands.add_parser("triage", help="score a folder into a sorted worklist and report")
-    p.add_argument("folder", help="folder of images and DICOM files (searched recursively)")
+    p.add_argument("folder", help="folder of images and DICOM files (searched recursively), or "
+                                  "a manifest of them (as predict takes)")
     p.add_argument("--out", required=True, help="report folder: worklist.csv, report.html")
     _model_options(p)
     p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
