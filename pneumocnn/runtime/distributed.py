@@ -124,7 +124,9 @@ class ModelPlugin(distributed.WorkerPlugin):
     """The model for the workers: the file's bytes, loaded once per worker process when the
     plugin reaches it (at registration, or when the worker starts or is restarted) with
     ``threads`` interpreter threads. Its name is unique to the bytes and threads, and it is
-    idempotent: registering it again on a cluster that has it changes nothing."""
+    idempotent: registering it again on a cluster that has it changes nothing. It stays
+    registered after a run (another client may be using it), so that the next run of the same
+    model on that cluster ships nothing."""
 
     idempotent = True
 
