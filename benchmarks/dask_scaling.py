@@ -220,8 +220,9 @@ def table(results: dict) -> str:
         f"{machine['cpu']} ({flags['class']}; flags {' '.join(flags['flags'] or [])}), "
         f"{machine['cores']} cores, Python {machine['python']}, dask "
         f"{machine['versions'].get('dask')}, ai-edge-litert {machine['versions'].get('ai-edge-litert')}. "
-        f"Load average at start: {machine.get('load_average_at_start')}. Each figure from one run "
-        "of a fresh child process, one at a time.", "",
+        f"Load average at start: {machine.get('load_average_at_start')}, at the end: "
+        f"{results.get('load_average_at_end')}. Each figure from one run of a fresh child "
+        f"process, one at a time; {results['wall_seconds']:.0f} s in all.", "",
         f"## Throughput: {results['throughput_inputs']}", "",
         f"Model: the bundled `{results['model']['file']}` (`load()` at 1 thread: "
         f"{results['model']['variant']}), the same file in every row. Steady: after the first "
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="pneumocnn-dask-") as scratch:
         results = {"machine": machine, "quick": args.quick, **measure(args, Path(scratch))}
     results["wall_seconds"] = time.perf_counter() - started
+    results["load_average_at_end"] = report.load_average()
     text = table(results)
     from pneumocnn.core.files import write_text
 
