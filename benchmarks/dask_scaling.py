@@ -44,6 +44,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -168,101 +169,132 @@ def throughput_files(count: int) -> tuple[list[Path], str]:
     return shipped, f"the 48 X-rays of tests/data/xrays (224 px JPEG), cycled to {count}"
 
 
-def measure(args: argparse.Namespace, scratch: Path) -> dict:
-    """Every figure, in child processes one after another."""
+def model_file() -> tuple[str, str]:
+    """The bundled model's file that ``load()`` chooses on this CPU at 1 thread, and why."""
     from pneumocnn.runtime.model import load
 
-    chosen = load(threads=1)  # the bundled model's variant for 1 thread on this CPU
-    model_file = chosen.path
+    chosen = load(threads=1)
+    return chosen.path, str(chosen.variant)
+
+
+def throughput(args: argparse.Namespace, scratch: Path) -> dict:
+    """Images/s of each way of scoring the same files."""
+    model, why = model_file()
     files, source = throughput_files(args.images)
     manifest = write_manifest(scratch / "throughput.txt", files, args.images)
-    results: dict = {"model": {"file": Path(model_file).name, "variant": str(chosen.variant)},
-                     "throughput_inputs": source, "throughput": [], "memory": []}
+    part: dict = {"model": {"file": Path(model).name, "variant": why}, "inputs": source,
+                  "rows": []}
     for mode in ("one file at a time", "predict", "local:1", "local:2"):
-        row = child(THROUGHPUT, mode, str(manifest), model_file, str(scratch / "out.csv"))
+        row = child(THROUGHPUT, mode, str(manifest), model, str(scratch / "out.csv"))
         print(f"  {mode}: {row['steady_images_per_s']:.0f} images/s steady, "
               f"{row['wall_s']:.1f} s wall", file=sys.stderr)
-        results["throughput"].append(row)
-    runs = [("bundled", model_file, n) for n in args.memory_real]
+        part["rows"].append(row)
+    return part
+
+
+def memory(args: argparse.Namespace, scratch: Path) -> dict:
+    """The client's peak RSS on manifests of growing length, and the cost of resuming."""
+    model, _ = model_file()
+    part: dict = {"rows": []}
+    runs = [("bundled", model, n) for n in args.memory_real]
     runs += [("tiny", str(TINY), n) for n in args.memory_tiny]
-    for name, model, count in runs:
+    for name, model_path, count in runs:
         listed = distinct_manifest(scratch / f"manifest-{count}.txt", scratch / "links", count)
         out = scratch / f"memory-{name}-{count}.csv"
-        argv = ["predict", str(listed), "--model", model, "--csv", str(out), "--dask", "local:2",
-                "--no-progress"]
+        argv = ["predict", str(listed), "--model", model_path, "--csv", str(out), "--dask",
+                "local:2", "--no-progress"]
         row = {"model": name, "entries": count, "command": "predict --dask local:2",
                **child(CLIENT, *argv)}
         print(f"  {name} model, {count:,} entries: client peak RSS {row['peak_rss_mb']:.0f} MB, "
               f"{row['wall_s']:.0f} s", file=sys.stderr)
-        results["memory"].append(row)
-        if count == max(args.memory_tiny) and name == "tiny":
-            resumed = {"model": name, "entries": count, "command": "predict --dask local:2 --resume "
-                       "(every row done)", **child(CLIENT, *argv, "--resume")}
+        part["rows"].append(row)
+        if name == "tiny" and count == max(args.memory_tiny):
+            resumed = {"model": name, "entries": count, "command": "predict --dask local:2 "
+                       "--resume (every row done)", **child(CLIENT, *argv, "--resume")}
             print(f"  resume of {count:,} rows: peak RSS {resumed['peak_rss_mb']:.0f} MB",
                   file=sys.stderr)
-            results["memory"].append(resumed)
-            results["done_names"] = child(NAME_SETS, str(out))
+            part["rows"].append(resumed)
+            part["done_names"] = child(NAME_SETS, str(out))
         listed.unlink()
         out.unlink()
-    return results
+    return part
+
+
+PARTS = {"throughput": throughput, "memory": memory}
+
+
+def _taken(part: dict) -> str:
+    machine = part["machine"]
+    return (f"Taken {part['taken']} in {part['wall_seconds']:.0f} s; load average at start "
+            f"{[round(x, 2) for x in machine['load_average_at_start'] or []]}, at the end "
+            f"{[round(x, 2) for x in part['load_average_at_end'] or []]}.")
 
 
 def table(results: dict) -> str:
-    """The markdown report."""
-    machine = results["machine"]
-    flags = machine["cpu_features"]
-    rows = {row["mode"]: row for row in results["throughput"]}
-    one = 1000 / rows["one file at a time"]["steady_images_per_s"]
-    local1 = 1000 / rows["local:1"]["steady_images_per_s"]
+    """The markdown report of the parts measured."""
+    first = next(iter(results["parts"].values()))["machine"]
+    flags = first["cpu_features"]
     lines = [
         "# Scoring on Dask: throughput against one process, and client memory", "",
         f"`python -m benchmarks.dask_scaling{' --quick' if results['quick'] else ''}`. Machine: "
-        f"{machine['cpu']} ({flags['class']}; flags {' '.join(flags['flags'] or [])}), "
-        f"{machine['cores']} cores, Python {machine['python']}, dask "
-        f"{machine['versions'].get('dask')}, ai-edge-litert {machine['versions'].get('ai-edge-litert')}. "
-        f"Load average at start: {machine.get('load_average_at_start')}, at the end: "
-        f"{results.get('load_average_at_end')}. Each figure from one run of a fresh child "
-        f"process, one at a time; {results['wall_seconds']:.0f} s in all.", "",
-        f"## Throughput: {results['throughput_inputs']}", "",
-        f"Model: the bundled `{results['model']['file']}` (`load()` at 1 thread: "
-        f"{results['model']['variant']}), the same file in every row. Steady: after the first "
-        "rows arrived (process, model and cluster start-up left out); wall: from the first "
-        "import to the last row, start-up included.", "",
-        "| how | steady images/s | vs one file at a time | wall s | first row after s |",
-        "|---|---|---|---|---|"]
-    base = rows["one file at a time"]["steady_images_per_s"]
-    for mode, row in rows.items():
-        lines.append(f"| {mode} | {row['steady_images_per_s']:.0f} | "
-                     f"{row['steady_images_per_s'] / base:.2f}x | "
-                     f"{row['wall_s']:.1f} | {row['first_row_s']:.1f} |")
-    lines += ["", f"Dask overhead per file (steady `local:1` less one file at a time, 1 worker "
-              f"against 1 thread): {local1 - one:.3f} ms on {one:.3f} ms of work "
-              f"({(local1 - one) / one:.1%}).", "",
-              "## Client memory: `pneumocnn predict MANIFEST --csv OUT --dask local:2 --no-progress`",
-              "", "Peak RSS (VmHWM) of the client process, which with `local:2` also runs the "
-              "scheduler; the workers are other processes. Manifests of distinct absolute paths "
-              "to the 48 X-rays of tests/data/xrays (through symbolic links to its folder).", "",
-              "| model | entries | command | client peak RSS MB | wall s |", "|---|---|---|---|---|"]
-    for row in results["memory"]:
-        lines.append(f"| {row['model']} | {row['entries']:,} | {row['command']} | "
-                     f"{row['peak_rss_mb']:.0f} | {row['wall_s']:.0f} |")
-    names = results.get("done_names")
-    if names:
-        lines += ["", f"The done names of the {names['NameSet']['names']:,}-row CSV, held after "
-                  f"reading it (tracemalloc): as a `NameSet` {names['NameSet']['mb']:.1f} MB (its "
-                  f"digests {names['NameSet']['digests_mb']:.1f} MB), as a Python set of the "
-                  f"path strings {names['set of str']['mb']:.1f} MB."]
+        f"{first['cpu']} ({flags['class']}; flags {' '.join(flags['flags'] or [])}), "
+        f"{first['cores']} cores, Python {first['python']}, dask {first['versions'].get('dask')}, "
+        f"ai-edge-litert {first['versions'].get('ai-edge-litert')}. Each figure from one run of "
+        "a fresh child process, one at a time."]
+    part = results["parts"].get("throughput")
+    if part:
+        rows = {row["mode"]: row for row in part["rows"]}
+        base = rows["one file at a time"]["steady_images_per_s"]
+        one, local1 = 1000 / base, 1000 / rows["local:1"]["steady_images_per_s"]
+        lines += [
+            "", f"## Throughput: {part['inputs']}", "", _taken(part), "",
+            f"Model: the bundled `{part['model']['file']}` (`load()` at 1 thread: "
+            f"{part['model']['variant']}), the same file in every row. Steady: after the first "
+            "rows arrived (process, model and cluster start-up left out); wall: from the first "
+            "import to the last row, start-up included.", "",
+            "| how | steady images/s | vs one file at a time | wall s | first row after s |",
+            "|---|---|---|---|---|"]
+        for mode, row in rows.items():
+            lines.append(f"| {mode} | {row['steady_images_per_s']:.0f} | "
+                         f"{row['steady_images_per_s'] / base:.2f}x | {row['wall_s']:.1f} | "
+                         f"{row['first_row_s']:.1f} |")
+        lines += ["", f"Dask overhead per file (steady `local:1` less one file at a time, 1 "
+                  f"worker against 1 thread): {local1 - one:.3f} ms on {one:.3f} ms of work "
+                  f"({(local1 - one) / one:.1%})."]
+    part = results["parts"].get("memory")
+    if part:
+        lines += ["", "## Client memory: `pneumocnn predict MANIFEST --csv OUT --dask local:2 "
+                  "--no-progress`", "", _taken(part), "",
+                  "Peak RSS (VmHWM) of the client process, which with `local:2` also runs the "
+                  "scheduler; the workers are other processes. Manifests of distinct absolute "
+                  "paths to the 48 X-rays of tests/data/xrays (through symbolic links to its "
+                  "folder).", "",
+                  "| model | entries | command | client peak RSS MB | wall s |",
+                  "|---|---|---|---|---|"]
+        for row in part["rows"]:
+            lines.append(f"| {row['model']} | {row['entries']:,} | {row['command']} | "
+                         f"{row['peak_rss_mb']:.0f} | {row['wall_s']:.0f} |")
+        names = part.get("done_names")
+        if names:
+            lines += ["", f"The done names of the {names['NameSet']['names']:,}-row CSV, held "
+                      f"after reading it (tracemalloc): as a `NameSet` "
+                      f"{names['NameSet']['mb']:.1f} MB (its digests "
+                      f"{names['NameSet']['digests_mb']:.1f} MB), as a Python set of the path "
+                      f"strings {names['set of str']['mb']:.1f} MB."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Measure, write ``dask_scaling.md`` and ``dask_scaling.json`` to ``--out``, print the
-    table; returns the results."""
+    """Measure, write ``dask_scaling.md`` and ``dask_scaling.json`` to ``--out`` (a part not
+    measured this time is kept from the JSON already there), print the table; returns the
+    results."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.dask_scaling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=RESULTS / "quick",
                         help="folder for dask_scaling.md / .json (default: benchmarks/results/"
                              "quick, which git ignores)")
+    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=sorted(PARTS),
+                        help="what to measure (default: both); the others are kept from --out")
     parser.add_argument("--quick", action="store_true",
                         help="development: 200 images, 1k/5k real and 1k/20k tiny entries")
     parser.add_argument("--images", type=int, default=2000)
@@ -273,22 +305,28 @@ def main(argv: list[str] | None = None) -> dict:
         args.images, args.memory_real, args.memory_tiny = 200, [1_000, 5_000], [1_000, 20_000]
     from benchmarks import report
 
-    started = time.perf_counter()
-    machine = report.machine()
-    for name in ("dask", "distributed", "tqdm"):
-        machine["versions"][name] = metadata.version(name)
-    if (machine["load_average_at_start"] or [0])[0] > 0.5:
-        print(f"warning: load average {machine['load_average_at_start']}: other work is "
-              "running, timings will be low", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="pneumocnn-dask-") as scratch:
-        results = {"machine": machine, "quick": args.quick, **measure(args, Path(scratch))}
-    results["wall_seconds"] = time.perf_counter() - started
-    results["load_average_at_end"] = report.load_average()
+    saved = args.out / "dask_scaling.json"
+    results = json.loads(saved.read_text()) if saved.exists() else {}
+    results = {"quick": args.quick, "parts": results.get("parts", {})}
+    for name in args.parts:
+        started = time.perf_counter()
+        machine = report.machine()
+        for package in ("dask", "distributed", "tqdm"):
+            machine["versions"][package] = metadata.version(package)
+        if (machine["load_average_at_start"] or [0])[0] > 0.5:
+            print(f"warning: load average {machine['load_average_at_start']}: other work is "
+                  "running, timings will be low", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="pneumocnn-dask-") as scratch:
+            part = PARTS[name](args, Path(scratch))
+        results["parts"][name] = {
+            "machine": machine, **part, "wall_seconds": time.perf_counter() - started,
+            "load_average_at_end": report.load_average(),
+            "taken": datetime.now(timezone.utc).isoformat(timespec="minutes")}
     text = table(results)
     from pneumocnn.core.files import write_text
 
     write_text(args.out / "dask_scaling.md", text)
-    write_text(args.out / "dask_scaling.json", json.dumps(results, indent=1))
+    write_text(saved, json.dumps(results, indent=1))
     print(text)
     return results
 
