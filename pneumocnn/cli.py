@@ -5,15 +5,16 @@ Exit codes: 0 success; 1 some inputs could not be scored (the rest were), includ
 the input guard held back (DICOM tags that say the image is not a frontal chest X-ray; ``--no-guard``
 scores them); 2 usage error, including a model or data folder that cannot be used.
 ``predict --csv FILE --resume`` continues an interrupted run: inputs already in FILE are
-skipped, new rows are appended. JSON output is strict: ``null`` where a number is undefined.
-What pydicom and its decoders log or warn about a file never reaches stderr: each input that
-could not be scored gets one line of pneumocnn's own.
+skipped, new rows are appended. ``predict --dask CLUSTER`` scores on a Dask cluster
+(:mod:`pneumocnn.runtime.distributed`, imported only then). JSON output is strict: ``null``
+where a number is undefined. What pydicom and its decoders log or warn about a file never
+reaches stderr: each input that could not be scored gets one line of pneumocnn's own.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -64,6 +65,11 @@ def _guard_option(p: argparse.ArgumentParser) -> None:
                         "are otherwise reported as not scored")
 
 
+def _progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="draw no progress bar (drawn by default when stderr is a terminal)")
+
+
 def _load(args, threads: int | None = None):
     from pneumocnn.runtime.model import load
 
@@ -80,11 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("predict", help="score X-ray files and folders")
-    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p = commands.add_parser("predict", help="score X-ray files, folders and manifests")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or "
+                                             "manifests: a .txt or .lst file of paths, one a "
+                                             "line, or a .csv file with a 'path' column")
     _model_options(p)
     p.add_argument("--threshold", type=float, help="override the model's decision threshold")
-    p.add_argument("--threads", type=int, help="interpreter CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="interpreter CPU threads (default: all cores; "
+                                               "with --dask, 1 per worker)")
     _guard_option(p)
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON lines")
@@ -92,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="with --csv: keep the rows FILE already has (an interrupted run) and "
                         "append rows for the inputs not in it")
+    p.add_argument("--dask", metavar="CLUSTER",
+                   help="score on Dask (needs [dask]): local:N for N worker processes on this "
+                        "machine, or a scheduler address such as tcp://HOST:8786; rows arrive "
+                        "in the order tasks finish")
+    p.add_argument("--partition-size", type=int, metavar="N",
+                   help="with --dask: files per task (default: 128)")
+    _progress_option(p)
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("evaluate", help="metrics of a model on a labelled folder")
@@ -136,11 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_explain)
 
     p = commands.add_parser("triage", help="score a folder into a sorted worklist and report")
-    p.add_argument("folder", help="folder of images and DICOM files (searched recursively)")
+    p.add_argument("folder", help="folder of images and DICOM files (searched recursively), or "
+                                  "a manifest of them (as predict takes)")
     p.add_argument("--out", required=True, help="report folder: worklist.csv, report.html")
     _model_options(p)
     p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
     _guard_option(p)
+    _progress_option(p)
     p.set_defaults(run=_triage)
 
     p = commands.add_parser(
@@ -254,45 +272,54 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _predict(args) -> int:
-    from pneumocnn.core.files import resume_csv
     from pneumocnn.core.folders import expand_inputs
-    from pneumocnn.runtime.model import Prediction
+    from pneumocnn.core.progress import progress_bar
+    from pneumocnn.runtime.results import PredictionsCSV
 
     if args.resume and not args.csv:
         raise ValueError("--resume needs --csv FILE")
-    model = _load(args, args.threads)
-    fields = [field.name for field in dataclasses.fields(Prediction)]
-    inputs, failed, sink, writer = args.inputs, 0, None, None
-    if args.csv:
-        kept = resume_csv(args.csv, fields, "`pneumocnn predict --csv`") if args.resume else []
-        failed = sum(bool(row["error"]) for row in kept)
-        done = {row["source"] for row in kept}
+    if args.dask is None and args.partition_size is not None:
+        raise ValueError("--partition-size needs --dask")
+    if args.dask is not None:
+        from pneumocnn.runtime.distributed import PARTITION_SIZE, predict_on_dask
+
+        # Dask logs its cluster's comings and goings at INFO: only with --verbose
+        logging.getLogger("distributed").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    threads = (args.threads or 1) if args.dask is not None else args.threads
+    model = _load(args, threads)
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(PredictionsCSV(args.csv, resume=args.resume)) if args.csv else None
+        done = sink.done if sink else ()
+        failed = sink.failed if sink else 0
+        flagged = 0
         if done:
             print(f"pneumocnn predict: {len(done)} input(s) already in {args.csv}", file=sys.stderr)
-            inputs = (item for item, name in expand_inputs(args.inputs) if name not in done)
-        # file names that are not UTF-8 are written as their original bytes
-        sink = open(args.csv, "a" if args.resume else "w", newline="",  # noqa: SIM115
-                    encoding="utf-8", errors="surrogateescape")
-        writer = csv.DictWriter(sink, fieldnames=fields)
-        if sink.tell() == 0:
-            writer.writeheader()
-    flagged = 0
-    try:
-        for prediction in model.predict_iter(inputs, threshold=args.threshold, guard=args.guard):
+        if args.dask is not None:
+            predictions = predict_on_dask(
+                args.inputs, model, cluster=args.dask, threshold=args.threshold,
+                threads=threads, skip=done, partition_size=args.partition_size or PARTITION_SIZE,
+                guard=args.guard)
+        else:
+            predictions = model.predict_iter(args.inputs, threshold=args.threshold, skip=done,
+                                             guard=args.guard)
+        stack.enter_context(contextlib.closing(predictions))  # a cluster of ours closes with it
+        # a bar on a terminal's stderr, unless the results themselves are printed there
+        quiet = args.no_progress or (sink is None and sys.stdout.isatty())
+        bar = stack.enter_context(progress_bar(
+            enabled=False if quiet else None,
+            count=lambda: (name for _, name in expand_inputs(args.inputs) if name not in done)))
+        for prediction in predictions:
             failed += not prediction.ok
             flagged += prediction.flagged
-            if writer is not None:
-                writer.writerow(prediction.to_dict())
-                sink.flush()
+            if sink is not None:
+                sink.write(prediction)
             elif args.json:
                 print(strictjson.dumps(prediction.to_dict()), flush=True)
             else:
                 print(prediction, flush=True)
-            if not prediction.ok and (writer is not None or args.json):  # results go elsewhere
-                print(f"pneumocnn predict: {prediction}", file=sys.stderr, flush=True)
-    finally:
-        if sink is not None:
-            sink.close()
+            if not prediction.ok and (sink is not None or args.json):  # results go elsewhere
+                bar.write(f"pneumocnn predict: {prediction}", file=sys.stderr)
+            bar.update()
     if failed:
         held = (f", {flagged} of them not a frontal chest X-ray (--no-guard scores them)"
                 if flagged else "")
@@ -339,7 +366,7 @@ def _triage(args) -> int:
     from pneumocnn.runtime.triage import triage
 
     worklist = triage(args.folder, args.out, _load(args), heatmaps=args.heatmaps,
-                      guard=args.guard)
+                      guard=args.guard, progress=False if args.no_progress else None)
     print(f"{len(worklist.rows) - len(worklist.failed)} scored, {len(worklist.failed)} failed; "
           f"worklist {worklist.csv_path}, report {worklist.html_path}")
     return SOME_FAILED if worklist.failed else OK

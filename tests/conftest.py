@@ -6,7 +6,8 @@ whole data set (``../shared/data`` beside the repository, or ``$PNEUMOCNN_DATA``
 saying so, when it is absent, as in a fresh clone.
 
 Markers (registered in pyproject.toml): ``training`` on every test that needs TensorFlow (the
-runtime's tests are ``-m "not training"``), ``slow``, ``full_data``.
+runtime's tests are ``-m "not training"``), ``dask`` on every test that needs
+``pneumocnn[dask]`` (skipped, saying so, without it), ``slow``, ``full_data``.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def tiny_run(tiny_data, tmp_path_factory):
 def pytest_collection_modifyitems(config, items):
     """Keep the markers honest: a test that trains must say so; a test that needs the whole
     data set is skipped, with the reason, where there is none; without TensorFlow, training
-    tests are skipped (the runtime's selection is ``-m "not training"``)."""
+    tests are skipped (the runtime's selection is ``-m "not training"``), and without Dask,
+    Dask tests."""
     unmarked = [f"{item.nodeid} (uses {fixture}, not marked `{marker}`)" for item in items
                 for fixture, marker in [*((f, "training") for f in TRAINING_FIXTURES),
                                         ("full_data", "full_data")]
@@ -120,10 +122,14 @@ def pytest_collection_modifyitems(config, items):
                "PNEUMOCNN_DATA to its folder)")
     no_tensorflow = pytest.mark.skip(
         reason="needs TensorFlow: pip install 'pneumocnn[train]' (or select -m 'not training')")
+    no_dask = pytest.mark.skip(reason="needs Dask: pip install 'pneumocnn[dask]'")
     have_data = FULL_TRAIN.is_dir()
     have_tensorflow = importlib.util.find_spec("tensorflow") is not None
+    have_dask = importlib.util.find_spec("distributed") is not None
     for item in items:
         if not have_data and item.get_closest_marker("full_data") is not None:
             item.add_marker(no_data)
         if not have_tensorflow and item.get_closest_marker("training") is not None:
             item.add_marker(no_tensorflow)
+        if not have_dask and item.get_closest_marker("dask") is not None:
+            item.add_marker(no_dask)

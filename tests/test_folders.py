@@ -385,3 +385,66 @@ def test_splits_with_different_class_names(tmp_path):
                           "val/COVID": 1})
     with pytest.raises(DatasetError, match="disagree"):
         find_splits(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# manifests: lists of inputs, read lazily
+
+
+def test_text_manifest_relative_paths_comments_blank_lines(tmp_path):
+    from pneumocnn.core.folders import expand_inputs, is_manifest, is_single
+
+    (tmp_path / "lists").mkdir()
+    manifest = tmp_path / "lists" / "archive.TXT"
+    manifest.write_bytes("\ufeff# exported from PACS\n\n  a/one.jpeg  \r\n/abs/two.png\n"
+                         "#skipped.jpeg\nthree r\u00f6ntgen.dcm\nnot-utf8-\xff.jpeg\n"
+                         .encode("utf-8").replace(b"\xc3\xbf", b"\xff"))
+    assert is_manifest(manifest) and not is_single(manifest) and not is_single(str(manifest))
+    folder = str(tmp_path / "lists")
+    assert list(expand_inputs(manifest)) == [
+        (f"{folder}/a/one.jpeg",) * 2, ("/abs/two.png",) * 2,
+        (f"{folder}/three r\u00f6ntgen.dcm",) * 2, (f"{folder}/not-utf8-\udcff.jpeg",) * 2]
+    (tmp_path / "scans.txt").mkdir()  # a folder is a folder, whatever its name
+    assert not is_manifest(tmp_path / "scans.txt")
+
+
+def test_csv_manifest_takes_the_path_column(tmp_path):
+    from pneumocnn.core.folders import read_manifest
+
+    manifest = tmp_path / "studies.csv"
+    manifest.write_text('patient, Path ,note\nP1,x/1.jpeg,"a, b"\nP2,,empty\nP3,"/y/2,3.png",\n'
+                        "P4\n\nP5,#4.jpeg,\n")
+    assert list(read_manifest(manifest)) == [f"{tmp_path}/x/1.jpeg", "/y/2,3.png"]
+
+
+def test_manifests_that_cannot_be_read_are_errors_in_place_of_inputs(tmp_path):
+    from pneumocnn.core.errors import InputError
+    from pneumocnn.core.folders import expand_inputs
+
+    no_column = tmp_path / "foreign.csv"
+    no_column.write_text("patient,finding\nA,none\n")
+    missing = tmp_path / "missing.lst"
+    entries = list(expand_inputs([str(missing), no_column]))
+    assert [type(item) for item, _ in entries] == [InputError, InputError]
+    assert entries[0][1] == str(missing) and "manifest cannot be read" in entries[0][0].reason
+    assert "no 'path' column" in entries[1][0].reason
+
+
+def test_a_manifest_is_read_as_it_is_consumed(tmp_path):
+    """A million-line manifest: its first entries come at once, in a few hundred kB."""
+    import itertools
+    import tracemalloc
+
+    from pneumocnn.core.folders import expand_inputs
+
+    manifest = tmp_path / "million.txt"
+    with manifest.open("w") as stream:
+        stream.writelines(f"scans/{index:07d}.jpeg\n" for index in range(1_000_000))
+    tracemalloc.start()
+    try:
+        first = list(itertools.islice(expand_inputs(str(manifest)), 5))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [name for _, name in first] == [f"{tmp_path}/scans/{i:07d}.jpeg" for i in range(5)]
+    assert peak < 500_000, peak

@@ -1,5 +1,6 @@
 """The import contract of the house: core imports neither wing, the runtime never imports the
-training wing, and TensorFlow is imported only where a rule below names it.
+training wing, TensorFlow is imported only where a rule below names it, and Dask only by the
+one module that scores on it (itself imported only on the ``--dask`` path).
 
 Read from the source with ``ast``, so a forbidden import fails here even on a code path no
 other test runs.
@@ -17,6 +18,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pneumocnn"
 HEAVY = ("tensorflow", "keras", "tf_keras")
+DASK = ("dask", "distributed")
+DASK_MODULE = "runtime/distributed.py"  # the only importer of Dask (pneumocnn[dask])
 
 # The only places outside the training wing where TensorFlow or Keras may be imported, each
 # inside a function so that it happens only on that path: the model-file schema and the
@@ -86,6 +89,16 @@ def test_tensorflow_only_where_the_contract_allows_it(path):
     assert not wrong, f"{name} imports {wrong} outside the allowed functions"
 
 
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_dask_only_in_its_module_and_that_module_only_on_the_dask_path(path):
+    name = str(path.relative_to(PACKAGE))
+    if name != DASK_MODULE:
+        assert not [m for m, _ in _imports(path) if _is(m, *DASK)], f"{name} imports Dask"
+    lazily = [scope for m, scope in _imports(path) if _is(m, "pneumocnn.runtime.distributed")]
+    assert None not in lazily, f"{name} imports pneumocnn.runtime.distributed at module level"
+
+
 def test_core_runs_no_interpreter():
     for path in _modules("core"):
         wrong = [m for m, _ in _imports(path) if _is(m, "ai_edge_litert.interpreter", "tflite_runtime")]
@@ -99,7 +112,7 @@ def test_command_line_parser_needs_no_training_code():
 
 def test_inference_path_works_with_tensorflow_absent(tmp_path):
     """``import pneumocnn``, ``load``, ``predict``, ``evaluate`` of a ``.tflite`` and the CLI
-    parser, in a fresh interpreter where importing TensorFlow or Keras fails."""
+    parser, in a fresh interpreter where importing TensorFlow, Keras or Dask fails."""
     from conftest import real_images
 
     for label in ("NORMAL", "PNEUMONIA"):
@@ -108,7 +121,7 @@ def test_inference_path_works_with_tensorflow_absent(tmp_path):
             (tmp_path / label / path.name).write_bytes(path.read_bytes())
     code = textwrap.dedent(f"""
         import sys
-        for name in {HEAVY!r}:
+        for name in {HEAVY + DASK!r}:
             sys.modules[name] = None
         import pneumocnn
         from pneumocnn import cli
@@ -123,3 +136,24 @@ def test_inference_path_works_with_tensorflow_absent(tmp_path):
     lines = result.stdout.split("\n")
     assert lines[0] in ("NORMAL", "PNEUMONIA") and lines[1] == "4", result.stdout
     assert result.stdout.rstrip().endswith("0")
+
+
+@pytest.mark.parametrize("blocked", [("distributed",), DASK])
+def test_without_dask_predict_dask_names_the_extra(blocked):
+    """Where Dask is not installed, ``predict --dask`` exits 2 with an error naming
+    ``pneumocnn[dask]``, and ``predict`` without it works."""
+    from conftest import TINY_INT8, real_images
+
+    image = str(real_images("NORMAL", 1)[0])
+    code = textwrap.dedent(f"""
+        import sys
+        for name in {blocked!r}:
+            sys.modules[name] = None
+        from pneumocnn.cli import main
+        assert main(["predict", {image!r}, "--model", {str(TINY_INT8)!r}]) == 0
+        print(main(["predict", {image!r}, "--model", {str(TINY_INT8)!r}, "--dask", "local:1"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "2"
+    assert "scoring on Dask needs dask and distributed: pip install 'pneumocnn[dask]'" in result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import os
 import shutil
 import tempfile
@@ -85,29 +84,55 @@ def write_text(path: str | Path, text: str) -> None:
 
 def resume_csv(path: str | Path, columns: Sequence[str], what: str) -> list[dict[str, str]]:
     """The rows of a CSV file written a row at a time (``predict --csv``, triage's
-    ``scores.csv``) by a run that may have been killed, ready to be appended to.
+    ``scores.csv``) by a run that may have been killed, ready to be appended to: the list
+    :func:`resume_rows` streams."""
+    return list(resume_rows(path, columns, what))
+
+
+def resume_rows(path: str | Path, columns: Sequence[str], what: str) -> Iterator[dict[str, str]]:
+    """Stream the rows of a CSV file written a row at a time by a run that may have been
+    killed (one row in memory at a time, however long the file), and make it ready to be
+    appended to.
 
     A last line without its newline is a row the kill cut short: it is dropped and cut off the
-    file, so that the next row appended starts on a line of its own. ``[]`` when the file does
-    not exist or is empty; a header other than ``columns`` raises ``ValueError`` naming
-    ``what`` and leaves the file as it was. Text is UTF-8, with file names that are not UTF-8
-    kept as their bytes (``surrogateescape``)."""
+    file (before this returns), so that the next row appended starts on a line of its own.
+    Nothing when the file does not exist or is empty; a header other than ``columns`` raises
+    ``ValueError`` naming ``what`` (here, not when iterating) and leaves the file as it was.
+    Text is UTF-8, with file names that are not UTF-8 kept as their bytes
+    (``surrogateescape``)."""
     path = Path(path)
     if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    reader = csv.DictReader(io.StringIO(complete.decode("utf-8", "surrogateescape"), newline=""))
-    if reader.fieldnames is None:
-        rows: list[dict[str, str]] = []
-    elif reader.fieldnames != list(columns):
-        raise ValueError(f"{path}: not a {what} file (columns {reader.fieldnames})")
-    else:
-        rows = list(reader)
-    if len(complete) < len(data):
+        return iter(())
+    complete = _complete_length(path)
+    if complete:
+        with path.open(encoding="utf-8", errors="surrogateescape", newline="") as stream:
+            header = next(csv.reader(stream), [])
+        if header != list(columns):
+            raise ValueError(f"{path}: not a {what} file (columns {header})")
+    if complete < path.stat().st_size:
         with path.open("r+b") as stream:
-            stream.truncate(len(complete))
-    return rows
+            stream.truncate(complete)
+    return _rows(path) if complete else iter(())
+
+
+def _complete_length(path: Path, block: int = 1 << 16) -> int:
+    """The length of ``path`` up to and including its last newline (0 if it has none), read
+    backwards a block at a time."""
+    with path.open("rb") as stream:
+        end = stream.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - block)
+            stream.seek(start)
+            newline = stream.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0
+
+
+def _rows(path: Path) -> Iterator[dict[str, str]]:
+    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as stream:
+        yield from csv.DictReader(stream)
 
 
 @contextlib.contextmanager

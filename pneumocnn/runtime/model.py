@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
@@ -127,16 +127,20 @@ class Model:
         return list(self.predict_iter(inputs, threshold, guard=guard))
 
     def predict_iter(
-        self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None, *,
-        guard: bool = True,
+        self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None,
+        *, skip: Container[str] = (), guard: bool = True,
     ) -> Iterator[Prediction]:
         """Like :meth:`predict` on many inputs, yielding each result in input order as soon as
-        it is ready. Inputs are decoded on a few threads ahead of the one being yielded."""
+        it is ready. Inputs are decoded on a few threads ahead of the one being yielded; inputs
+        are listed as they are needed (a folder or manifest is never held whole). Inputs whose
+        name is in ``skip`` (those already scored, say) are left out."""
         cutoff = self._threshold(threshold)
         workers = os.cpu_count() or 1
         with ThreadPoolExecutor(workers) as pool:
             pending: deque[Future[Prediction]] = deque()
             for index, (item, source) in enumerate(expand_inputs(inputs)):
+                if source in skip:
+                    continue
                 pending.append(pool.submit(self._score_or_error, item,
                                            source or f"inputs[{index}]", cutoff, guard))
                 if len(pending) > 2 * workers:

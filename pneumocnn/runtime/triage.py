@@ -16,7 +16,6 @@ import csv
 import hashlib
 import html
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from pneumocnn.core.errors import PneumocnnError
 from pneumocnn.core.files import atomic_write, resume_csv, write_text
 from pneumocnn.core.folders import expand_inputs
 from pneumocnn.core.preprocessing import load_gray, load_pixels
+from pneumocnn.core.progress import progress_bar
 from pneumocnn.runtime.explain import occlusion, overlay, save_png
 from pneumocnn.runtime.model import Model, load
 
@@ -56,15 +56,17 @@ def triage(
     model: Model | str | os.PathLike | None = None,
     *,
     heatmaps: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | bool | None = None,
     guard: bool = True,
 ) -> Worklist:
-    """Score every image and DICOM file under ``folder`` into the report folder ``out``.
+    """Score every image and DICOM file under ``folder`` (or listed in a manifest) into the
+    report folder ``out``.
 
-    ``model`` is a :class:`Model`, a model path, or None for the bundled model. ``progress``
-    is called with ``(done, total)`` after each file; by default a counter is drawn on a
-    terminal's stderr. A DICOM file whose tags say it is not a frontal chest X-ray is listed
-    with the failures, its reason in ``error``, unless ``guard=False``.
+    ``model`` is a :class:`Model`, a model path, or None for the bundled model. ``progress``:
+    None draws a progress bar (files done, rate, time left) when stderr is a terminal, True
+    always, False never; a callable is called with ``(done, total)`` after each file instead.
+    A DICOM file whose tags say it is not a frontal chest X-ray is listed with the failures,
+    its reason in ``error``, unless ``guard=False``.
     """
     if not isinstance(model, Model):
         model = load(model)
@@ -73,10 +75,14 @@ def triage(
     scores = out / SCORES
     done = {row["file"] for row in read_scores(scores)}  # drops a row a kill cut short
     todo = [(item, name) for item, name in expand_inputs(folder) if name not in done]
-    progress = progress or _terminal_progress
-    for count, (item, name) in enumerate(todo, start=1):
-        append_score(scores, score(model, item, name, out / "images", heatmaps, guard))
-        progress(len(done) + count, len(done) + len(todo))
+    total = len(done) + len(todo)
+    drawn = progress if isinstance(progress, bool) or progress is None else False
+    with progress_bar(total, initial=len(done), enabled=drawn, description="triage") as bar:
+        for count, (item, name) in enumerate(todo, start=1):
+            append_score(scores, score(model, item, name, out / "images", heatmaps, guard))
+            bar.update()
+            if callable(progress):
+                progress(len(done) + count, total)
     return write_worklist(out, model)
 
 
@@ -230,10 +236,3 @@ pneumocnn {__version__} at {created}; {scored} scored, {failed} failed.</p>
 <table><thead><tr><th>#</th><th>probability</th><th>label</th><th>file</th><th>X-ray</th>
 <th>heatmap</th></tr></thead><tbody>
 """
-
-
-def _terminal_progress(done: int, total: int) -> None:
-    if sys.stderr.isatty():
-        end = "\n" if done == total else ""
-        print(f"\rscored {done}/{total}", end=end, file=sys.stderr, flush=True)
-
