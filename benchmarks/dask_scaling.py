@@ -26,12 +26,17 @@ Dask workers it starts), one after another, so that only one thing uses the CPU 
    scheduler. The manifests list distinct absolute paths to the 48 X-rays of
    ``tests/data/xrays``, through symbolic links to its folder, one a line. Two settings: the
    bundled model (real scoring; ``--memory-real`` entries, e.g. 10k and 100k) and the tiny
-   64 px model of ``tests/data`` (a real model that scores a file in well under a millisecond,
-   so that a million entries stream through reading, submitting and writing in minutes;
-   ``--memory-tiny``, e.g. 10k and 1M). Then ``--resume`` on the million-row CSV (every input
-   done: the rows are read into the set of done names and the manifest is streamed past it; no
-   cluster is started), and the size of that set (8-byte
-   digests) against a Python set of the same path strings.
+   64 px model of ``tests/data`` (a real model that runs in a fraction of the bundled one's
+   time, so that reading and decoding each file dominate and a million entries go through in
+   about half an hour on 2 cores; ``--memory-tiny``, e.g. 10k and 1M).
+3. Resuming: ``--resume`` of the same command on a CSV that holds a row for every entry of the
+   longest tiny manifest (written for the purpose, as a finished run leaves it: the rows are
+   read into the set of done names and the manifest is streamed past it; no cluster is
+   started), and the size of that set (8-byte digests) against a Python set of the same path
+   strings.
+
+``--parts`` measures some of the three (``throughput``, ``memory``, ``resume``) and keeps the
+others from the JSON already in ``--out``; each part records its own machine state and time.
 """
 
 from __future__ import annotations
@@ -208,19 +213,34 @@ def memory(args: argparse.Namespace, scratch: Path) -> dict:
         print(f"  {name} model, {count:,} entries: client peak RSS {row['peak_rss_mb']:.0f} MB, "
               f"{row['wall_s']:.0f} s", file=sys.stderr)
         part["rows"].append(row)
-        if name == "tiny" and count == max(args.memory_tiny):
-            resumed = {"model": name, "entries": count, "command": "predict --dask local:2 "
-                       "--resume (every row done)", **child(CLIENT, *argv, "--resume")}
-            print(f"  resume of {count:,} rows: peak RSS {resumed['peak_rss_mb']:.0f} MB",
-                  file=sys.stderr)
-            part["rows"].append(resumed)
-            part["done_names"] = child(NAME_SETS, str(out))
         listed.unlink()
         out.unlink()
     return part
 
 
-PARTS = {"throughput": throughput, "memory": memory}
+def resume(args: argparse.Namespace, scratch: Path) -> dict:
+    """``--resume`` of a CSV holding a row for every entry of the longest tiny manifest (as the
+    run that wrote it leaves it): the done names read, the manifest streamed past them, no
+    cluster started. And the done names as a NameSet against a set of the path strings."""
+    from pneumocnn.core.folders import read_manifest
+    from pneumocnn.runtime.model import Prediction
+    from pneumocnn.runtime.results import PredictionsCSV
+
+    count = max(args.memory_tiny)
+    listed = distinct_manifest(scratch / "manifest.txt", scratch / "links", count)
+    out = scratch / "done.csv"
+    with PredictionsCSV(out) as sink:
+        for name in read_manifest(listed):
+            sink.write(Prediction(name, "NORMAL", 0.125, 0.5))
+    argv = ["predict", str(listed), "--model", str(TINY), "--csv", str(out), "--dask", "local:2",
+            "--no-progress", "--resume"]
+    row = {"model": "tiny", "entries": count, "command": "predict --dask local:2 --resume "
+           "(every row done)", **child(CLIENT, *argv)}
+    print(f"  resume of {count:,} rows: peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    return {"rows": [row], "done_names": child(NAME_SETS, str(out))}
+
+
+PARTS = {"throughput": throughput, "memory": memory, "resume": resume}
 
 
 def _taken(part: dict) -> str:
@@ -274,13 +294,19 @@ def table(results: dict) -> str:
         for row in part["rows"]:
             lines.append(f"| {row['model']} | {row['entries']:,} | {row['command']} | "
                          f"{row['peak_rss_mb']:.0f} | {row['wall_s']:.0f} |")
-        names = part.get("done_names")
-        if names:
-            lines += ["", f"The done names of the {names['NameSet']['names']:,}-row CSV, held "
-                      f"after reading it (tracemalloc): as a `NameSet` "
-                      f"{names['NameSet']['mb']:.1f} MB (its digests "
-                      f"{names['NameSet']['digests_mb']:.1f} MB), as a Python set of the path "
-                      f"strings {names['set of str']['mb']:.1f} MB."]
+    part = results["parts"].get("resume")
+    if part:
+        row, names = part["rows"][0], part["done_names"]
+        lines += ["", f"## Resuming {row['entries']:,} rows", "", _taken(part), "",
+                  f"`pneumocnn predict MANIFEST --csv OUT --dask local:2 --no-progress --resume` "
+                  f"on a CSV holding a row for each of the manifest's {row['entries']:,} entries "
+                  f"(written for the purpose, as a finished run leaves it): client peak RSS "
+                  f"{row['peak_rss_mb']:.0f} MB, {row['wall_s']:.0f} s (the rows read, the "
+                  "manifest streamed past them; nothing left to score, so no cluster started). "
+                  f"The done names, held after reading the CSV (tracemalloc): as a `NameSet` "
+                  f"{names['NameSet']['mb']:.1f} MB (its digests "
+                  f"{names['NameSet']['digests_mb']:.1f} MB), as a Python set of the path "
+                  f"strings {names['set of str']['mb']:.1f} MB."]
     return "\n".join(lines) + "\n"
 
 
@@ -294,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="folder for dask_scaling.md / .json (default: benchmarks/results/"
                              "quick, which git ignores)")
     parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=sorted(PARTS),
-                        help="what to measure (default: both); the others are kept from --out")
+                        help="what to measure (default: all); the others are kept from --out")
     parser.add_argument("--quick", action="store_true",
                         help="development: 200 images, 1k/5k real and 1k/20k tiny entries")
     parser.add_argument("--images", type=int, default=2000)

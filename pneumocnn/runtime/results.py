@@ -33,8 +33,11 @@ class NameSet:
     names (3e-8 for a million), in which case one of them would be taken as present."""
 
     def __init__(self, names: Iterable[str]) -> None:
-        digests = array("Q", (_digest(name) for name in names))
-        self._digests = np.unique(np.frombuffer(digests, dtype=np.uint64))
+        digests = np.frombuffer(array("Q", (_digest(name) for name in names)), dtype=np.uint64)
+        digests.sort()  # in place, in the array's own buffer: no copy
+        unique = np.ones(len(digests), dtype=bool)
+        unique[1:] = digests[1:] != digests[:-1]
+        self._digests = digests[unique]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str) or not len(self._digests):
