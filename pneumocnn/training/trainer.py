@@ -9,6 +9,7 @@ file is written atomically, so a kill at any moment leaves each file either comp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -153,7 +154,8 @@ def _cache_dir(run_dir: Path, cluster: Cluster) -> Path:
     temporary folder."""
     if cluster.chief:
         return run_dir / "cache"
-    name = f"pneumocnn-worker-{cluster.worker_index}-{abs(hash(str(run_dir.resolve()))):x}"
+    run = hashlib.sha256(os.fsencode(run_dir.resolve())).hexdigest()[:16]
+    name = f"pneumocnn-worker-{cluster.worker_index}-{run}"
     return Path(tempfile.gettempdir()) / name
 
 
