@@ -109,17 +109,20 @@ def isa_class(arch: str, flags: list[str] | None) -> str:
     return label + "".join(f", {extra}" for extra in extras)
 
 
-def machine() -> dict:
-    """CPU, its instruction-set features, cores, OS, load and the versions of everything
-    measured."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """CPU, its instruction-set features, cores, OS, load and the versions of everything
+    measured."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -129,7 +132,7 @@ def machine() -> dict:
     from tensorflow.config import threading
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -109,11 +109,20 @@ def _evenly(indices: np.ndarray, count: int) -> np.ndarray:
     return indices[np.linspace(0, len(indices) - 1, count).round().astype(int)]
 
 
-def _scores(model, labels: np.ndarray, inputs: list) -> dict:
-    probabilities = np.array([r.probability for r in model.predict(inputs)])
-    return {"at_model_threshold": binary_metrics(labels, probabilities, model.threshold),
+def model_probabilities(model, inputs: list) -> np.ndarray:
+    """``model``'s calibrated probabilities for ``inputs``."""
+    return np.array([r.probability for r in model.predict(inputs)])
+
+
+def scores(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    """Metrics at ``threshold`` and at 0.5, the mean probability and the pneumonia share."""
+    return {"at_model_threshold": binary_metrics(labels, probabilities, threshold),
             "at_0.5": binary_metrics(labels, probabilities, 0.5),
             "mean_probability": float(probabilities.mean()), "share": float(labels.mean())}
+
+
+def _scores(model, labels: np.ndarray, inputs: list) -> dict:
+    return scores(labels, model_probabilities(model, inputs), model.threshold)
 
 
 def score_model(run: Path, data: Path) -> dict:

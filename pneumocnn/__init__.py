@@ -18,6 +18,7 @@ from pneumocnn.core.errors import (
     InputError,
     MissingDependencyError,
     ModelFileError,
+    NotFrontalChestError,
     PneumocnnError,
 )
 from pneumocnn.runtime.evaluation import evaluate
@@ -54,6 +55,7 @@ __all__ = [
     "MissingDependencyError",
     "Model",
     "ModelFileError",
+    "NotFrontalChestError",
     "PneumocnnError",
     "Prediction",
     "SiteCalibration",

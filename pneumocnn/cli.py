@@ -1,10 +1,14 @@
-"""The ``pneumocnn`` command line: predict, explain, triage, evaluate, calibrate, info, train,
-convert.
+"""The ``pneumocnn`` command line: predict, explain, triage, listen, evaluate, calibrate, info,
+train, convert.
 
-Exit codes: 0 success; 1 some inputs could not be scored (the rest were); 2 usage error,
-including a model or data folder that cannot be used. ``predict --csv FILE --resume`` continues
-an interrupted run: inputs already in FILE are skipped, new rows are appended. ``predict --dask
-CLUSTER`` scores on a Dask cluster (:mod:`pneumocnn.runtime.distributed`, imported only then).
+Exit codes: 0 success; 1 some inputs could not be scored (the rest were), including inputs
+the input guard held back (DICOM tags that say the image is not a frontal chest X-ray; ``--no-guard``
+scores them); 2 usage error, including a model or data folder that cannot be used.
+``predict --csv FILE --resume`` continues an interrupted run: inputs already in FILE are
+skipped, new rows are appended. ``predict --dask CLUSTER`` scores on a Dask cluster
+(:mod:`pneumocnn.runtime.distributed`, imported only then). JSON output is strict: ``null``
+where a number is undefined. What pydicom and its decoders log or warn about a file never
+reaches stderr: each input that could not be scored gets one line of pneumocnn's own.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
-from pneumocnn.core.errors import PneumocnnError
+from pneumocnn.core import strictjson
+from pneumocnn.core.errors import NotFrontalChestError, PneumocnnError
 from pneumocnn.training.settings import AUGMENTATIONS, RECIPES, TrainingConfig
 
 OK, SOME_FAILED, USAGE = 0, 1, 2
@@ -29,12 +34,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(message)s")
+    # pydicom warns about each oddity of a file it reads (and logs it too, which pneumocnn holds
+    # back while reading); a file that cannot be used is reported once, by pneumocnn
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     if hasattr(sys.stdout, "reconfigure"):  # print any file name, even one that is not UTF-8
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return args.run(args)
     except (PneumocnnError, ValueError, OSError) as error:
-        print(f"pneumocnn {args.command}: error: {error}", file=sys.stderr)
+        hint = " (--no-guard to go on all the same)" if isinstance(error, NotFrontalChestError) else ""
+        print(f"pneumocnn {args.command}: error: {error}{hint}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:
         print(f"pneumocnn {args.command}: interrupted", file=sys.stderr)
@@ -47,6 +56,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                                    "this CPU is used")
     p.add_argument("--variant", help="the variant to use (int8, float16, ...) instead of the "
                                      "fastest")
+
+
+def _guard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-guard", dest="guard", action="store_false",
+                   help="score DICOM files whose tags say they are not a frontal chest X-ray "
+                        "(another modality or body part, a lateral view, an animal), which "
+                        "are otherwise reported as not scored")
 
 
 def _progress_option(p: argparse.ArgumentParser) -> None:
@@ -78,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="override the model's decision threshold")
     p.add_argument("--threads", type=int, help="interpreter CPU threads (default: all cores; "
                                                "with --dask, 1 per worker)")
+    _guard_option(p)
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON lines")
     output.add_argument("--csv", metavar="FILE", help="write a CSV file as results arrive")
@@ -121,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--training-prior", type=float,
                    help="with --unlabelled: the pneumonia share the model's calibration assumes "
                         "(default: read from its description)")
-    p.add_argument("--json", action="store_true", help="print the recorded calibration as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the recorded calibration of each variant written as JSON")
     p.set_defaults(run=_calibrate)
 
     p = commands.add_parser("explain", help="draw what drove the answer for one X-ray")
@@ -130,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--method", choices=("occlusion", "grad-cam"), default="occlusion",
                    help="grad-cam needs a .keras model and TensorFlow")
+    _guard_option(p)
     p.set_defaults(run=_explain)
 
     p = commands.add_parser("triage", help="score a folder into a sorted worklist and report")
@@ -138,8 +157,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder: worklist.csv, report.html")
     _model_options(p)
     p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
+    _guard_option(p)
     _progress_option(p)
     p.set_defaults(run=_triage)
+
+    p = commands.add_parser(
+        "listen", help="run a DICOM node: triage the X-rays sent to it (needs [dicom-net])",
+        description="A DICOM storage SCP for CR and DX (for presentation) images: each object is "
+        "stored in OUT/received before its C-STORE is answered, then scored into OUT's worklist "
+        "(worklist.csv, report.html) and a Structured Report in OUT/results, sent on to "
+        "--forward. Runs until interrupted (Ctrl-C, SIGTERM); a restart scores what was stored "
+        "but not yet scored.")
+    p.add_argument("--out", required=True, help="the node's folder")
+    p.add_argument("--port", type=int, default=11112, help="TCP port (default: %(default)s)")
+    p.add_argument("--bind", default="0.0.0.0", help="address to listen on (default: all)")
+    p.add_argument("--ae-title", default="PNEUMOCNN", help="the node's AE title, which senders "
+                   "must call (default: %(default)s)")
+    p.add_argument("--allow", nargs="+", metavar="AE", help="calling AE titles allowed to store "
+                   "(default: any)")
+    p.add_argument("--forward", metavar="AE@HOST:PORT", help="send each Structured Report to "
+                   "this storage SCP (a PACS), e.g. PACS@10.0.0.5:104")
+    p.add_argument("--max-associations", type=int, default=10,
+                   help="associations at once; more are rejected (default: %(default)s)")
+    p.add_argument("--max-object-mb", type=float, default=100.0,
+                   help="largest object accepted, in MiB (default: %(default)s)")
+    p.add_argument("--tls-cert", help="listen with TLS: the node's certificate (PEM)")
+    p.add_argument("--tls-key", help="with --tls-cert: its private key (PEM)")
+    p.add_argument("--tls-ca", help="with --tls-cert: accept only senders whose certificate this "
+                   "CA signed (mutual TLS)")
+    _model_options(p)
+    p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
+    _guard_option(p)
+    p.set_defaults(run=_listen)
 
     p = commands.add_parser("info", help="print a model file's embedded description")
     p.add_argument("model", nargs="?", help="model file or folder of variants (default: the "
@@ -157,6 +206,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/pneumocnn", help="run folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true", default=False,
                    help="continue the run in --out")
+    p.add_argument("--strategy", choices=("auto", "mirrored", "none"), default="auto",
+                   help="auto: across the workers TF_CONFIG names (every worker runs this "
+                   "command; the chief writes --out), or the GPUs of this machine; "
+                   "--batch-size is the global batch (default: %(default)s)")
     p.add_argument("--recipe", default="pneumocnn", choices=sorted(RECIPES),
                    help="starting settings: pneumocnn (the bundled model's), seed (the seed "
                    "report's TO-BE CNN) or seed-as-is (default: %(default)s)")
@@ -238,14 +291,17 @@ def _predict(args) -> int:
         sink = stack.enter_context(PredictionsCSV(args.csv, resume=args.resume)) if args.csv else None
         done = sink.done if sink else ()
         failed = sink.failed if sink else 0
+        flagged = 0
         if done:
             print(f"pneumocnn predict: {len(done)} input(s) already in {args.csv}", file=sys.stderr)
         if args.dask is not None:
             predictions = predict_on_dask(
                 args.inputs, model, cluster=args.dask, threshold=args.threshold,
-                threads=threads, skip=done, partition_size=args.partition_size or PARTITION_SIZE)
+                threads=threads, skip=done, partition_size=args.partition_size or PARTITION_SIZE,
+                guard=args.guard)
         else:
-            predictions = model.predict_iter(args.inputs, threshold=args.threshold, skip=done)
+            predictions = model.predict_iter(args.inputs, threshold=args.threshold, skip=done,
+                                             guard=args.guard)
         stack.enter_context(contextlib.closing(predictions))  # a cluster of ours closes with it
         # a bar on a terminal's stderr, unless the results themselves are printed there
         quiet = args.no_progress or (sink is None and sys.stdout.isatty())
@@ -254,15 +310,20 @@ def _predict(args) -> int:
             count=lambda: (name for _, name in expand_inputs(args.inputs) if name not in done)))
         for prediction in predictions:
             failed += not prediction.ok
+            flagged += prediction.flagged
             if sink is not None:
                 sink.write(prediction)
             elif args.json:
-                print(json.dumps(prediction.to_dict()), flush=True)
+                print(strictjson.dumps(prediction.to_dict()), flush=True)
             else:
                 print(prediction, flush=True)
+            if not prediction.ok and (sink is not None or args.json):  # results go elsewhere
+                bar.write(f"pneumocnn predict: {prediction}", file=sys.stderr)
             bar.update()
     if failed:
-        print(f"pneumocnn predict: {failed} input(s) could not be scored", file=sys.stderr)
+        held = (f", {flagged} of them not a frontal chest X-ray (--no-guard scores them)"
+                if flagged else "")
+        print(f"pneumocnn predict: {failed} input(s) could not be scored{held}", file=sys.stderr)
     return SOME_FAILED if failed else OK
 
 
@@ -270,7 +331,7 @@ def _evaluate(args) -> int:
     from pneumocnn.runtime.evaluation import evaluate
 
     result = evaluate(args.model, args.folder, threshold=args.threshold, out=args.out)
-    print(json.dumps(result.metrics, indent=1) if args.json else result)
+    print(strictjson.dumps(result.metrics, indent=1) if args.json else result)
     return SOME_FAILED if result.failed else OK
 
 
@@ -281,7 +342,7 @@ def _calibrate(args) -> int:
                        target_sensitivity=args.target_sensitivity, unlabelled=args.unlabelled,
                        training_prior=args.training_prior)
     if args.json:
-        print(json.dumps(result.record, indent=1))
+        print(strictjson.dumps(result.records, indent=1))
         for entry in result.unreadable:
             print(f"pneumocnn calibrate: skipped {entry}", file=sys.stderr)
     else:
@@ -293,7 +354,8 @@ def _explain(args) -> int:
     from pneumocnn.runtime.explain import grad_cam, occlusion, overlay, save_png
 
     model = _load(args)
-    explanation = (grad_cam if args.method == "grad-cam" else occlusion)(model, args.image)
+    explain = grad_cam if args.method == "grad-cam" else occlusion
+    explanation = explain(model, args.image, guard=args.guard)
     save_png(overlay(args.image, explanation), args.out)
     print(f"{explanation.source}: probability {explanation.probability:.3f}; "
           f"{explanation.method} heatmap written to {args.out}")
@@ -304,10 +366,25 @@ def _triage(args) -> int:
     from pneumocnn.runtime.triage import triage
 
     worklist = triage(args.folder, args.out, _load(args), heatmaps=args.heatmaps,
-                      progress=False if args.no_progress else None)
+                      guard=args.guard, progress=False if args.no_progress else None)
     print(f"{len(worklist.rows) - len(worklist.failed)} scored, {len(worklist.failed)} failed; "
           f"worklist {worklist.csv_path}, report {worklist.html_path}")
     return SOME_FAILED if worklist.failed else OK
+
+
+def _listen(args) -> int:
+    from pneumocnn.runtime.node import serve, tls_context
+
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
+        raise ValueError("--tls-cert and --tls-key go together (--tls-ca with them)")
+    logging.getLogger("pneumocnn").setLevel(logging.INFO)  # each store, score and refusal
+    for handler in logging.getLogger().handlers:  # a server's log needs the time
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    serve(args.out, _load(args), port=args.port, host=args.bind, ae_title=args.ae_title,
+          allow=args.allow, forward=args.forward, max_associations=args.max_associations,
+          max_object_mb=args.max_object_mb, tls=tls, heatmaps=args.heatmaps, guard=args.guard)
+    return OK
 
 
 def _info(args) -> int:
@@ -338,8 +415,11 @@ def _train(args) -> int:
     if settings.get("class_weight") == "none":
         settings["class_weight"] = None
     result = train(args.data, args.out, recipe=args.recipe, resume=args.resume, verbose=2,
-                   **settings)
-    print((result.run_dir / "report.md").read_text())
+                   strategy=args.strategy, **settings)
+    if result.chief:
+        print((result.run_dir / "report.md").read_text())
+    else:
+        print(f"trained as a worker of a multi-worker run; the chief wrote {result.run_dir}")
     return OK
 
 

@@ -255,3 +255,20 @@ def test_candidate_architectures_export_as_pneumocnn_would_and_are_tabled(tmp_pa
                "versions": {"ai-edge-litert": "2.3.0"}}
     text = architectures.table(rows, machine)
     assert "| other | int8 | 1 | 5 | 1 | 1.00 | 1.50 | 0.50x |" in text
+
+
+def test_site_calibration_draws_whole_patients_at_the_sites_share():
+    """benchmarks.site_calibration: a draw keeps every normal, thins the pneumonias to the share
+    0.625, and splits the site by whole patients into at most 100 calibration images and the
+    rest."""
+    from benchmarks.site_calibration import SHARE, draw
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(135, int), np.ones(388, int)]
+    patients = rng.integers(0, 265, labels.size)
+    for seed in range(5):
+        calibration, rest = draw(np.random.default_rng(seed), labels, patients, 100)
+        site = np.r_[calibration, rest]
+        assert len(calibration) == 100 and len(set(site)) == len(site) == 360
+        assert (labels[site] == 0).sum() == 135 and labels[site].mean() == pytest.approx(SHARE)
+        assert not set(patients[calibration]) & set(patients[rest])

@@ -94,7 +94,10 @@ def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):
 
     seen = []
 
-    def fake_train(data, out, recipe, resume, verbose, **settings):
+    strategies = []
+
+    def fake_train(data, out, recipe, resume, verbose, strategy, **settings):
+        strategies.append(strategy)
         seen.append(trainer.make_config(recipe, **settings))
         raise pneumocnn.core.errors.DatasetError("stop here")
 
@@ -118,6 +121,9 @@ def test_train_options_default_to_the_recipe(monkeypatch, tmp_path):
         "seed-to-be", "seed", 0.5)
     main(["train", str(tmp_path), "--recipe", "seed", "--seed", "7"])  # --seed: the random seed
     assert seen[-1] == dataclasses.replace(trainer.make_config("seed"), random_seed=7)
+    main(["train", str(tmp_path), "--strategy", "mirrored", "--crop", "margins"])
+    assert strategies == ["auto"] * 4 + ["mirrored"]  # where to train is not a setting
+    assert seen[-1] == dataclasses.replace(trainer.TrainingConfig(), crop="margins")
 
 
 def test_train_help_says_seed_is_the_random_seed(capsys):
@@ -360,3 +366,107 @@ def test_explain_grad_cam_on_the_command_line(tiny_run, tmp_path):
                  "--out", str(out)]) == 0
     with Image.open(out) as picture:
         assert picture.size == (384, 384)
+
+
+# ---------------------------------------------------------------------------------------------
+# strict JSON; DICOM on the command line: one line of pneumocnn's per file, the input guard
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and Infinity, as jq, JavaScript and databases do."""
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pneumocnn", *argv, "--model", str(TINY_INT8)],
+                          capture_output=True, text=True)
+
+
+def test_json_output_is_strict_with_null_for_what_was_not_scored(tmp_path, capsys):
+    bad = tmp_path / "bad.jpeg"
+    bad.write_bytes(b"garbage")
+    good = str(real_images("NORMAL", 1)[0])
+    assert main(["predict", good, str(bad), "--json", "--model", str(TINY_INT8)]) == 1
+    records = [strict_json(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[0]["probability"] > 0 and records[1]["probability"] is None
+    assert records[1]["label"] is None and records[1]["error"]
+    assert main(["predict", good, str(bad), "--csv", str(tmp_path / "out.csv"),
+                 "--model", str(TINY_INT8)]) == 1
+    assert [row["probability"] for row in read_csv(tmp_path / "out.csv")][1] == ""
+    # evaluate: metrics undefined on one class (ROC AUC, sensitivity) are null
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+    shutil.copy(good, tmp_path / "data" / "NORMAL")
+    shutil.copy(bad, tmp_path / "data" / "PNEUMONIA")
+    assert main(["evaluate", str(TINY_INT8), str(tmp_path / "data"), "--json",
+                 "--out", str(tmp_path / "eval")]) == 1
+    for metrics in (strict_json(capsys.readouterr().out),
+                    strict_json((tmp_path / "eval" / "metrics.json").read_text())):
+        assert metrics["roc_auc"] is None and metrics["sensitivity"] is None
+        assert metrics["specificity"] == 1.0
+
+
+def test_damaged_dicom_files_get_one_line_each_and_no_library_output(tmp_path):
+    """What pydicom logs (an error with a traceback per failing decoder) and warns never
+    reaches stderr: with --json, each damaged file is named there in one line of pneumocnn's;
+    in the table, its line is on stdout and stderr holds only the count."""
+    pytest.importorskip("pydicom")
+    from test_dicom import damaged_files
+
+    with Image.open(real_images("NORMAL", 1)[0]) as image:
+        names = damaged_files(tmp_path / "scans", np.asarray(image.convert("L")))
+    shutil.copy(real_images("NORMAL", 1)[0], tmp_path / "scans" / "good.jpeg")
+    result = run_cli("predict", str(tmp_path / "scans"), "--json")
+    assert result.returncode == 1, result.stderr
+    records = [strict_json(line) for line in result.stdout.splitlines()]
+    assert [r["error"] is None for r in records].count(True) == 1
+    for text in (result.stderr, result.stdout):
+        assert "Traceback" not in text and "Warning" not in text and "pydicom/" not in text, text
+    for name in names:
+        lines = [line for line in result.stderr.splitlines() if name in line]
+        assert len(lines) == 1 and lines[0].startswith("pneumocnn predict: "), result.stderr
+    assert "3 input(s) could not be scored" in result.stderr
+    table = run_cli("predict", str(tmp_path / "scans"))
+    assert table.returncode == 1
+    assert not any(name in table.stderr for name in names) and "Traceback" not in table.stderr
+    assert len(table.stdout.splitlines()) == 4
+    assert all(sum(name in line for line in table.stdout.splitlines()) == 1 for name in names)
+
+
+def test_guard_on_the_command_line(tmp_path):
+    """A lateral view is reported, not scored: no label, no probability, the reason in the
+    error column (the CSV keeps its columns), exit code 1 as for inputs that failed;
+    --no-guard scores it."""
+    pytest.importorskip("pydicom")
+    from test_dicom import write_dicom
+
+    from pneumocnn.core.guard import PREFIX
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    with Image.open(real_images("PNEUMONIA", 1)[0]) as image:
+        gray = np.asarray(image.convert("L"))
+    write_dicom(scans / "lateral.dcm", gray, BodyPartExamined="CHEST", ViewPosition="LL")
+    write_dicom(scans / "pa.dcm", gray, BodyPartExamined="CHEST", ViewPosition="PA")
+    result = run_cli("predict", str(scans), "--csv", str(tmp_path / "out.csv"))
+    assert result.returncode == 1
+    assert "1 input(s) could not be scored, 1 of them not a frontal chest X-ray" in result.stderr
+    with (tmp_path / "out.csv").open() as stream:
+        assert stream.readline().strip() == "source,label,probability,threshold,error"
+    lateral, pa = read_csv(tmp_path / "out.csv")
+    assert (lateral["label"], lateral["probability"]) == ("", "")
+    assert lateral["error"] == f"{PREFIX}lateral view (ViewPosition LL)"
+    assert pa["label"] in ("NORMAL", "PNEUMONIA") and not pa["error"]
+    records = [strict_json(line) for line in run_cli("predict", str(scans), "--json").stdout.splitlines()]
+    assert records[0]["label"] is None and records[0]["error"].startswith(PREFIX)
+    unguarded = run_cli("predict", str(scans), "--json", "--no-guard")
+    assert unguarded.returncode == 0, unguarded.stderr
+    records = [strict_json(line) for line in unguarded.stdout.splitlines()]
+    assert records[0]["probability"] == records[1]["probability"]  # the same pixels
+    explained = run_cli("explain", str(scans / "lateral.dcm"), "--out", str(tmp_path / "h.png"))
+    assert explained.returncode == 2 and "--no-guard" in explained.stderr
+    assert run_cli("explain", str(scans / "lateral.dcm"), "--out", str(tmp_path / "h.png"),
+                   "--no-guard").returncode == 0

@@ -76,6 +76,35 @@ def test_triage_resumes_after_a_row_cut_in_half(tmp_path):
     assert again.rows == first.rows
 
 
+def test_triage_lists_a_lateral_view_apart_with_its_study_identifiers(tmp_path):
+    """The guard in the worklist: a lateral view is not ranked among the scored X-rays; its row
+    keeps the study's identifiers (for the clinic to find it) and says why; --no-guard ranks
+    it."""
+    pytest.importorskip("pydicom")
+    from test_dicom import write_dicom
+
+    from pneumocnn.cli import main
+    from pneumocnn.core.guard import PREFIX
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    with Image.open(real_images("PNEUMONIA", 1, start=9)[0]) as image:
+        gray = np.asarray(image.convert("L"))
+    write_dicom(scans / "lateral.dcm", gray, ViewPosition="LL", PatientID="P7", AccessionNumber="A7")
+    shutil.copy(real_images("NORMAL", 1)[0], scans / "frontal.jpeg")
+    argv = ["triage", str(scans), "--model", str(TINY_INT8), "--no-heatmaps"]
+    assert main([*argv, "--out", str(tmp_path / "report")]) == 1
+    frontal, lateral = read_csv(tmp_path / "report" / "worklist.csv")
+    assert frontal["file"].endswith("frontal.jpeg") and frontal["label"]
+    assert (lateral["label"], lateral["probability"]) == ("", "")
+    assert lateral["error"] == f"{PREFIX}lateral view (ViewPosition LL)"
+    assert (lateral["PatientID"], lateral["AccessionNumber"]) == ("P7", "A7")
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("<tr") == 2 and "lateral view (ViewPosition LL)" in page
+    assert main([*argv, "--out", str(tmp_path / "unguarded"), "--no-guard"]) == 0
+    assert all(row["label"] for row in read_csv(tmp_path / "unguarded" / "worklist.csv"))
+
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]

@@ -1,6 +1,7 @@
 """The core: what every wing shares, with neither TensorFlow nor a model runtime.
 
-Errors, atomic file writes, image and DICOM reading, preprocessing, folder walking and
-indexing, metrics, plots, and the model-file contract (:mod:`pneumocnn.core.modelfile`).
+Errors, atomic file writes, strict JSON, image and DICOM reading, the input guard,
+preprocessing, folder walking and indexing, metrics, plots, and the model-file contract
+(:mod:`pneumocnn.core.modelfile`).
 Nothing here imports :mod:`pneumocnn.runtime` or :mod:`pneumocnn.training`.
 """

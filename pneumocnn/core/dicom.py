@@ -1,23 +1,37 @@
 """DICOM input: pixel data as a radiology viewer displays it, as 8-bit grayscale.
 
-Needs pydicom (``pip install 'pneumocnn[dicom]'``). The display pipeline of DICOM PS3.3 C.11:
-the modality LUT (rescale slope and intercept), then the first VOI window (centre / width, or a
-VOI LUT), else the full range the stored bits can hold; MONOCHROME1 is inverted so that bone is
-bright; colour images are converted to luminance; of a multi-frame image the first frame is
-used. Compressed pixel data that needs a decoder plugin which is not installed is refused with
-the name of the package to install.
+Needs the ``dicom`` extra (``pip install 'pneumocnn[dicom]'``: pydicom and the pylibjpeg
+decoders). The display pipeline of DICOM PS3.3 C.11: the modality LUT (rescale slope and
+intercept), then the first VOI window (centre / width, or a VOI LUT), else the full range the
+stored bits can hold; MONOCHROME1 is inverted so that bone is bright; colour images are
+converted to luminance; of a multi-frame image the first frame is used.
+
+Files are read as viewers read them: with or without the 128-byte preamble and ``DICM``
+marker, and with or without file meta information (old ACR-NEMA files). A file whose meta
+information names no transfer syntax is read in the encoding its data set shows (pydicom tells
+implicit from explicit VR, little from big endian, by its first element), with its pixel data
+taken as uncompressed. Before any pixel is decoded the tags go through the input guard
+(:mod:`pneumocnn.core.guard`). What pydicom and its decoders log while reading a file for
+pneumocnn stays out of the application's log: a failure reaches the caller as one line, the
+:class:`InputError`'s reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from PIL import Image
 
-from pneumocnn.core.errors import InputError, MissingDependencyError
+from pneumocnn.core import guard
+from pneumocnn.core.errors import InputError, MissingDependencyError, NotFrontalChestError
 
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
@@ -25,6 +39,13 @@ SUFFIXES = frozenset({".dcm", ".dicom"})
 DICOM_HEAD = PREAMBLE_LENGTH + len(MAGIC)
 IDENTIFIERS = ("PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
                "SOPInstanceUID", "StudyDate")
+INSTALL = "pip install 'pneumocnn[dicom]'"
+# a data set without preamble starts with a tag of the file meta (0002) or identifying (0008)
+# group; no image format pneumocnn reads starts like that
+_BARE_STARTS = (b"\x02\x00", b"\x08\x00")
+_BARE_BIG_ENDIAN_START = b"\x00\x08"
+# the loggers of pydicom and its decoder plugins (top-level names)
+_LIBRARIES = frozenset({"pydicom", "pylibjpeg", "libjpeg", "openjpeg", "rle", "jpeg_ls"})
 
 
 @dataclass(frozen=True)
@@ -39,77 +60,185 @@ def read_identifiers(path: str | os.PathLike) -> dict[str, str]:
     """The study identifiers of a DICOM file, without reading its pixels; ``{}`` for a file
     that is not DICOM, or when pydicom is not installed."""
     path = Path(path)
-    if path.suffix.lower() not in SUFFIXES and not _preamble_at(path):
+    if path.suffix.lower() not in SUFFIXES and not _starts_like_dicom(path):
         return {}
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
     except ImportError:
         return {}
-    try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError):
-        return {}
-    return {key: str(dataset.get(key, "")) for key in IDENTIFIERS if key in dataset}
+    with _holding_library_logs():
+        try:
+            return _identifiers(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+        except Exception:  # a file that cannot be read has no identifiers to show
+            return {}
 
 
 def is_dicom_file(path: Path) -> bool:
-    """True for a ``.dcm``/``.dicom`` file, or a file without suffix that starts like DICOM."""
+    """True for a ``.dcm``/``.dicom`` file, or a file without suffix that starts like DICOM
+    (see :func:`looks_like_dicom`)."""
     if path.suffix.lower() in SUFFIXES:
         return True
-    return not path.suffix and _preamble_at(path)
+    return not path.suffix and _starts_like_dicom(path)
 
 
-def _preamble_at(path: Path) -> bool:
+def _starts_like_dicom(path: Path) -> bool:
     if not path.is_file():  # never open a pipe or device: it could block
         return False
     try:
         with path.open("rb") as stream:
-            return has_dicom_preamble(stream.read(DICOM_HEAD))
+            return looks_like_dicom(stream.read(DICOM_HEAD))
     except OSError:
         return False
 
 
-def has_dicom_preamble(head: bytes) -> bool:
-    """True when ``head`` (the first 132 bytes of a file) carries the ``DICM`` marker."""
-    return head[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] == MAGIC
+def looks_like_dicom(head: bytes) -> bool:
+    """True when ``head`` (the first 132 bytes of a file) carries the ``DICM`` marker, or
+    starts as a data set without preamble does: a group 0002 or 0008 tag followed by an
+    explicit VR or a short implicit-VR length (little endian), or a group 0008 tag and an
+    explicit VR (big endian)."""
+    if head[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] == MAGIC:
+        return True
+    if len(head) < 8:
+        return False
+    explicit = head[4:6].isalpha() and head[4:6].isupper()
+    if head[:2] in _BARE_STARTS:
+        return explicit or int.from_bytes(head[4:8], "little") < 0x10000
+    return head[:2] == _BARE_BIG_ENDIAN_START and explicit
 
 
-def read_dicom(stream: BinaryIO, name: str) -> DicomImage:
-    """Read a DICOM file from ``stream``; raise :class:`InputError` naming ``name`` if its
-    pixels cannot be shown, :class:`MissingDependencyError` if pydicom is not installed."""
+def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True) -> DicomImage:
+    """Read a DICOM file from ``stream``. Raises :class:`InputError` naming ``name`` if its
+    pixels cannot be shown, :class:`NotFrontalChestError` if ``guard_tags`` and its tags say it
+    is not a frontal chest X-ray (:mod:`pneumocnn.core.guard`), and
+    :class:`MissingDependencyError` if pydicom is not installed."""
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
     except ImportError:
-        raise MissingDependencyError(
-            f"{name}: DICOM input needs pydicom: pip install 'pneumocnn[dicom]'"
-        ) from None
+        raise MissingDependencyError(f"{name}: DICOM input needs pydicom: {INSTALL}") from None
+    # pydicom and its decoders, given damaged or hostile bytes, raise errors of many kinds
+    # (struct.error, NotImplementedError, their own...): every one is the file's fault here
+    with _holding_library_logs() as logged:
+        try:
+            dataset = pydicom.dcmread(stream, force=True)
+            flagged = guard.reason(_guard_tags(dataset)) if guard_tags else None
+        except Exception as error:
+            raise InputError(name, f"cannot read DICOM ({one_line(error)})") from error
+        if flagged:
+            raise NotFrontalChestError(name, flagged)
+        if "PixelData" not in dataset:
+            said = f": {one_line(logged[-1])}" if logged else ""
+            raise InputError(name, f"DICOM file holds no image (no PixelData){said}")
+        try:
+            _settle_transfer_syntax(dataset)
+            pixels = _stored_pixels(dataset, name)
+            return DicomImage(_display(pixels, dataset, name), _identifiers(dataset))
+        except InputError:
+            raise
+        except Exception as error:
+            raise InputError(name, f"cannot decode DICOM pixel data ({one_line(error)})") from error
+
+
+def one_line(message: object) -> str:
+    """A message of several lines (as pydicom gives when every decoder failed) as one line."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, rest = lines[0], "; ".join(lines[1:])
+    return f"{head} {rest}" if head.endswith(":") else "; ".join(filter(None, (head, rest)))
+
+
+class _HeldLogs(logging.Filter):
+    """Holds back the warnings and errors pydicom and its decoders log (an error with its
+    traceback for each decoder that fails) while this thread reads a file for pneumocnn;
+    their substance reaches the caller in the :class:`InputError`. Other threads' records and
+    records below WARNING pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = getattr(self.reading, "held", None)
+        if held is None or record.levelno < logging.WARNING:
+            return True
+        held.append(record.getMessage())
+        return False
+
+
+_HELD_LOGS = _HeldLogs()
+
+
+@contextlib.contextmanager
+def _holding_library_logs() -> Iterator[list[str]]:
+    """Hold back the libraries' log records made in this thread within the block; yield the
+    list of their messages."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.split(".")[0] in _LIBRARIES:
+            logger.addFilter(_HELD_LOGS)  # once per logger: a filter is added only once
+    held: list[str] = []
+    _HELD_LOGS.reading.held = held
     try:
-        dataset = pydicom.dcmread(stream, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as error:
-        raise InputError(name, f"cannot read DICOM ({error})") from error
-    if "PixelData" not in dataset:
-        raise InputError(name, "DICOM file holds no image (no PixelData)")
-    pixels = _stored_pixels(dataset, name)
-    identifiers = {key: str(dataset.get(key, "")) for key in IDENTIFIERS if key in dataset}
-    return DicomImage(_display(pixels, dataset, name), identifiers)
+        yield held
+    finally:
+        _HELD_LOGS.reading.held = None
+
+
+def _identifiers(dataset) -> dict[str, str]:
+    return {key: str(dataset.get(key, "")) for key in IDENTIFIERS if key in dataset}
+
+
+def _guard_tags(dataset) -> dict[str, str]:
+    """The tags the guard reads, as text."""
+    tags = {key: _text(dataset.get(key, "")) for key in guard.TAGS if key in dataset}
+    species = dataset.get("PatientSpeciesCodeSequence")
+    if species:
+        tags[guard.SPECIES_CODE] = _text(species[0].get("CodeValue", ""))
+    return tags
+
+
+def _text(value) -> str:
+    from pydicom.multival import MultiValue
+
+    return " ".join(map(str, value)) if isinstance(value, MultiValue) else str(value or "")
+
+
+def _settle_transfer_syntax(dataset) -> None:
+    """Give a data set read without a transfer syntax in its meta information (no meta, or
+    meta without (0002,0010)) the one its own encoding showed, uncompressed, as viewers do."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if getattr(dataset, "file_meta", None) is None:
+        dataset.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" in dataset.file_meta:
+        return
+    implicit, little_endian = dataset.original_encoding
+    if implicit is not False:
+        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        dataset.file_meta.TransferSyntaxUID = (
+            ExplicitVRBigEndian if little_endian is False else ExplicitVRLittleEndian)
 
 
 def _stored_pixels(dataset, name: str) -> np.ndarray:
-    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-    try:
-        pixels = dataset.pixel_array
-    except (NotImplementedError, RuntimeError) as error:
-        if syntax is not None and syntax.is_compressed:
-            raise InputError(
-                name,
-                f"pixel data is compressed ({syntax.name}) and no installed decoder handles it: "
-                "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)",
-            ) from error
-        raise InputError(name, f"cannot decode DICOM pixel data ({error})") from error
-    except (ValueError, AttributeError, KeyError, TypeError) as error:
-        raise InputError(name, f"cannot decode DICOM pixel data ({error})") from error
+    from pydicom.pixels.decoders.base import get_decoder
+
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and rows * columns > limit:
+        raise InputError(name, f"image is {columns}x{rows} pixels, over the {limit:,}-pixel "
+                               "safety limit (PIL.Image.MAX_IMAGE_PIXELS)")
+    syntax = dataset.file_meta.TransferSyntaxUID
+    if syntax.is_compressed:
+        try:
+            available = get_decoder(syntax).is_available
+        except NotImplementedError:
+            raise InputError(name, f"pixel data is in a transfer syntax pydicom cannot decode "
+                                   f"({syntax.name})") from None
+        if not available:
+            raise InputError(name, f"pixel data is compressed ({syntax.name}) and no installed "
+                                   f"decoder handles it: {INSTALL}")
+    pixels = dataset.pixel_array
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         pixels = pixels[0]

@@ -24,6 +24,12 @@ class InputError(PneumocnnError, ValueError):
         self.reason = reason
 
 
+class NotFrontalChestError(InputError):
+    """An input whose DICOM tags say it is not a frontal chest X-ray of a person (the input
+    guard, :mod:`pneumocnn.core.guard`): its ``reason`` begins ``not a frontal chest X-ray: ``
+    and names the tag. It is not scored unless the guard is turned off."""
+
+
 class ModelFileError(PneumocnnError, ValueError):
     """A model file is missing, is not a model, or lacks a valid pneumocnn description."""
 

@@ -63,6 +63,20 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         stream.write(data)
 
 
+def write_durably(path: str | Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data`` and flush its folder to disk too, so that once
+    this returns the file survives a crash or a power cut under its name (the rename itself is
+    on disk; folders cannot be flushed on Windows, where the rename is left to the system)."""
+    path = Path(path)
+    write_bytes(path, data)
+    if os.name != "nt":
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Atomically replace ``path`` with UTF-8 ``text``."""
     write_bytes(path, text.encode("utf-8", "surrogateescape"))  # non-UTF-8 file names as they are

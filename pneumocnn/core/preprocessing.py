@@ -5,7 +5,9 @@ An input (file path, bytes, binary file, PIL image or numpy array) becomes:
 1. an 8-bit grayscale image: large JPEGs are decoded at a reduced scale that keeps at least
    twice the model input size (Pillow's draft mode); EXIF orientation is applied; colour,
    palette, CMYK and alpha images are converted to luminance; 16-bit images are scaled by
-   their bit depth;
+   their bit depth; DICOM files are shown as a viewer shows them (:mod:`pneumocnn.core.dicom`),
+   and those whose tags say they are not a frontal chest X-ray are refused unless the input
+   guard is turned off (:mod:`pneumocnn.core.guard`);
 2. ``pixels``: if the model asks for it (``crop="margins"``), the near-black or near-white
    bands at the image's edges (collimation, padding, detector borders) cut off, so that framing
    differences between machines do not reach the model; then resized to the model input
@@ -33,7 +35,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pneumocnn.core.dicom import DICOM_HEAD, has_dicom_preamble, read_dicom
+from pneumocnn.core.dicom import DICOM_HEAD, looks_like_dicom, read_dicom
 from pneumocnn.core.dicom import SUFFIXES as DICOM_SUFFIXES
 from pneumocnn.core.errors import InputError
 
@@ -128,14 +130,17 @@ def preprocess(source: ImageInput, spec: Preprocessing, name: str | None = None)
     return to_model_input(load_pixels(source, spec, name), spec)
 
 
-def load_pixels(source: ImageInput, spec: Preprocessing, name: str | None = None) -> np.ndarray:
+def load_pixels(source: ImageInput, spec: Preprocessing, name: str | None = None, *,
+                guard: bool = True) -> np.ndarray:
     """Decode one input, resize it to the model input and normalise its intensities as
     ``spec`` says: uint8 ``(height, width)``.
 
-    Raises :class:`~pneumocnn.core.errors.InputError` naming the input when it cannot be used.
+    Raises :class:`~pneumocnn.core.errors.InputError` naming the input when it cannot be used,
+    and, with ``guard``, :class:`~pneumocnn.core.errors.NotFrontalChestError` for a DICOM file
+    whose tags say it is not a frontal chest X-ray (:mod:`pneumocnn.core.guard`).
     """
     name = name or source_name(source)
-    gray = _to_gray(source, spec, name)
+    gray = _to_gray(source, spec, name, guard)
     if spec.crop == "margins":
         gray = crop_margins(gray)
     resized = gray.resize((spec.width, spec.height), _RESAMPLING[spec.resize])
@@ -168,12 +173,14 @@ def crop_margins(image: Image.Image) -> Image.Image:
 
 def load_gray(source: ImageInput, name: str | None = None) -> Image.Image:
     """Decode one input to the full-resolution 8-bit grayscale image (step 1 above), for
-    display; raises :class:`~pneumocnn.core.errors.InputError` naming the input."""
-    return _to_gray(source, None, name or source_name(source))
+    display (the input guard does not apply); raises
+    :class:`~pneumocnn.core.errors.InputError` naming the input."""
+    return _to_gray(source, None, name or source_name(source), guard=False)
 
 
-def _to_gray(source: ImageInput, spec: Preprocessing | None, name: str) -> Image.Image:
-    """Step 1; with a ``spec``, JPEGs are decoded at the reduced scale that suits it."""
+def _to_gray(source: ImageInput, spec: Preprocessing | None, name: str, guard: bool) -> Image.Image:
+    """Step 1; with a ``spec``, JPEGs are decoded at the reduced scale that suits it; with
+    ``guard``, DICOM tags go through the input guard."""
     if isinstance(source, np.ndarray):
         return _array_to_gray(source, name)
     if isinstance(source, Image.Image):
@@ -181,11 +188,11 @@ def _to_gray(source: ImageInput, spec: Preprocessing | None, name: str) -> Image
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         with _open_file(path, name) as stream:
-            return _decode(stream, spec, name, path.suffix.lower() in DICOM_SUFFIXES)
+            return _decode(stream, spec, name, guard, path.suffix.lower() in DICOM_SUFFIXES)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _decode(io.BytesIO(bytes(source)), spec, name)
+        return _decode(io.BytesIO(bytes(source)), spec, name, guard)
     if hasattr(source, "read"):
-        return _decode(source, spec, name)
+        return _decode(source, spec, name, guard)
     raise InputError(name, f"unsupported input type {type(source).__name__}")
 
 
@@ -207,10 +214,10 @@ def _open_nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
-def _decode(stream: BinaryIO, spec: Preprocessing | None, name: str,
+def _decode(stream: BinaryIO, spec: Preprocessing | None, name: str, guard: bool,
             dicom_suffix: bool = False) -> Image.Image:
     if dicom_suffix or _starts_like_dicom(stream):
-        return Image.fromarray(read_dicom(stream, name).pixels)
+        return Image.fromarray(read_dicom(stream, name, guard_tags=guard).pixels)
     try:
         with Image.open(stream, formats=FORMATS) as image:
             _check_size(image.width, image.height, name)
@@ -239,7 +246,7 @@ def _starts_like_dicom(stream: BinaryIO) -> bool:
         stream.seek(start)
     except (OSError, ValueError):  # not seekable: Pillow will say so
         return False
-    return isinstance(head, bytes) and has_dicom_preamble(head)
+    return isinstance(head, bytes) and looks_like_dicom(head)
 
 
 def _check_size(width: int, height: int, name: str) -> None:

@@ -65,6 +65,7 @@ def predict_on_dask(
     skip: Container[str] = (),
     partition_size: int = PARTITION_SIZE,
     window: int | None = None,
+    guard: bool = True,
 ) -> Iterator[Prediction]:
     """Score files, folders and manifests on a Dask cluster, yielding each
     :class:`~pneumocnn.runtime.model.Prediction` as its partition completes (not in input
@@ -77,8 +78,8 @@ def predict_on_dask(
     per core), closed at the end; or a scheduler address (``"tcp://host:8786"``). ``threads``:
     the interpreter threads of each worker's model. ``skip``: names not to score (already
     done). ``window``: partitions in flight (default: twice the cluster's worker threads, at
-    least 4). In-memory inputs (bytes, arrays, images) cannot be sent by path and get an error
-    row."""
+    least 4). ``guard``: as for :meth:`Model.predict`. In-memory inputs (bytes, arrays,
+    images) cannot be sent by path and get an error row."""
     if not isinstance(model, Model):
         model = load(model, threads=threads)
     if not model.path.endswith(".tflite"):
@@ -94,7 +95,8 @@ def predict_on_dask(
     client, owned = _connect(cluster)
     try:
         client.register_plugin(plugin)
-        yield from _score(client, plugin.name, cutoff, itertools.chain([first], work), window)
+        yield from _score(client, plugin.name, (cutoff, guard), itertools.chain([first], work),
+                          window)
     finally:
         if owned:
             cluster_ = client.cluster
@@ -146,15 +148,16 @@ class ModelPlugin(distributed.WorkerPlugin):
         self.model = None
 
 
-def _score_partition(names: list[str], plugin: str, cutoff: float) -> list[Prediction]:
+def _score_partition(names: list[str], plugin: str, cutoff: float,
+                     guard: bool) -> list[Prediction]:
     """On a worker: score each file of a partition with the worker's model."""
     model = distributed.get_worker().plugins[plugin].model
-    return [_score_file(model, name, cutoff) for name in names]
+    return [_score_file(model, name, cutoff, guard) for name in names]
 
 
-def _score_file(model: Model, name: str, cutoff: float) -> Prediction:
+def _score_file(model: Model, name: str, cutoff: float, guard: bool) -> Prediction:
     try:
-        return model._score_or_error(name, name, cutoff)
+        return model._score_or_error(name, name, cutoff, guard)
     except Exception as error:  # noqa: BLE001 -- one odd file must not fail its partition's task
         return Prediction(name, None, math.nan, cutoff, f"{type(error).__name__}: {error}")
 
@@ -182,10 +185,11 @@ def _partitions(inputs, skip: Container[str], size: int,
         yield batch
 
 
-def _score(client: distributed.Client, plugin: str, cutoff: float,
+def _score(client: distributed.Client, plugin: str, scoring: tuple[float, bool],
            work: Iterator[list[str] | Prediction], window: int | None) -> Iterator[Prediction]:
     """Submit partitions, keeping at most ``window`` in flight, and yield each one's
-    predictions once, when its future completes."""
+    predictions once, when its future completes; ``scoring`` is ``(threshold, guard)``."""
+    cutoff = scoring[0]
     run = uuid.uuid4().hex[:12]
     keys = itertools.count()
     futures = distributed.as_completed()
@@ -202,7 +206,7 @@ def _score(client: distributed.Client, plugin: str, cutoff: float,
             if isinstance(part, Prediction):
                 ready.append(part)
                 continue
-            future = client.submit(_score_partition, part, plugin, cutoff,
+            future = client.submit(_score_partition, part, plugin, *scoring,
                                    key=f"pneumocnn-predict-{run}-{next(keys)}", pure=False)
             names_of[future] = part
             futures.add(future)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumocnn.core import strictjson
 from pneumocnn.core.files import write_text
 from pneumocnn.core.folders import LabelledImages, index_folder
 from pneumocnn.core.metrics import binary_metrics, roc_curve
@@ -90,7 +90,7 @@ def _write(result: Evaluation, labels, probabilities, out: Path, names) -> None:
     from pneumocnn.core.plots import plot_confusion, plot_reliability, plot_roc
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "metrics.json", json.dumps(result.metrics, indent=1))
+    write_text(out / "metrics.json", strictjson.dumps(result.metrics, indent=1))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["source", "truth", "label", "probability", "threshold", "error"])

@@ -35,14 +35,16 @@ class Explanation:
 
 
 def occlusion(model: Model, source: ImageInput, patch: int | None = None,
-              stride: int | None = None, *, pixels: np.ndarray | None = None) -> Explanation:
+              stride: int | None = None, *, pixels: np.ndarray | None = None,
+              guard: bool = True) -> Explanation:
     """Occlusion sensitivity of ``model`` on one input; ``patch`` and ``stride`` in model-input
     pixels (default: an eighth of the input side, and half of that). A caller that holds the
     input's ``pixels`` as :func:`~pneumocnn.core.preprocessing.load_pixels` made them for this
-    model passes them, and ``source`` only names the input."""
+    model passes them, and ``source`` only names the input. ``guard=False`` explains a DICOM
+    file whose tags say it is not a frontal chest X-ray (refused by default)."""
     name = source_name(source)
     if pixels is None:
-        pixels = load_pixels(source, model.description.preprocessing, name)
+        pixels = load_pixels(source, model.description.preprocessing, name, guard=guard)
     height, width = pixels.shape
     patch = patch or max(4, min(height, width) // 8)
     stride = stride or max(1, patch // 2)
@@ -64,15 +66,16 @@ def occlusion(model: Model, source: ImageInput, patch: int | None = None,
     return Explanation(name, baseline, heatmap.astype(np.float32), "occlusion")
 
 
-def grad_cam(model: Model, source: ImageInput) -> Explanation:
+def grad_cam(model: Model, source: ImageInput, *, guard: bool = True) -> Explanation:
     """Grad-CAM on the last convolution of a model whose backend can compute it (a ``.keras``
-    Sequential model, as pneumocnn trains; needs TensorFlow)."""
+    Sequential model, as pneumocnn trains; needs TensorFlow); ``guard`` as for
+    :func:`occlusion`."""
     backend = model.backend
     if not isinstance(backend, ClassActivationBackend):
         raise ValueError(f"{model.path}: {GRAD_CAM_NEEDS}")
     name = source_name(source)
     spec = model.description.preprocessing
-    cam, raw = backend.class_activation(load_pixels(source, spec, name))
+    cam, raw = backend.class_activation(load_pixels(source, spec, name, guard=guard))
     heatmap = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(
         (spec.width, spec.height), Image.Resampling.BILINEAR))
     probability = float(model.description.calibrate(np.array([raw]))[0])
@@ -83,7 +86,7 @@ def overlay(source: ImageInput, explanation: Explanation, size: int = 384) -> Im
     """The X-ray as the model sees it (square, ``size`` pixels) with the heatmap drawn over it
     in a black-red-yellow scale, transparent where the heatmap is zero."""
     view = Preprocessing(height=size, width=size, channels=1)
-    gray = load_pixels(source, view, explanation.source).astype(np.float64)
+    gray = load_pixels(source, view, explanation.source, guard=False).astype(np.float64)
     heat = np.asarray(Image.fromarray(explanation.heatmap.astype(np.float32)).resize(
         (size, size), Image.Resampling.BILINEAR), dtype=np.float64)
     peak = heat.max()

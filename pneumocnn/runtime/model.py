@@ -15,6 +15,7 @@ import numpy as np
 
 from pneumocnn.core.errors import InputError, ModelFileError, PneumocnnError
 from pneumocnn.core.folders import expand_inputs, is_single
+from pneumocnn.core.guard import PREFIX as GUARD_PREFIX
 from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.core.preprocessing import ImageInput, load_pixels, source_name
 from pneumocnn.runtime.backends import Backend, open_backend
@@ -26,7 +27,9 @@ class Prediction:
     """One answer: ``label`` is the positive label when ``probability >= threshold``.
 
     When the input could not be used, ``label`` is ``None``, ``probability`` is NaN and
-    ``error`` says why (only in results of many inputs; a single input raises instead).
+    ``error`` says why (only in results of many inputs; a single input raises instead). So too
+    when the input guard held it back: then ``error`` begins ``not a frontal chest X-ray: ``
+    and ``flagged`` is true.
     """
 
     source: str
@@ -40,9 +43,19 @@ class Prediction:
         """True when the input was scored."""
         return self.error is None
 
+    @property
+    def flagged(self) -> bool:
+        """True when the input guard held the input back: its DICOM tags say it is not a
+        frontal chest X-ray (see :mod:`pneumocnn.core.guard`)."""
+        return self.error is not None and self.error.startswith(GUARD_PREFIX)
+
     def to_dict(self) -> dict:
-        """A plain dict, for JSON and CSV."""
-        return asdict(self)
+        """A plain dict, for JSON and CSV: a probability that is not a number (an input not
+        scored) is ``None``, so that JSON holds ``null``, never ``NaN``."""
+        fields = asdict(self)
+        if not math.isfinite(self.probability):
+            fields["probability"] = None
+        return fields
 
     def __str__(self) -> str:
         if not self.ok:
@@ -95,7 +108,8 @@ class Model:
         return Model(self._backend, raw, self.path, self.variant)
 
     def predict(
-        self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None
+        self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None, *,
+        guard: bool = True,
     ) -> Prediction | list[Prediction]:
         """Score one input (a path, bytes, binary file, PIL image or array) or many (a folder,
         or a list or iterable of inputs).
@@ -103,15 +117,18 @@ class Model:
         One input returns a :class:`Prediction` and raises :class:`~pneumocnn.InputError` if it
         cannot be read; many return a list in input order, where unreadable inputs carry an
         ``error`` instead of a label. ``threshold`` overrides the model's for this call.
+        With ``guard`` (the default), a DICOM file whose tags say it is not a frontal chest
+        X-ray is not scored: one input raises :class:`~pneumocnn.NotFrontalChestError`, among
+        many it gets a ``flagged`` result; ``guard=False`` scores it all the same.
         """
         if is_single(inputs):
             source = source_name(inputs)
-            return self._score(inputs, source, threshold)
-        return list(self.predict_iter(inputs, threshold))
+            return self._score(inputs, source, threshold, guard)
+        return list(self.predict_iter(inputs, threshold, guard=guard))
 
     def predict_iter(
         self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None,
-        *, skip: Container[str] = (),
+        *, skip: Container[str] = (), guard: bool = True,
     ) -> Iterator[Prediction]:
         """Like :meth:`predict` on many inputs, yielding each result in input order as soon as
         it is ready. Inputs are decoded on a few threads ahead of the one being yielded; inputs
@@ -125,7 +142,7 @@ class Model:
                 if source in skip:
                     continue
                 pending.append(pool.submit(self._score_or_error, item,
-                                           source or f"inputs[{index}]", cutoff))
+                                           source or f"inputs[{index}]", cutoff, guard))
                 if len(pending) > 2 * workers:
                     yield pending.popleft().result()
             while pending:
@@ -141,11 +158,12 @@ class Model:
                              f"as load_pixels gives them, got {pixels.dtype} {pixels.shape}")
         return self.description.calibrate(self._backend.probabilities(pixels))
 
-    def _score_or_error(self, item: ImageInput | InputError, source: str, threshold: float) -> Prediction:
+    def _score_or_error(self, item: ImageInput | InputError, source: str, threshold: float,
+                        guard: bool) -> Prediction:
         try:
             if isinstance(item, InputError):  # a folder that could not be listed
                 raise item
-            return self._score(item, source, threshold)
+            return self._score(item, source, threshold, guard)
         except PneumocnnError as error:
             return Prediction(source, None, math.nan, threshold, getattr(error, "reason", str(error)))
 
@@ -160,8 +178,9 @@ class Model:
         label = self.labels[1] if probability >= cutoff else self.labels[0]
         return Prediction(source, label, probability, cutoff)
 
-    def _score(self, item: ImageInput, source: str, threshold: float | None) -> Prediction:
-        pixels = load_pixels(item, self.description.preprocessing, source)
+    def _score(self, item: ImageInput, source: str, threshold: float | None,
+               guard: bool) -> Prediction:
+        pixels = load_pixels(item, self.description.preprocessing, source, guard=guard)
         return self.predict_pixels(pixels, source, threshold)
 
     def _threshold(self, threshold: float | None) -> float:
@@ -206,11 +225,12 @@ _default: Model | None = None
 
 
 def predict(
-    inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None
+    inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None, *,
+    guard: bool = True,
 ) -> Prediction | list[Prediction]:
     """Score inputs with the bundled model (loaded once); see :meth:`Model.predict`."""
     global _default
     if _default is None:
         _default = load()
-    return _default.predict(inputs, threshold)
+    return _default.predict(inputs, threshold, guard=guard)
 

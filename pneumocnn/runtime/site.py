@@ -14,10 +14,11 @@ longer gives the sensitivity it was chosen for. :func:`calibrate` refits them th
 - **unlabelled** (any folder of X-rays): the site's pneumonia share estimated by EM on the
   model's calibrated outputs, and the calibration bias shifted to it.
 
-A folder of variants (the bundled models) gives a folder: one calibration, fitted on the outputs
-of its most precise variant (as training fits one on the float model for all its exports), is
-written into every variant, so that ``load(SITE_MODEL)`` still chooses among them; the figures
-are measured for each variant on its own outputs.
+A folder of variants (the bundled models) gives a folder of the same variants, each calibrated
+on its own outputs for the same images (quantization moves outputs, and a shifted site can move
+them apart: one calibration shared by int8 and float16 gave one of them specificity 0.92 where
+the other had 0.97). Their records share an ``id``, by which ``load(SITE_MODEL)`` knows them for
+variants of one model and still chooses among them by speed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,29 +61,37 @@ MIN_UNLABELLED = 25
 FOLDS = 5
 RESAMPLES = 2000
 SEED = 0
-# Which variant of a folder the calibration is fitted on: the first present, most precise first.
+# The order a folder's variants are reported in: most precise first.
 PRECISION = ("float32", "float16", "dynamic-int8", "int8")
 KEY = "site_calibration"  # the record's key in the description's info
 
 
 @dataclass(frozen=True)
 class SiteCalibration:
-    """What :func:`calibrate` did: the site model's ``description`` (of the variant the
-    calibration was fitted on; ``record`` is its ``info["site_calibration"]``), the files
-    ``written`` by variant, and the site images that could not be read (``"file: reason"``),
-    which were skipped. ``str()`` is the report the command line prints."""
+    """What :func:`calibrate` did: the site model's ``descriptions`` and the files ``written``,
+    by variant (most precise first), and the site images that could not be read
+    (``"file: reason"``), which were skipped. ``str()`` is the report the command line prints."""
 
-    description: ModelDescription
+    descriptions: dict[str, ModelDescription]
     written: dict[str, Path]
     unreadable: tuple[str, ...]
 
     @property
+    def records(self) -> dict[str, dict]:
+        """The site calibration each written file's description records, by variant."""
+        return {name: description.info[KEY] for name, description in self.descriptions.items()}
+
+    @property
     def record(self) -> dict:
-        """The site calibration as recorded in the written files' descriptions."""
-        return self.description.info[KEY]
+        """The record of the most precise variant (of the one file, for a file)."""
+        return next(iter(self.records.values()))
 
     def __str__(self) -> str:
-        lines = describe(self.description, detailed=True)
+        lines = []
+        for name, description in self.descriptions.items():
+            if len(self.descriptions) > 1:
+                lines.append(f"{name} variant:")
+            lines += describe(description, detailed=True)
         lines += [f"wrote {path}" for path in self.written.values()]
         lines += [f"skipped {entry}" for entry in self.unreadable]
         return "\n".join(lines)
@@ -110,8 +120,8 @@ def calibrate(
     """Calibrate ``model`` on a site's X-rays in ``folder`` and write the site model to ``out``.
 
     ``model`` is a ``.tflite`` file (``out`` is then a file), a folder of its variants (``out``
-    is then a folder holding each variant, calibrated alike), or ``None`` for the bundled
-    models. The original is never overwritten.
+    is then a folder of the same variants, each calibrated on its own outputs), or ``None`` for
+    the bundled models. The original is never overwritten.
 
     Labelled (``folder/{NORMAL,PNEUMONIA}``): temperature and bias are refitted on the model's
     raw outputs for the site's images, and the threshold set to the highest whose sensitivity on
@@ -138,20 +148,22 @@ def calibrate(
     Unreadable images are skipped and listed in the result.
     """
     path = bundled_models() if model is None else Path(model)
-    sources = variant_files(path) if path.is_dir() else {_variant_name(path): path}
+    found = variant_files(path) if path.is_dir() else {_variant_name(path): path}
+    sources = {name: found[name] for name in sorted(found, key=_precision)}
     targets = _targets(sources, Path(out), into_folder=path.is_dir())
     models = {name: load(source) for name, source in sources.items()}
-    reference = next(name for name in (*PRECISION, *models) if name in models)
     if unlabelled:
-        descriptions, unreadable = _unlabelled(models, reference, folder, training_prior)
+        descriptions, unreadable = _unlabelled(models, folder, training_prior)
     else:
-        descriptions, unreadable = _labelled(models, reference, folder, target_sensitivity)
+        descriptions, unreadable = _labelled(models, folder, target_sensitivity)
+    shared = {"id": uuid.uuid4().hex, "date": _now(), "unreadable": len(unreadable)}
     for name, description in descriptions.items():
         content, original = read_tflite(sources[name])
-        record = {**description.info[KEY], "source": _source(sources[name], content, original)}
+        record = {**shared, **description.info[KEY], "variant": name,
+                  "source": _source(sources[name], content, original)}
         write_bytes(targets[name], embed_in_tflite(content, description.with_info(**{KEY: record})))
-    written = {name: targets[name] for name in descriptions}
-    return SiteCalibration(read_tflite(written[reference])[1], written, tuple(unreadable))
+    return SiteCalibration({name: read_tflite(targets[name])[1] for name in sources},
+                           targets, tuple(unreadable))
 
 
 def fit_labelled(description: ModelDescription, labels: np.ndarray, raw: np.ndarray,
@@ -257,10 +269,6 @@ def describe(description: ModelDescription, detailed: bool = False) -> list[str]
                   f"  on the images that chose the threshold (optimistic): sensitivity "
                   f"{_interval(seen, 'sensitivity')}, specificity {_interval(seen, 'specificity')}"
                   f", ECE {seen['ece']:.3f}, ROC AUC {seen['roc_auc']:.4f}"]
-        lines += [f"  the {name} variant (the same calibration, on its own outputs): "
-                  f"cross-validated sensitivity {_interval(figures['cross_validated'], 'sensitivity')}"
-                  f", specificity {_interval(figures['cross_validated'], 'specificity')}"
-                  for name, figures in record.get("other_variants", {}).items()]
     return lines
 
 
@@ -269,16 +277,17 @@ def _interval(figures: dict, name: str) -> str:
     return f"{figures[name]:.3f} (95 % CI {low:.3f}-{high:.3f})"
 
 
-def _labelled(models: dict[str, Model], reference: str, folder: str | os.PathLike,
-              target: float) -> tuple[dict[str, ModelDescription], list[str]]:
-    """Fit on the reference variant's raw outputs; describe every variant with its figures."""
+def _labelled(models: dict[str, Model], folder: str | os.PathLike, target: float
+              ) -> tuple[dict[str, ModelDescription], list[str]]:
+    """Each variant fitted on its own raw outputs for the site's readable images, with its
+    figures."""
+    first, *others = models
     need_normal, need_pneumonia = required_images(target)
-    images, predictions = score_labelled(models[reference].uncalibrated(), folder)
+    images, predictions = score_labelled(models[first].uncalibrated(), folder)
     scored = np.array([p.ok for p in predictions])
     unreadable = [f"{p.source}: {p.error}" for p in predictions if not p.ok]
     images = images.subset(np.flatnonzero(scored))
-    labels, raw = images.labels, np.array([p.probability for p in predictions])[scored]
-    counts = images.counts()
+    labels = images.labels
     have = (int((labels == 0).sum()), int((labels == 1).sum()))
     if have[0] < need_normal or have[1] < need_pneumonia:
         negative, positive = images.class_names
@@ -289,36 +298,37 @@ def _labelled(models: dict[str, Model], reference: str, folder: str | os.PathLik
             f"able to miss one pneumonia in {need_pneumonia}, and temperature and bias are "
             f"fitted on at least {MIN_PER_CLASS} images of each class")
     folds = patient_folds(images, FOLDS, SEED)
-    fitted = fit_labelled(models[reference].description, labels, raw, target)
-    outputs = {reference: raw}
-    for name in models.keys() - {reference}:
-        outputs[name] = _raw_outputs(models[name], [str(path) for path in images.paths])
-    figures = {name: _figures(fitted, labels, outputs[name], raw, folds, target)
-               for name in models}
-    record = {"mode": "labelled", "date": _now(), "images": counts,
-              "unreadable": len(unreadable), "target_sensitivity": target,
-              "prior": have[1] / sum(have), "fitted_on": reference,
+    outputs = {first: np.array([p.probability for p in predictions])[scored]}
+    for name in others:
+        outputs[name] = _probabilities(models[name].uncalibrated(),
+                                       [str(path) for path in images.paths])
+    record = {"mode": "labelled", "images": images.counts(), "target_sensitivity": target,
+              "prior": have[1] / sum(have),
               "bootstrap": {"resamples": RESAMPLES, "level": 0.95, "seed": SEED}}
-    return {name: _variant(fitted, models[name].description).with_info(**{KEY: {
-        **record, **figures[name],
-        "other_variants": {other: figures[other] for other in models if other != name}}})
-        for name in models}, unreadable
+    descriptions = {}
+    for name, model in models.items():
+        fitted = fit_labelled(model.description, labels, outputs[name], target)
+        figures = site_figures(fitted, labels, outputs[name], folds, target)
+        descriptions[name] = fitted.with_info(**{KEY: {**record, **figures}})
+    return descriptions, unreadable
 
 
-def _figures(fitted: ModelDescription, labels: np.ndarray, raw: np.ndarray,
-             fitted_raw: np.ndarray, folds: np.ndarray, target: float) -> dict:
-    """Sensitivity and specificity of the raw outputs ``raw`` under the calibration fitted on
-    ``fitted_raw`` (the same array for the variant it was fitted on): at its threshold, and
-    cross-validated. Calibration is increasing in the raw logit, so a threshold for a
-    sensitivity is the same cut of the raw logit whatever temperature and bias are refitted on
-    the other folds: each fold's cut is taken on the others' raw logits."""
+def site_figures(fitted: ModelDescription, labels: np.ndarray, raw: np.ndarray,
+                 folds: np.ndarray, target: float) -> dict:
+    """Sensitivity and specificity, with their bootstrap intervals, of the calibration
+    ``fitted`` (by :func:`fit_labelled`) on the raw outputs ``raw`` it was fitted on: at its
+    threshold (``in_sample``, optimistic; with ECE and ROC AUC), and ``cross_validated`` over
+    the patient ``folds``, each image called by a threshold chosen on the other folds.
+    Calibration is increasing in the raw logit, so a threshold for a sensitivity is one cut of
+    the raw logit whatever temperature and bias the other folds would refit: each fold's cut is
+    taken on the others' raw logits."""
     calibrated = fitted.calibrate(raw)
-    cut, fitted_cut = logit(raw), logit(fitted_raw)
+    logits = logit(raw)
     held_out_called = np.zeros(labels.size, dtype=bool)
     for fold in np.unique(folds):
         held = folds == fold
-        threshold = threshold_for_sensitivity(labels[~held], fitted_cut[~held], target)
-        held_out_called[held] = cut[held] >= threshold
+        threshold = threshold_for_sensitivity(labels[~held], logits[~held], target)
+        held_out_called[held] = logits[held] >= threshold
     return {
         "in_sample": {**_rates(labels, calibrated >= fitted.threshold),
                       "ece": expected_calibration_error(labels, calibrated),
@@ -338,45 +348,41 @@ def _rates(labels: np.ndarray, called: np.ndarray) -> dict:
     return rates
 
 
-def _unlabelled(models: dict[str, Model], reference: str, folder: str | os.PathLike,
+def _unlabelled(models: dict[str, Model], folder: str | os.PathLike,
                 training_prior: float | None) -> tuple[dict[str, ModelDescription], list[str]]:
+    """Each variant's bias shifted by EM on its own calibrated outputs for the site's images."""
     if not Path(folder).is_dir():
         raise DatasetError(f"{folder}: folder does not exist")
-    predictions = models[reference].predict(folder)
+    first, *others = models
+    predictions = models[first].predict(folder)
     unreadable = [f"{p.source}: {p.error}" for p in predictions if not p.ok]
-    probabilities = np.array([p.probability for p in predictions if p.ok])
-    if probabilities.size < MIN_UNLABELLED:
+    readable = [p.source for p in predictions if p.ok]
+    if len(readable) < MIN_UNLABELLED:
         raise DatasetError(
-            f"{folder}: {probabilities.size} readable images; estimating the site's pneumonia "
+            f"{folder}: {len(readable)} readable images; estimating the site's pneumonia "
             f"share needs at least {MIN_UNLABELLED} (its sampling error is then at most 0.1; "
             "100 or more are better)")
-    description = models[reference].description
-    if training_prior is None:
-        training_prior, prior_source = calibration_prior(description)
-    else:
-        prior_source = "given"
-    site, found = fit_unlabelled(description, probabilities, training_prior)
-    record = {"mode": "unlabelled", "date": _now(), "images": int(probabilities.size),
-              "unreadable": len(unreadable), **found, "prior_before_source": prior_source,
-              "fitted_on": reference}
-    return {name: _variant(site, model.description).with_info(**{KEY: record})
-            for name, model in models.items()}, unreadable
+    outputs = {first: np.array([p.probability for p in predictions if p.ok])}
+    for name in others:
+        outputs[name] = _probabilities(models[name], readable)
+    descriptions = {}
+    for name, model in models.items():
+        prior, prior_source = ((training_prior, "given") if training_prior is not None
+                               else calibration_prior(model.description))
+        site, found = fit_unlabelled(model.description, outputs[name], prior)
+        descriptions[name] = site.with_info(**{KEY: {
+            "mode": "unlabelled", "images": len(readable), **found,
+            "prior_before_source": prior_source}})
+    return descriptions, unreadable
 
 
-def _raw_outputs(model: Model, paths: list[str]) -> np.ndarray:
-    """Raw outputs of a variant for images another variant read; unreadable now, they fail."""
-    predictions = model.uncalibrated().predict(paths)
+def _probabilities(model: Model, paths: list[str]) -> np.ndarray:
+    """A variant's probabilities for images another variant read; unreadable now, they fail."""
+    predictions = model.predict(paths)
     failed = [f"{p.source}: {p.error}" for p in predictions if not p.ok]
     if failed:
         raise DatasetError(f"{failed[0]} (it was read a moment before: has it changed?)")
     return np.array([p.probability for p in predictions])
-
-
-def _variant(site: ModelDescription, own: ModelDescription) -> ModelDescription:
-    """``own`` (one variant's description) with the calibration and thresholds of ``site``."""
-    return replace(own, temperature=site.temperature, bias=site.bias, threshold=site.threshold,
-                   info={**own.info, **{key: site.info[key] for key in
-                                        ("threshold_source", "thresholds") if key in site.info}})
 
 
 def _source(path: Path, content: bytes, description: ModelDescription) -> dict:
@@ -385,6 +391,10 @@ def _source(path: Path, content: bytes, description: ModelDescription) -> dict:
     return {"file": path.name, "sha256": hashlib.sha256(content).hexdigest(),
             "digest": description.sha256, "temperature": description.temperature,
             "bias": description.bias, "threshold": description.threshold}
+
+
+def _precision(name: str) -> int:
+    return PRECISION.index(name) if name in PRECISION else len(PRECISION)
 
 
 def _variant_name(path: Path) -> str:

@@ -31,6 +31,7 @@ from pneumocnn.core.progress import progress_bar
 from pneumocnn.runtime.explain import occlusion, overlay, save_png
 from pneumocnn.runtime.model import Model, load
 
+SCORES = "scores.csv"
 COLUMNS = ["probability", "label", "threshold", "file", *IDENTIFIERS, "error"]
 THUMBNAIL = 384
 
@@ -56,6 +57,7 @@ def triage(
     *,
     heatmaps: bool = True,
     progress: Callable[[int, int], None] | bool | None = None,
+    guard: bool = True,
 ) -> Worklist:
     """Score every image and DICOM file under ``folder`` (or listed in a manifest) into the
     report folder ``out``.
@@ -63,28 +65,32 @@ def triage(
     ``model`` is a :class:`Model`, a model path, or None for the bundled model. ``progress``:
     None draws a progress bar (files done, rate, time left) when stderr is a terminal, True
     always, False never; a callable is called with ``(done, total)`` after each file instead.
+    A DICOM file whose tags say it is not a frontal chest X-ray is listed with the failures,
+    its reason in ``error``, unless ``guard=False``.
     """
     if not isinstance(model, Model):
         model = load(model)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    scores = out / "scores.csv"
-    done = {row["file"] for row in _read_rows(scores)}  # drops a row a kill cut short
+    scores = out / SCORES
+    done = {row["file"] for row in read_scores(scores)}  # drops a row a kill cut short
     todo = [(item, name) for item, name in expand_inputs(folder) if name not in done]
     total = len(done) + len(todo)
     drawn = progress if isinstance(progress, bool) or progress is None else False
-    bar = progress_bar(total, initial=len(done), enabled=drawn, description="triage")
-    with bar, scores.open("a", newline="", encoding="utf-8", errors="surrogateescape") as sink:
-        writer = csv.DictWriter(sink, fieldnames=COLUMNS)
-        if sink.tell() == 0:
-            writer.writeheader()
+    with progress_bar(total, initial=len(done), enabled=drawn, description="triage") as bar:
         for count, (item, name) in enumerate(todo, start=1):
-            writer.writerow(_score(model, item, name, out / "images", heatmaps))
-            sink.flush()
+            append_score(scores, score(model, item, name, out / "images", heatmaps, guard))
             bar.update()
             if callable(progress):
                 progress(len(done) + count, total)
-    rows = _read_rows(scores)
+    return write_worklist(out, model)
+
+
+def write_worklist(out: str | os.PathLike, model: Model) -> Worklist:
+    """Rewrite ``worklist.csv`` and ``report.html`` in ``out`` from the rows of its
+    ``scores.csv`` (each written atomically)."""
+    out = Path(out)
+    rows = read_scores(out / SCORES)
     rows.sort(key=_worklist_order)
     csv_path, html_path = out / "worklist.csv", out / "report.html"
     write_text(csv_path, _to_csv(rows))
@@ -92,17 +98,33 @@ def triage(
     return Worklist(rows, csv_path, html_path)
 
 
-def _score(model: Model, item, name: str, images: Path, heatmaps: bool) -> dict[str, str]:
+def append_score(scores: Path, row: dict[str, str]) -> None:
+    """Append one row to ``scores.csv`` (with the header if the file is new or empty) and flush
+    it to disk before returning: once this returns, the row survives a crash."""
+    with scores.open("a", newline="", encoding="utf-8", errors="surrogateescape") as sink:
+        writer = csv.DictWriter(sink, fieldnames=COLUMNS)
+        if sink.tell() == 0:
+            writer.writeheader()
+        writer.writerow(row)
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
+def score(model: Model, item, name: str, images: Path, heatmaps: bool = True,
+          guard: bool = True) -> dict[str, str]:
+    """The worklist row of one input (a path or anything ``predict`` takes) named ``name``:
+    its probability, label and threshold, or its ``error``; with the study identifiers of a
+    DICOM file either way. Writes its thumbnail (and heatmap) PNGs into ``images``."""
     row = dict.fromkeys(COLUMNS, "")
     row["file"] = name
+    row.update(_identifiers(item))  # on failed rows too: a clinic matches them to its studies
     try:
         # Decode twice, not once per use: the model's pixels exactly as predict(path) makes
         # them (scored as they are: predict(pixels) would normalise them again), and the
         # full-size image for display.
-        pixels = load_pixels(item, model.description.preprocessing, name)
+        pixels = load_pixels(item, model.description.preprocessing, name, guard=guard)
         gray = load_gray(item, name)
         prediction = model.predict_pixels(pixels, name)
-        row.update(_identifiers(item))
         stem = _stem(name)
         thumbnail = gray.copy()
         thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
@@ -133,9 +155,9 @@ def _stem(name: str) -> str:
     return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def _read_rows(scores: Path) -> list[dict[str, str]]:
-    """The rows of ``scores.csv``, by the resume rule of :func:`~pneumocnn.core.files.resume_csv`;
-    the last row of a file wins."""
+def read_scores(scores: Path) -> list[dict[str, str]]:
+    """The rows of ``scores.csv``, by the resume rule of :func:`~pneumocnn.core.files.resume_csv`
+    (a row a kill cut short is dropped); the last row of a file wins."""
     rows = [row for row in resume_csv(scores, COLUMNS, "triage scores.csv") if row["file"]]
     return list({row["file"]: row for row in rows}.values())
 
@@ -168,7 +190,7 @@ def _write_html(path: Path, rows: list[dict[str, str]], model: Model, images: Pa
         errors = "".join(f"<li>{html.escape(row['file'])}: {html.escape(row['error'])}</li>"
                          for row in failed)
         stream.write(f"""</tbody></table>
-<h2>Files that could not be scored</h2>
+<h2>Files not scored (unreadable, or not a frontal chest X-ray)</h2>
 <ul>{errors or "<li>none</li>"}</ul>
 </body></html>
 """.encode())

@@ -104,8 +104,8 @@ class _Candidate:
 
 
 def _candidates(folder: Path) -> dict[str, _Candidate]:
-    """The ``.tflite`` files of ``folder`` by quantization; they must describe one model (the
-    same labels, preprocessing, threshold and calibration)."""
+    """The ``.tflite`` files of ``folder`` by quantization; they must describe one model (see
+    :func:`_model_of`)."""
     found: dict[str, _Candidate] = {}
     for path in sorted(folder.glob("*.tflite")):
         candidate = _Candidate(path, *read_tflite(path))
@@ -117,7 +117,8 @@ def _candidates(folder: Path) -> dict[str, _Candidate]:
         if _model_of(candidate.description) != _model_of(first.description):
             raise ModelFileError(str(folder), f"holds files of different models: {path.name} "
                                               f"differs from {first.path.name} (labels, "
-                                              f"preprocessing, threshold or calibration)")
+                                              f"preprocessing, threshold, calibration or site "
+                                              f"calibration)")
         found[name] = candidate
     if not found:
         raise ModelFileError(str(folder), "holds no .tflite model file")
@@ -125,6 +126,12 @@ def _candidates(folder: Path) -> dict[str, _Candidate]:
 
 
 def _model_of(description: ModelDescription) -> tuple:
+    """What variants of one model share: labels, preprocessing, threshold and calibration; or,
+    for files calibrated to a site together (each variant on its own outputs, see
+    :mod:`pneumocnn.runtime.site`), labels, preprocessing and that calibration's id."""
+    site = description.info.get("site_calibration")
+    if isinstance(site, dict) and "id" in site:
+        return description.labels, description.preprocessing, site["id"]
     return (description.labels, description.preprocessing, description.threshold,
             description.temperature, description.bias)
 

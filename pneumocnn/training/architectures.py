@@ -4,6 +4,7 @@ batch-norm CNN of the bundled model, and `compiled_model`, which builds and comp
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,7 +119,8 @@ def make_optimizer(name: str, learning_rate: float | None,
     """Build the named Keras optimizer, at its Keras default learning rate unless given; with
     ``cosine_decay_steps``, the rate decays from there to 0 along a cosine over that many steps."""
     optimizer = keras.optimizers.get(name)
-    rate = learning_rate if learning_rate is not None else float(optimizer.learning_rate)
+    default = inspect.signature(type(optimizer)).parameters["learning_rate"].default
+    rate = learning_rate if learning_rate is not None else float(default)
     if cosine_decay_steps:
         return type(optimizer)(learning_rate=keras.optimizers.schedules.CosineDecay(
             rate, decay_steps=cosine_decay_steps))

@@ -48,8 +48,9 @@ class TrainedRun:
     exported_epoch: int  # the epoch whose weights are exported (1-based)
 
 
-def describe(run: TrainedRun) -> tuple[ModelDescription, dict]:
-    """The model's description and the run's validation metrics: with ``config.calibrate``,
+def describe(run: TrainedRun, distribution: dict | None = None) -> tuple[ModelDescription, dict]:
+    """The model's description and the run's validation metrics (``distribution``: where it
+    trained, recorded in the provenance): with ``config.calibrate``,
     temperature and bias fitted on validation (Platt scaling of the logit); the threshold fixed
     or, for ``threshold="sensitivity"``, the highest whose validation sensitivity reaches
     ``target_sensitivity``."""
@@ -78,15 +79,16 @@ def describe(run: TrainedRun) -> tuple[ModelDescription, dict]:
             "threshold_source": source,
             "thresholds": {"fixed_0.5": 0.5,
                            f"sensitivity_{config.target_sensitivity}": sensitivity_threshold},
-            "provenance": _provenance(run),
+            "provenance": _provenance(run, distribution),
             "validation_metrics": metrics["validation"],
         },
     )
     return description, metrics
 
 
-def _provenance(run: TrainedRun) -> dict:
+def _provenance(run: TrainedRun, distribution: dict | None) -> dict:
     return {
+        **({"distribution": distribution} if distribution else {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "train_images": run.train_labels.size,
         "train_counts": np.bincount(run.train_labels, minlength=2).tolist(),

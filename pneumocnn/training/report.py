@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumocnn.core import strictjson
 from pneumocnn.core.files import write_text
 from pneumocnn.core.folders import LabelledImages
 from pneumocnn.core.metrics import binary_metrics
@@ -43,7 +44,7 @@ def write_reports(run_dir: Path, run: TrainedRun, description: ModelDescription,
     writer.writeheader()
     writer.writerows(history)
     write_text(run_dir / "history.csv", buffer.getvalue())
-    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    write_text(run_dir / "metrics.json", strictjson.dumps(metrics, indent=1))
     if history:
         plot_history(history, run_dir / "curves.png")
     write_text(run_dir / "report.md", report_text(run, description, metrics, images))
@@ -59,6 +60,7 @@ def report_text(run: TrainedRun, description: ModelDescription, metrics: dict,
     train_images, val_images = images
     val = metrics["validation"]
     seconds = [row["seconds"] for row in history]
+    where = description.info.get("provenance", {}).get("distribution")
     lines = [
         f"# Training report: {description.info['architecture']}",
         "",
@@ -67,6 +69,9 @@ def report_text(run: TrainedRun, description: ModelDescription, metrics: dict,
         f"random seed {config.random_seed}): {summary(val_images)}",
         f"- epochs: {len(history)}; median seconds per epoch: "
         f"{np.median(seconds) if seconds else float('nan'):.1f}",
+        *([f"- trained on {where['workers']} worker(s), {where['replicas']} replica(s) "
+           f"({where['strategy']}): global batch {where['global_batch']}, "
+           f"{where['per_replica_batch']} per replica"] if where else []),
         f"- exported epoch: {run.exported_epoch}"
         + (" (lowest validation loss)" if config.keep_best else " (the last)")
         + ("; batch-norm statistics re-estimated on the training images without augmentation"

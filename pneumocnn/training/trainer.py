@@ -1,7 +1,8 @@
 """``train``: fit a CNN on a labelled X-ray folder, checkpoint every epoch, export model files.
 
-A run folder holds ``config.json``, ``checkpoints/`` (see :mod:`.checkpoints`), ``cache/``
-(decoded images), and when training ends ``model.keras``,
+Across several workers (``TF_CONFIG``, see :mod:`.distribute`) every worker trains and only
+the chief writes the run folder. A run folder holds ``config.json``, ``checkpoints/`` (see
+:mod:`.checkpoints`), ``cache/`` (decoded images), and when training ends ``model.keras``,
 ``model-{float32,float16,dynamic-int8,int8}.tflite`` and the reports of :mod:`.report`. Every
 file is written atomically, so a kill at any moment leaves each file either complete or absent.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +30,14 @@ from pneumocnn.training.augmentations import AUGMENTATIONS
 from pneumocnn.training.calibration import TrainedRun, describe, recalibrate_batchnorm
 from pneumocnn.training.checkpoints import Checkpoints, open_run
 from pneumocnn.training.data import DecodedImages, decode_all, make_dataset
+from pneumocnn.training.distribute import (
+    Cluster,
+    check_batch,
+    fit_epoch,
+    from_chief,
+    make_cluster,
+    take_chief_state,
+)
 from pneumocnn.training.report import score_tflite, write_reports
 from pneumocnn.training.settings import RECIPES, TrainingConfig, make_config, saved_config
 from pneumocnn.training.splits import split, summary
@@ -48,6 +58,7 @@ class TrainingResult:
     tflite_models: dict[str, Path]
     metrics: dict
     history: list[dict] = field(default_factory=list)
+    chief: bool = True  # False on the other workers of a multi-worker run: they write nothing
 
 
 def train(
@@ -57,6 +68,7 @@ def train(
     recipe: str = "pneumocnn",
     resume: bool = False,
     verbose: int | str = "auto",
+    strategy: str = "auto",
     **settings: object,
 ) -> TrainingResult:
     """Train on ``data`` (``ROOT/{train,val,test}/{NORMAL,PNEUMONIA}`` or ``ROOT/{NORMAL,
@@ -68,27 +80,56 @@ def train(
     ``"seed-as-is"``. ``settings`` are fields of :class:`TrainingConfig` and override the
     recipe (``random_seed`` is the random seed). ``resume=True`` continues an interrupted run
     in ``out`` from its last complete checkpoint, with the settings saved there. ``verbose``
-    is Keras's: ``"auto"``/1 a progress bar, 2 one line per epoch, 0 silent.
+    is Keras's: ``"auto"``/1 a progress bar, 2 one line per epoch, 0 silent. ``strategy``
+    (``"auto"``, ``"mirrored"``, ``"none"``) says where to train, see
+    :mod:`pneumocnn.training.distribute`; ``batch_size`` is the global batch.
     """
     run_dir = Path(out)
     config = make_config(recipe, **settings)
+    cluster = make_cluster(strategy)
+    given = bool(settings) or recipe != "pneumocnn"
+    if not cluster.chief:
+        return _train(Path(data), run_dir, config, resume, verbose, given, cluster)
     with exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"):
-        return _train(Path(data), run_dir, config, resume, verbose,
-                      settings_given=bool(settings) or recipe != "pneumocnn")
+        return _train(Path(data), run_dir, config, resume, verbose, given, cluster)
 
 
 def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verbose: int | str,
-           settings_given: bool) -> TrainingResult:
-    config = open_run(run_dir, config, resume, settings_given)
+           settings_given: bool, cluster: Cluster) -> TrainingResult:
+    if cluster.chief:
+        config = open_run(run_dir, config, resume, settings_given)
+    elif resume and (run_dir / "config.json").exists():
+        config = saved_config(run_dir)  # a shared run folder: read, never written
     _check(config)
+    check_batch(cluster, config.batch_size)
     images = split(data, config)
-    _save_config(run_dir, config)
-    train_data, val_data = _decode(run_dir, config, images)
-    model, history = _fit(run_dir, config, train_data, val_data, verbose)
+    if cluster.chief:
+        _save_config(run_dir, config)
+    train_data, val_data = _decode(_cache_dir(run_dir, cluster), config, images)
+    model, history = _fit(run_dir, config, train_data, val_data, verbose, cluster)
+    if not cluster.chief:
+        from_chief(cluster, [0.0])  # wait until the chief has written the run folder
+        log.info("worker %d of %d: trained; the chief writes %s", cluster.worker_index,
+                 cluster.workers, run_dir)
+        return TrainingResult(run_dir, run_dir / "model.keras", {}, {}, history, chief=False)
+    result = _finish(run_dir, config, model, history, train_data, val_data, images, cluster)
+    if cluster.multi_worker:
+        from_chief(cluster, [0.0])  # the other workers may exit now
+    return result
+
+
+def _finish(run_dir: Path, config: TrainingConfig, model: keras.Model, history: list[dict],
+            train_data: DecodedImages, val_data: DecodedImages,
+            images: tuple[LabelledImages, LabelledImages], cluster: Cluster) -> TrainingResult:
+    """On the chief: choose the epoch to export, describe, export and report the model."""
+    if cluster.name != "none":  # export from a copy of the weights outside the strategy
+        local = compiled_model(config, len(train_data.labels))
+        local.set_weights(model.get_weights())
+        model = local
     model, exported_epoch = _final_model(run_dir, config, model, history, train_data)
     run = TrainedRun(config, train_data.labels, val_data.labels,
                      _validation_probabilities(model, config, val_data), history, exported_epoch)
-    description, metrics = describe(run)
+    description, metrics = describe(run, cluster.describe(config.batch_size))
     keras_path, tflite_paths = _export(run_dir, config, model, description, train_data)
     metrics["tflite"] = score_tflite(tflite_paths, val_data)
     write_reports(run_dir, run, description, metrics, images)
@@ -107,50 +148,78 @@ def _save_config(run_dir: Path, config: TrainingConfig) -> None:
         write_text(run_dir / "config.json", json.dumps(asdict(config), indent=1))
 
 
-def _decode(run_dir: Path, config: TrainingConfig,
+def _cache_dir(run_dir: Path, cluster: Cluster) -> Path:
+    """The chief caches decoded images in the run folder, every other worker in its own
+    temporary folder."""
+    if cluster.chief:
+        return run_dir / "cache"
+    name = f"pneumocnn-worker-{cluster.worker_index}-{abs(hash(str(run_dir.resolve()))):x}"
+    return Path(tempfile.gettempdir()) / name
+
+
+def _decode(cache: Path, config: TrainingConfig,
             images: tuple[LabelledImages, LabelledImages]) -> tuple[DecodedImages, DecodedImages]:
-    """The ``(train, validation)`` images decoded, once, into the run's cache."""
+    """The ``(train, validation)`` images decoded, once, into ``cache``."""
     train_images, val_images = images
     log.info("train: %s; validation: %s", summary(train_images), summary(val_images))
     spec = config.preprocessing()
-    return (decode_all(train_images, spec, run_dir / "cache"),
-            decode_all(val_images, spec, run_dir / "cache"))
+    return decode_all(train_images, spec, cache), decode_all(val_images, spec, cache)
 
 
 def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
-         val_data: DecodedImages, verbose: int | str) -> tuple[keras.Model, list[dict]]:
-    """Train epoch by epoch from the last checkpoint (or a fresh model), checkpointing each
-    one; return the model after the last epoch and the history of every epoch."""
+         val_data: DecodedImages, verbose: int | str,
+         cluster: Cluster) -> tuple[keras.Model, list[dict]]:
+    """Train epoch by epoch from the last checkpoint (or a fresh model), the chief
+    checkpointing each one; return the model after the last epoch and the history of every
+    epoch."""
     keras.utils.set_random_seed(config.random_seed)  # also seeds tf.data's shuffle: on resume too
     checkpoints = Checkpoints(run_dir / "checkpoints")
-    model, history = checkpoints.restore()
-    if model is None:
-        model = compiled_model(config, len(train_data.labels))
+    with cluster.strategy.scope():
+        model, history = checkpoints.restore()
+        if model is None:
+            model = compiled_model(config, len(train_data.labels))
+    start = len(history)
+    if cluster.multi_worker:
+        take_chief_state(cluster, model)
+        start = int(from_chief(cluster, [start])[0])
+        history = history[:start] if cluster.chief else [{}] * start
     spec = config.preprocessing()
     one_hot = _one_hot(model)
     val_dataset = make_dataset(val_data, spec, config.batch_size, one_hot=one_hot)
     augmentation = AUGMENTATIONS[config.augmentation] if config.augment else None
     class_weight = _class_weight(train_data.labels) if config.class_weight == "balanced" else None
-    for epoch in range(len(history), config.epochs):
-        if _should_stop(history, config.early_stopping):
-            log.info("early stopping after epoch %d", len(history))
+    for epoch in range(start, config.epochs):
+        stop = cluster.chief and _should_stop(history, config.early_stopping)
+        if cluster.multi_worker:  # the chief's history decides for every worker
+            stop = bool(from_chief(cluster, [float(stop)])[0])
+        if stop:
+            log.info("early stopping after epoch %d", epoch)
             break
         _reseed_dropout(model, config.random_seed, epoch)
         started = time.monotonic()
-        fit = model.fit(
-            make_dataset(train_data, spec, config.batch_size, one_hot=one_hot, shuffle=True,
-                         augmentation=augmentation, seed=config.random_seed, epoch=epoch),
-            validation_data=val_dataset,
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            class_weight=class_weight,
-            shuffle=False,  # the dataset is already shuffled, by (random seed, epoch)
-            verbose=verbose,
-        )
-        row = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in fit.history.items()},
+        train_dataset = make_dataset(train_data, spec, config.batch_size, one_hot=one_hot,
+                                     shuffle=True, augmentation=augmentation,
+                                     seed=config.random_seed, epoch=epoch)
+        if cluster.multi_worker:
+            logged = fit_epoch(cluster, model, train_dataset, val_dataset, class_weight)
+            log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
+                     ", ".join(f"{k} {v:.4f}" for k, v in logged.items()))
+        else:
+            fit = model.fit(
+                train_dataset,
+                validation_data=val_dataset,
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                class_weight=class_weight,
+                shuffle=False,  # the dataset is already shuffled, by (random seed, epoch)
+                verbose=verbose,
+            )
+            logged = {k: v[-1] for k, v in fit.history.items()}
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logged.items()},
                "seconds": round(time.monotonic() - started, 2)}
         history.append(row)
-        checkpoints.save(model, history, best=config.keep_best and _best_row(history) is row)
+        if cluster.chief:
+            checkpoints.save(model, history, best=config.keep_best and _best_row(history) is row)
     return model, history
 
 

@@ -1,0 +1,171 @@
+"""The result of one X-ray as a DICOM Structured Report (Comprehensive SR), for the PACS.
+
+The report joins the X-ray's study (same patient and study; a series of pneumocnn's own) and
+holds, under the title "Chest X-ray pneumonia triage": the finding (SNOMED CT Pneumonia or
+Normal), the calibrated probability of pneumonia and the model's threshold (numbers without
+units), the algorithm's name (model file) and version (pneumocnn version and the model file's
+SHA-256), the notice that it is a triage aid, not a diagnosis, and a reference to the image
+scored (also listed as the evidence of the report). Concepts that no public coding scheme names
+are coded in the private scheme ``99PNEUMOCNN``.
+
+The report's UIDs are derived from the X-ray's: writing it again for the same X-ray (after a
+restart, say) gives the same SOP Instance UID, which a PACS takes as the same report. Needs
+pydicom (the ``dicom`` extra).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from io import BytesIO
+from pathlib import Path
+
+from pneumocnn import __version__
+from pneumocnn.core.errors import MissingDependencyError
+from pneumocnn.runtime.model import Model
+
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+PRIVATE_SCHEME = "99PNEUMOCNN"
+TITLE = ("TRIAGE", PRIVATE_SCHEME, "Chest X-ray pneumonia triage")
+FINDING = ("121071", "DCM", "Finding")
+PNEUMONIA = ("233604007", "SCT", "Pneumonia")
+NORMAL = ("17621005", "SCT", "Normal")
+PROBABILITY = ("PROBABILITY", PRIVATE_SCHEME, "Probability of pneumonia")
+THRESHOLD = ("THRESHOLD", PRIVATE_SCHEME, "Decision threshold")
+NO_UNITS = ("1", "UCUM", "no units")
+ALGORITHM_NAME = ("111001", "DCM", "Algorithm Name")
+ALGORITHM_VERSION = ("111003", "DCM", "Algorithm Version")
+COMMENT = ("121106", "DCM", "Comment")
+SOURCE = ("260753009", "SCT", "Source")
+NOTICE = ("A triage aid, not a diagnosis: it suggests which X-rays to read first; every X-ray "
+          "still needs a radiologist's reading.")
+SERIES_NUMBER = 9901
+_NAMESPACE = uuid.UUID("7a0c5e52-3d55-4a39-9a55-2f1b0c6e7d01")  # pneumocnn's, for derived UIDs
+# copied from the X-ray so that the report files under the same patient and study
+_PATIENT_AND_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate",
+                      "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                      "AccessionNumber")
+
+
+def report_uid(sop_instance_uid: str) -> str:
+    """The SOP Instance UID of the report on the X-ray ``sop_instance_uid`` (always the same)."""
+    return _derived_uid("report", sop_instance_uid)
+
+
+def structured_report(source, row: dict[str, str], model: Model):
+    """The Comprehensive SR (a pydicom ``Dataset`` with file meta) of the worklist ``row`` of a
+    scored X-ray whose data set (pixels not needed) is ``source``."""
+    try:
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian
+    except ImportError:
+        raise MissingDependencyError("a DICOM report needs pydicom: "
+                                     "pip install 'pneumocnn[dicom]'") from None
+    study = str(source.get("StudyInstanceUID", "")) or _derived_uid("study", source.SOPInstanceUID)
+    series = str(source.get("SeriesInstanceUID", "")) or _derived_uid("series", source.SOPInstanceUID)
+    report = Dataset()
+    for keyword in _PATIENT_AND_STUDY:
+        setattr(report, keyword, source.get(keyword, ""))
+    if not report.SpecificCharacterSet:
+        del report.SpecificCharacterSet
+    now = datetime.now(timezone.utc)
+    report.update({
+        "SOPClassUID": COMPREHENSIVE_SR,
+        "SOPInstanceUID": report_uid(source.SOPInstanceUID),
+        "StudyInstanceUID": study,
+        "SeriesInstanceUID": _derived_uid("series of reports", study),
+        "Modality": "SR",
+        "SeriesNumber": SERIES_NUMBER,
+        "SeriesDescription": "pneumocnn triage",
+        "InstanceNumber": 1,
+        "Manufacturer": "pneumocnn",
+        "SoftwareVersions": __version__,
+        "InstanceCreationDate": now.strftime("%Y%m%d"),
+        "InstanceCreationTime": now.strftime("%H%M%S"),
+        "ContentDate": now.strftime("%Y%m%d"),
+        "ContentTime": now.strftime("%H%M%S"),
+        "TimezoneOffsetFromUTC": "+0000",
+        "CompletionFlag": "COMPLETE",
+        "VerificationFlag": "UNVERIFIED",
+        "ValueType": "CONTAINER",
+        "ContinuityOfContent": "SEPARATE",
+    })
+    report.ReferencedPerformedProcedureStepSequence = []
+    report.PerformedProcedureCodeSequence = []
+    report.ConceptNameCodeSequence = [_code(TITLE)]
+    evidence = Dataset()
+    evidence.StudyInstanceUID = study
+    referenced_series = Dataset()
+    referenced_series.SeriesInstanceUID = series
+    referenced_series.ReferencedSOPSequence = [
+        _reference(source.SOPClassUID, source.SOPInstanceUID)]
+    evidence.ReferencedSeriesSequence = [referenced_series]
+    report.CurrentRequestedProcedureEvidenceSequence = [evidence]
+    finding = PNEUMONIA if row["label"] == model.labels[1] else NORMAL
+    digest = model.description.sha256 or "none recorded"
+    report.ContentSequence = [
+        _item("CODE", FINDING, ConceptCodeSequence=[_code(finding)]),
+        _number(PROBABILITY, row["probability"]),
+        _number(THRESHOLD, row["threshold"]),
+        _item("TEXT", ALGORITHM_NAME, TextValue=f"pneumocnn {Path(model.path).name}"[:1024]),
+        _item("TEXT", ALGORITHM_VERSION, TextValue=f"pneumocnn {__version__}; model sha256 {digest}"),
+        _item("TEXT", COMMENT, TextValue=NOTICE),
+        _item("IMAGE", SOURCE, ReferencedSOPSequence=[
+            _reference(source.SOPClassUID, source.SOPInstanceUID)]),
+    ]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
+    meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.file_meta = meta
+    return report
+
+
+def encode(report) -> bytes:
+    """``report`` as the bytes of a DICOM file (preamble, file meta, Explicit VR Little Endian)."""
+    buffer = BytesIO()
+    report.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _derived_uid(what: str, source: str) -> str:
+    """A UID of the form 2.25.N (PS3.5 B.2), N a name-based UUID of ``what`` and ``source``."""
+    return f"2.25.{uuid.uuid5(_NAMESPACE, f'{what} {source}').int}"
+
+
+def _code(code: tuple[str, str, str]):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item
+
+
+def _reference(sop_class: str, sop_instance: str):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_instance
+    return item
+
+
+def _item(value_type: str, concept: tuple[str, str, str], **values):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = value_type
+    item.ConceptNameCodeSequence = [_code(concept)]
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _number(concept: tuple[str, str, str], value: str):
+    from pydicom.dataset import Dataset
+
+    measured = Dataset()
+    measured.NumericValue = value
+    measured.MeasurementUnitsCodeSequence = [_code(NO_UNITS)]
+    return _item("NUM", concept, MeasuredValueSequence=[measured])

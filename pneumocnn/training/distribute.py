@@ -1,0 +1,179 @@
+"""Training across workers and devices with ``tf.distribute``.
+
+``strategy="auto"`` (the default) trains under ``MultiWorkerMirroredStrategy`` when the
+standard ``TF_CONFIG`` environment variable names a cluster of more than one task (every
+worker runs the same ``pneumocnn train`` command), under ``MirroredStrategy`` when several GPUs
+are visible, and in one process otherwise; ``"mirrored"`` asks for ``MirroredStrategy`` and
+``"none"`` for one process.
+
+The batch size of a run is the **global** batch: each step trains on ``batch_size`` images
+split evenly over the replicas (``batch_size / replicas`` each), so a run gives the same
+steps, learning-rate schedule and augmentation on one worker or several. Batch-norm layers
+normalise with the statistics of each replica's share of a batch, the one difference a
+multi-replica run makes (the statistics exported are re-estimated over the training images
+anyway, see ``recalibrate_batchnorm``).
+
+Keras 3's ``Model.fit`` does not run under ``MultiWorkerMirroredStrategy``
+(keras-team/keras#20585), so a multi-worker run trains with :func:`fit_epoch`, the same
+epoch as ``fit`` (loss, class weights, accuracy, validation) written with ``strategy.run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+STRATEGIES = ("auto", "mirrored", "none")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where a run trains: the strategy, how many workers and replicas, and whether this
+    process is the chief (the one worker that writes the run folder)."""
+
+    strategy: tf.distribute.Strategy
+    name: str  # "none", "mirrored" or "multi-worker"
+    workers: int = 1
+    worker_index: int = 0
+    chief: bool = True
+
+    @property
+    def replicas(self) -> int:
+        """Replicas in sync: the global batch is split over this many."""
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def multi_worker(self) -> bool:
+        """True when other processes train with this one."""
+        return self.workers > 1
+
+    def describe(self, batch_size: int) -> dict:
+        """The run's distribution, for its report and model description."""
+        return {"strategy": self.name, "workers": self.workers, "replicas": self.replicas,
+                "global_batch": batch_size, "per_replica_batch": batch_size // self.replicas}
+
+
+def make_cluster(strategy: str = "auto") -> Cluster:
+    """The :class:`Cluster` this process trains in, from ``strategy`` and ``TF_CONFIG``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+    task_type, task_index, workers = _tf_config()
+    if strategy == "auto" and workers > 1:
+        chief = task_type == "chief" or (task_type == "worker" and task_index == 0
+                                         and not _has_chief_job())
+        return Cluster(tf.distribute.MultiWorkerMirroredStrategy(), "multi-worker", workers,
+                       task_index, chief)
+    if strategy == "mirrored" or (strategy == "auto" and
+                                  len(tf.config.list_logical_devices("GPU")) > 1):
+        return Cluster(tf.distribute.MirroredStrategy(), "mirrored")
+    return Cluster(tf.distribute.get_strategy(), "none")
+
+
+def _tf_config() -> tuple[str | None, int, int]:
+    """``(task type, task index, tasks in the cluster's chief and worker jobs)``."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return None, 0, 1
+    try:
+        config = json.loads(text)
+        jobs = config.get("cluster", {})
+        task = config.get("task", {})
+        workers = len(jobs.get("chief", [])) + len(jobs.get("worker", []))
+        return task.get("type"), int(task.get("index", 0)), max(workers, 1)
+    except (ValueError, AttributeError, TypeError) as error:
+        raise ValueError(f"TF_CONFIG is not a valid cluster description: {error}") from error
+
+
+def _has_chief_job() -> bool:
+    return bool(json.loads(os.environ["TF_CONFIG"]).get("cluster", {}).get("chief"))
+
+
+def check_batch(cluster: Cluster, batch_size: int) -> None:
+    """Refuse a global batch the replicas cannot share evenly."""
+    if batch_size % cluster.replicas:
+        raise ValueError(f"batch_size {batch_size} is the global batch and must be a multiple "
+                         f"of the {cluster.replicas} replicas training it")
+
+
+def distribute(cluster: Cluster, dataset: tf.data.Dataset) -> tf.distribute.DistributedDataset:
+    """Each worker reads the whole pipeline (the same shuffles and augmentations, drawn per
+    global batch) and keeps its replicas' share of every batch."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return cluster.strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def from_chief(cluster: Cluster, values: list) -> list[np.ndarray]:
+    """The chief's ``values`` (numbers or arrays) on every worker; the others pass values of
+    the same shapes. Replica 0 lives on the chief."""
+    tensors = [tf.cast(tf.convert_to_tensor(value), tf.float64) for value in values]
+
+    def replica(*tensors):
+        context = tf.distribute.get_replica_context()
+        first = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), tf.float64)
+        return context.all_reduce("sum", [tensor * first for tensor in tensors])
+
+    reduced = cluster.strategy.run(replica, args=tuple(tensors))
+    return [cluster.strategy.experimental_local_results(value)[0].numpy() for value in reduced]
+
+
+def take_chief_state(cluster: Cluster, model: keras.Model) -> None:
+    """Give every worker the chief's weights and optimizer state: the same start whether a
+    worker built the model afresh or resumed it from a checkpoint it can read."""
+    variables = list(model.variables) + list(model.optimizer.variables)
+    values = from_chief(cluster, [variable.numpy() for variable in variables])
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value.astype(variable.dtype))
+
+
+def fit_epoch(cluster: Cluster, model: keras.Model, train: tf.data.Dataset,
+              validation: tf.data.Dataset, class_weight: dict[int, float] | None) -> dict:
+    """One epoch of ``model`` (compiled, built in ``cluster``'s scope) over the global batches
+    of ``train``, then a pass over ``validation``: the row ``fit`` would log (``loss``,
+    ``accuracy``, ``val_loss``, ``val_accuracy``), the same on every worker."""
+    loss_function = keras.losses.get(model.loss)
+    weights = tf.constant([class_weight[0], class_weight[1]] if class_weight else [1.0, 1.0])
+    one_hot = model.output_shape[-1] == 2
+
+    def sums(x, y, training: bool):
+        """Sum over this replica's images of (weighted loss, correct calls, images)."""
+        scores = model(x, training=training)
+        labels = tf.argmax(y, axis=-1) if one_hot else tf.cast(y[:, 0] > 0.5, tf.int64)
+        called = tf.argmax(scores, axis=-1) if one_hot else tf.cast(scores[:, 0] > 0.5, tf.int64)
+        losses = loss_function(y, scores) * tf.gather(weights if training else tf.ones(2), labels)
+        return (tf.reduce_sum(losses), tf.reduce_sum(tf.cast(called == labels, tf.float32)),
+                tf.cast(tf.shape(x)[0], tf.float32))
+
+    @tf.function
+    def train_step(batch):
+        def replica(x, y):
+            context = tf.distribute.get_replica_context()
+            count = context.all_reduce("sum", tf.cast(tf.shape(x)[0], tf.float32))
+            with tf.GradientTape() as tape:
+                loss, correct, images = sums(x, y, training=True)
+                # the global batch's mean, as fit's loss; the optimizer sums the replicas'
+                # gradients, so each replica's share of the regularisation is 1/replicas
+                scaled = loss / count
+                if model.losses:
+                    scaled += tf.add_n(model.losses) / context.num_replicas_in_sync
+            gradients = tape.gradient(scaled, model.trainable_variables)
+            model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+            return tf.stack([loss, correct, images])
+        return cluster.strategy.reduce("sum", cluster.strategy.run(replica, args=batch), axis=None)
+
+    @tf.function
+    def test_step(batch):
+        def replica(x, y):
+            return tf.stack(sums(x, y, training=False))
+        return cluster.strategy.reduce("sum", cluster.strategy.run(replica, args=batch), axis=None)
+
+    trained = sum((train_step(batch) for batch in distribute(cluster, train)), tf.zeros(3))
+    validated = sum((test_step(batch) for batch in distribute(cluster, validation)), tf.zeros(3))
+    trained, validated = trained.numpy(), validated.numpy()
+    return {"accuracy": trained[1] / trained[2], "loss": trained[0] / trained[2],
+            "val_accuracy": validated[1] / validated[2], "val_loss": validated[0] / validated[2]}
