@@ -168,7 +168,7 @@ def test_a_worker_killed_mid_run_loses_and_repeats_no_row(client, tmp_path):
     rows = read_csv(out)
     assert sorted(row["source"] for row in rows) == sorted(map(str, names))
     assert not any(row["error"] for row in rows)
-    client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+    client.wait_for_workers(2, timeout=180)  # the nanny restarts the killed worker
     assert killed[1] not in client.run(os.getpid).values()
 
 
@@ -214,7 +214,7 @@ def test_a_file_that_kills_its_worker_gets_an_error_row(client, tmp_path):
         client.unregister_worker_plugin(Poison.name)
         client.run_on_scheduler(
             lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", allowed))
-        client.wait_for_workers(2, timeout=60)
+        client.wait_for_workers(2, timeout=180)
     got = {row.source: row for row in rows}
     assert len(rows) == 4 and got[str(poison)].error == KILLED
     import pneumocnn
