@@ -62,10 +62,8 @@ def make_cluster(strategy: str = "auto") -> Cluster:
     """The :class:`Cluster` this process trains in, from ``strategy`` and ``TF_CONFIG``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
-    task_type, task_index, workers = _tf_config()
+    task_index, workers, chief = _tf_config()
     if strategy == "auto" and workers > 1:
-        chief = task_type == "chief" or (task_type == "worker" and task_index == 0
-                                         and not _has_chief_job())
         return Cluster(tf.distribute.MultiWorkerMirroredStrategy(), "multi-worker", workers,
                        task_index, chief)
     if strategy == "mirrored" or (strategy == "auto" and
@@ -74,23 +72,23 @@ def make_cluster(strategy: str = "auto") -> Cluster:
     return Cluster(tf.distribute.get_strategy(), "none")
 
 
-def _tf_config() -> tuple[str | None, int, int]:
-    """``(task type, task index, tasks in the cluster's chief and worker jobs)``."""
+def _tf_config() -> tuple[int, int, bool]:
+    """``(task index, tasks in the cluster's chief and worker jobs, whether this task is the
+    chief)``: the task of type ``chief``, or worker 0 when the cluster has no chief job."""
     text = os.environ.get("TF_CONFIG")
     if not text:
-        return None, 0, 1
+        return 0, 1, True
     try:
         config = json.loads(text)
         jobs = config.get("cluster", {})
         task = config.get("task", {})
         workers = len(jobs.get("chief", [])) + len(jobs.get("worker", []))
-        return task.get("type"), int(task.get("index", 0)), max(workers, 1)
+        index = int(task.get("index", 0))
+        chief = task.get("type") == "chief" or (
+            task.get("type") == "worker" and index == 0 and not jobs.get("chief"))
+        return index, max(workers, 1), chief
     except (ValueError, AttributeError, TypeError) as error:
         raise ValueError(f"TF_CONFIG is not a valid cluster description: {error}") from error
-
-
-def _has_chief_job() -> bool:
-    return bool(json.loads(os.environ["TF_CONFIG"]).get("cluster", {}).get("chief"))
 
 
 def check_batch(cluster: Cluster, batch_size: int) -> None:
