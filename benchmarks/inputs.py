@@ -63,10 +63,10 @@ def run_splits(run_dir: Path, data: Path = CHEST_XRAY) -> RunSplits:
         source = f"{shown}/val (the run's validation folder)"
     elif config.fold is not None:
         source = (f"patient-level fold {config.fold} of {config.folds} of {shown}/train "
-                  f"(random seed {config.random_seed})")
+                  f"(random seed {config.patient_split_seed})")
     else:
         source = (f"patient-level validation split of {shown}/train "
-                  f"(fraction {config.validation_fraction}, random seed {config.random_seed})")
+                  f"(fraction {config.validation_fraction}, random seed {config.patient_split_seed})")
     return RunSplits(train, validation, source)
 
 

@@ -47,7 +47,7 @@ from pneumocnn.training.splits import split  # noqa: E402
 
 GOAL_SENSITIVITY, GOAL_SPECIFICITY = 0.95, 0.85
 TARGET_SENSITIVITY = 0.97
-_SPLIT_SETTINGS = ("validation", "validation_fraction", "fold", "folds", "random_seed")
+_SPLIT_SETTINGS = ("validation", "validation_fraction", "fold", "folds", "patient_split_seed")
 View = Callable[[Image.Image], Image.Image]
 
 

@@ -249,6 +249,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", dest="random_seed", type=int,
                    help="random seed of the split, initial weights, shuffling, augmentation and "
                    "dropout (not the seed recipe: that is --recipe seed)")
+    p.add_argument("--split-seed", type=int, help="random seed of the patient split and folds "
+                   "alone (default: --seed), to vary a model on fixed validation images")
+    p.add_argument("--teacher", dest="teachers", action="append", metavar="MODEL",
+                   help="distil: learn the mean probability of these .keras models (repeat "
+                   "the option) on each augmented image, instead of the labels")
     p.add_argument("--threshold", help="decision threshold, or 'sensitivity' for "
                    "--target-sensitivity")
     p.add_argument("--target-sensitivity", type=float)

@@ -26,3 +26,28 @@ def test_runs_saved_before_a_setting_existed_keep_their_meaning(tmp_path):
     assert config != TrainingConfig()
     assert {k: getattr(config, RENAMED_SETTINGS.get(k, k)) for k in old} == old
     assert config.random_seed == 0
+
+
+def test_split_seed_fixes_the_validation_images_while_the_random_seed_varies():
+    from conftest import XRAYS
+
+    from pneumocnn.training.settings import make_config
+    from pneumocnn.training.splits import split
+
+    def validation(**settings) -> list:
+        return sorted(split(XRAYS, make_config(validation_fraction=0.25, **settings))[1].paths)
+
+    assert validation(random_seed=1, split_seed=0) == validation(random_seed=0)
+    assert validation(random_seed=1) != validation(random_seed=0)
+    assert make_config(random_seed=4).patient_split_seed == 4
+
+
+def test_teachers_are_kept_as_a_tuple_through_config_json(tmp_path):
+    from dataclasses import asdict
+
+    from pneumocnn.training.settings import make_config, saved_config
+
+    config = make_config(teachers=["a.keras", tmp_path / "b.keras"])
+    (tmp_path / "config.json").write_text(json.dumps(asdict(config)))
+    assert saved_config(tmp_path) == config
+    assert config.teachers == ("a.keras", str(tmp_path / "b.keras"))

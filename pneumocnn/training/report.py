@@ -66,7 +66,7 @@ def report_text(run: TrainedRun, description: ModelDescription, metrics: dict,
         "",
         f"- train: {summary(train_images)}",
         f"- validation ({config.validation}, fraction {config.validation_fraction}, "
-        f"random seed {config.random_seed}): {summary(val_images)}",
+        f"random seed {config.patient_split_seed}): {summary(val_images)}",
         f"- epochs: {len(history)}; median seconds per epoch: "
         f"{np.median(seconds) if seconds else float('nan'):.1f}",
         *([f"- trained on {where['workers']} worker(s), {where['replicas']} replica(s) "

@@ -60,10 +60,22 @@ class TrainingConfig:
     # the random seed of the split, initial weights, shuffling, augmentation and dropout
     # (called "seed" before pneumocnn 0.2; "seed" alone names the seed report's recipe)
     random_seed: int = 0
+    split_seed: int | None = None  # the seed of the patient split and folds; None: random_seed
+    # model files (.keras) whose mean probability on each augmented training image is the
+    # target, instead of the label: knowledge distillation (see pneumocnn.training.distillation)
+    teachers: tuple[str, ...] = ()
     threshold: float | str = "sensitivity"  # a probability, or "sensitivity" for the target below
     target_sensitivity: float = 0.97
     calibrate: bool = True
     representative_images: int = 300
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "teachers", tuple(str(path) for path in self.teachers))
+
+    @property
+    def patient_split_seed(self) -> int:
+        """The random seed of the patient split and folds."""
+        return self.random_seed if self.split_seed is None else self.split_seed
 
     def check(self) -> None:
         """Raise ``ValueError`` naming a setting that no run can use (before a run writes

@@ -18,11 +18,12 @@ def split(root: str | os.PathLike, config: TrainingConfig) -> tuple[LabelledImag
     if config.validation == "patients" and config.fold is not None:
         if not 0 <= config.fold < config.folds:
             raise ValueError(f"fold must lie in [0, {config.folds}), got {config.fold}")
-        in_fold = patient_folds(splits["train"], config.folds, config.random_seed) == config.fold
+        in_fold = patient_folds(splits["train"], config.folds, config.patient_split_seed) == config.fold
         return (splits["train"].subset(np.flatnonzero(~in_fold)),
                 splits["train"].subset(np.flatnonzero(in_fold)))
     if config.validation == "patients":
-        return split_by_patient(splits["train"], config.validation_fraction, config.random_seed)
+        return split_by_patient(splits["train"], config.validation_fraction,
+                                config.patient_split_seed)
     if config.validation == "folder":
         if "val" not in splits:
             raise DatasetError(f"{root}: no val folder; use validation='patients'")

@@ -31,6 +31,7 @@ from pneumocnn.training.augmentations import AUGMENTATIONS
 from pneumocnn.training.calibration import TrainedRun, describe, recalibrate_batchnorm
 from pneumocnn.training.checkpoints import Checkpoints, open_run
 from pneumocnn.training.data import DecodedImages, decode_all, make_dataset
+from pneumocnn.training.distillation import load_teachers, with_teacher_targets
 from pneumocnn.training.distribute import (
     Cluster,
     check_batch,
@@ -101,13 +102,14 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
         config = open_run(run_dir, config, resume, settings_given)
     elif resume and (run_dir / "config.json").exists():
         config = saved_config(run_dir)  # a shared run folder: read, never written
-    _check(config)
+    _check(config, cluster)
     check_batch(cluster, config.batch_size)
+    teachers = load_teachers(config.teachers, config.preprocessing())
     images = split(data, config)
     if cluster.chief:
         _save_config(run_dir, config)
     train_data, val_data = _decode(_cache_dir(run_dir, cluster), config, images)
-    model, history = _fit(run_dir, config, train_data, val_data, verbose, cluster)
+    model, history = _fit(run_dir, config, train_data, val_data, verbose, cluster, teachers)
     if not cluster.chief:
         from_chief(cluster, [0.0])  # wait until the chief has written the run folder
         log.info("worker %d of %d: trained; the chief writes %s", cluster.worker_index,
@@ -137,10 +139,13 @@ def _finish(run_dir: Path, config: TrainingConfig, model: keras.Model, history: 
     return TrainingResult(run_dir, keras_path, tflite_paths, metrics, history)
 
 
-def _check(config: TrainingConfig) -> None:
+def _check(config: TrainingConfig, cluster: Cluster) -> None:
     """Fail on a setting that no run can use, before the run writes anything."""
     config.check()
     get_architecture(config.architecture)
+    if config.teachers and cluster.name != "none":
+        raise ValueError(f"distillation (teachers) trains without a distribution strategy, "
+                         f"not {cluster.name!r}: use strategy='none'")
 
 
 def _save_config(run_dir: Path, config: TrainingConfig) -> None:
@@ -169,11 +174,11 @@ def _decode(cache: Path, config: TrainingConfig,
 
 
 def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
-         val_data: DecodedImages, verbose: int | str,
-         cluster: Cluster) -> tuple[keras.Model, list[dict]]:
+         val_data: DecodedImages, verbose: int | str, cluster: Cluster,
+         teachers: list[keras.Model]) -> tuple[keras.Model, list[dict]]:
     """Train epoch by epoch from the last checkpoint (or a fresh model), the chief
-    checkpointing each one; return the model after the last epoch and the history of every
-    epoch."""
+    checkpointing each one, on the labels or, given ``teachers``, on their mean probability;
+    return the model after the last epoch and the history of every epoch."""
     keras.utils.set_random_seed(config.random_seed)  # also seeds tf.data's shuffle: on resume too
     checkpoints = Checkpoints(run_dir / "checkpoints")
     with cluster.strategy.scope():
@@ -202,6 +207,8 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
         train_dataset = make_dataset(train_data, spec, config.batch_size, one_hot=one_hot,
                                      shuffle=True, augmentation=augmentation,
                                      seed=config.random_seed, epoch=epoch)
+        if teachers:
+            train_dataset = with_teacher_targets(train_dataset, teachers, one_hot)
         if cluster.multi_worker:
             logged = fit_epoch(cluster, model, train_dataset, val_dataset, class_weight)
             log.info("epoch %d/%d: %s", epoch + 1, config.epochs,

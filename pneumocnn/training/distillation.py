@@ -1,0 +1,52 @@
+"""Knowledge distillation: train a model to match the mean probability of teacher models.
+
+Each training batch is augmented once; every teacher scores that same augmented batch and the
+student learns their mean probability instead of the label ("function matching": Hinton et
+al. 2015, Beyer et al. 2022). An ensemble's ranking is thereby folded into one model of one
+model's size and latency. Teachers are ``.keras`` files that pneumocnn wrote: their embedded
+description must declare the student's preprocessing, so that both see the same input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from pneumocnn.core.modelfile import read_keras_description
+from pneumocnn.core.preprocessing import Preprocessing
+
+
+def load_teachers(paths: Sequence[str], spec: Preprocessing) -> list[keras.Model]:
+    """Load each ``.keras`` teacher, refusing (``ValueError`` naming the file) one that is no
+    pneumocnn model file or whose preprocessing differs from ``spec``, the student's."""
+    teachers = []
+    for path in map(Path, paths):
+        if path.suffix != ".keras":
+            raise ValueError(f"{path}: a teacher must be a .keras model file")
+        declared = read_keras_description(path).preprocessing  # ModelFileError names the file
+        if declared != spec:
+            raise ValueError(f"{path}: the teacher's preprocessing {declared.to_dict()} differs "
+                             f"from the student's {spec.to_dict()}")
+        teachers.append(keras.saving.load_model(path, compile=False, safe_mode=True))
+    return teachers
+
+
+def with_teacher_targets(dataset: tf.data.Dataset, teachers: Sequence[keras.Model],
+                         one_hot: bool) -> tf.data.Dataset:
+    """``dataset`` of ``(images, labels)`` batches with each label replaced by the teachers'
+    mean positive-class probability on those images (two columns when ``one_hot``)."""
+
+    def targets(images: tf.Tensor, _labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        mean = tf.add_n([_positive(teacher(images, training=False)) for teacher in teachers])
+        mean = mean / len(teachers)
+        return images, tf.concat([1.0 - mean, mean], axis=1) if one_hot else mean
+
+    return dataset.map(targets, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _positive(outputs: tf.Tensor) -> tf.Tensor:
+    """``(B, 1)`` positive-class probabilities from a sigmoid ``(B, 1)`` or softmax ``(B, 2)``."""
+    return outputs[:, -1:]
