@@ -18,6 +18,8 @@ Rows that average probabilities choose their threshold again on the clean valida
 >= 0.95 with specificity >= 0.85; the table marks the cells that miss it.
 
     python -m benchmarks.robustness benchmarks/bundled-run runs/margins-sharpness
+    python -m benchmarks.robustness benchmarks/bundled-run runs/t0 runs/t1 runs/t2 runs/student \\
+        --no-tta --ensemble runs/t0 runs/t1 runs/t2
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -93,16 +96,18 @@ def _conditions(model, grays: list[Image.Image], views: tuple[View, ...]) -> dic
             for name, shift in shifts.items()}
 
 
-def rows_of_run(run: Path, grays: list[Image.Image], labels: np.ndarray) -> list[Row]:
+def rows_of_run(run: Path, grays: list[Image.Image], labels: np.ndarray,
+                tta: bool = True) -> list[Row]:
     """The run's int8 model as it is, with the test-time margin crop when it was trained
-    without one, and with TTA."""
+    without one, and with ``tta``."""
     model = pneumocnn.load(run / "model-int8.tflite")
     rows = [Row(str(run), _conditions(model, grays, TTA_VIEWS[:1]), model.threshold)]
     if model.description.preprocessing.crop == "none":
         cropped = _conditions(model, grays, (crop_margins,))
         rows.append(Row(f"{run} + test-time margin crop", cropped, model.threshold))
-    tta = _conditions(model, grays, TTA_VIEWS)
-    rows.append(Row(f"{run} + TTA", tta, _rechosen(labels, tta)))
+    if tta:
+        augmented = _conditions(model, grays, TTA_VIEWS)
+        rows.append(Row(f"{run} + TTA", augmented, _rechosen(labels, augmented)))
     return rows
 
 
@@ -176,20 +181,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="finished training run folders")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "chest_xray")
     parser.add_argument("--out", type=Path, default=RESULTS / "robustness")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="add each run's test-time augmentation row (default: yes)")
+    parser.add_argument("--ensemble", nargs="+", type=Path, metavar="RUN",
+                        help="the runs whose mean makes the ensemble row (default: all RUNs)")
     args = parser.parse_args(argv)
+    members = args.ensemble or args.runs
+    if not set(members) <= set(args.runs):
+        parser.error("--ensemble takes runs that are also given as RUN")
     same_split(args.runs)
     images = split(args.data, saved_config(args.runs[0]))[1]
     grays = [load_gray(path) for path in images.paths]
-    rows = [rows_of_run(run, grays, images.labels) for run in args.runs]
-    flat = [row for run_rows in rows for row in run_rows]
-    if len(rows) > 1:
-        flat.append(ensemble([run_rows[0] for run_rows in rows], images.labels))
+    rows = {run: rows_of_run(run, grays, images.labels, args.tta) for run in args.runs}
+    flat = [row for run_rows in rows.values() for row in run_rows]
+    if len(members) > 1:
+        flat.append(ensemble([rows[run][0] for run in members], images.labels))
     scored = score_rows(flat, images.labels)
     header = [
         "# Robustness: acquisition and prevalence shifts",
         "",
         f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} by "
-        f"`python -m benchmarks.robustness {' '.join(map(str, args.runs))}` "
+        f"`python -m benchmarks.robustness {' '.join(sys.argv[1:] if argv is None else argv)}` "
         f"(Python {platform.python_version()}).",
         "",
         f"Each predictor on the same {len(images.labels)} validation images (one patient "

@@ -223,6 +223,25 @@ def test_study_scores_runs_and_tabulates_folds(tiny_run, tiny_data, tmp_path):
     assert set(json.loads((tmp_path / "out" / "results.json").read_text())) == {"small-bn"}
 
 
+
+@pytest.mark.training
+def test_robustness_tables_runs_and_the_ensemble_of_the_chosen_ones(tiny_run, tiny_data, tmp_path):
+    """Two runs on one split, no TTA rows, an ensemble row of the runs named by --ensemble."""
+    from benchmarks.robustness import main
+
+    runs = [tmp_path / name for name in ("a", "b")]
+    for run in runs:
+        shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("cache", "checkpoints", ".lock"))
+    args = [*map(str, runs), "--data", str(tiny_data), "--out", str(tmp_path / "out"), "--no-tta"]
+    assert main([*args, "--ensemble", *map(str, runs)]) == 0
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert f"| ensemble of {runs[0]} + {runs[1]} |" in table
+    assert "+ TTA" not in table and "--no-tta --ensemble" in table
+    scored = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert scored[str(runs[0])]["conditions"] == scored[str(runs[1])]["conditions"]
+    with pytest.raises(SystemExit):
+        main([*args, "--ensemble", str(tmp_path / "elsewhere")])
+
 @pytest.mark.training
 def test_the_default_recipe_is_the_studys_chosen_configuration():
     import dataclasses
