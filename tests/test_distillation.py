@@ -76,6 +76,8 @@ def test_a_distilled_run_learns_its_teacher_not_the_labels(tiny_run, tiny_data, 
     assert mean_probability(student) < 0.3 < mean_probability(labels_only)
     saved = json.loads((student.run_dir / "config.json").read_text())
     assert saved["teachers"] == [str(teacher)]
+    assert f"- distilled: trained on the mean probability of 1 teacher(s) on each augmented image, " \
+        f"not on the labels: {teacher}" in (student.run_dir / "report.md").read_text()
 
 
 def test_a_teacher_with_other_preprocessing_is_refused_before_the_run_writes(

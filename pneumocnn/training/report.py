@@ -76,6 +76,9 @@ def report_text(run: TrainedRun, description: ModelDescription, metrics: dict,
         + (" (lowest validation loss)" if config.keep_best else " (the last)")
         + ("; batch-norm statistics re-estimated on the training images without augmentation"
            if config.recalibrate_batchnorm else ""),
+        *([f"- distilled: trained on the mean probability of {len(config.teachers)} teacher(s) "
+           f"on each augmented image, not on the labels: {', '.join(config.teachers)}"]
+          if config.teachers else []),
         f"- calibration: sigmoid(logit(p) / {description.temperature:.3f} "
         f"{description.bias:+.3f}), fitted on validation",
         f"- threshold: {description.threshold:.4f} ({description.info['threshold_source']})",
