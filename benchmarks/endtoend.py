@@ -10,6 +10,8 @@ Paths compared, interleaved per file (random order) after one warm-up pass:
   ``set_tensor``, ``invoke``, ``get_tensor`` on an interpreter of its own over the same file and
   threads;
 - ``floor``: pneumocnn's decode-and-resize alone (``load_pixels``), the part no model can avoid;
+- ``floor, no crop``: for a model that declares a margin crop, the same without it: beside
+  ``floor``, what the crop costs;
 - ``naive decode``: full-size PIL decode, RGB conversion and resize, no model;
 - ``naive``: that decode, scaling, and Keras ``model.predict`` on the float model.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,7 @@ LABELS = {
     "pneumocnn": "pneumocnn Model.predict(path), default load() ({variant})",
     "decode+invoke": "decode + preprocess + bare LiteRT invoke, same file ({variant})",
     "floor": "decode + resize only (pneumocnn load_pixels)",
+    "floor, no crop": "decode + resize only, without the model's margin crop",
     "naive decode": "full PIL decode + resize only",
     "naive": "full PIL decode + resize + Keras model.predict",
     "folder": "pneumocnn Model.predict(list of all files), default load() ({variant})",
@@ -84,6 +88,9 @@ def end_to_end(files: list[Path], model, keras_model, passes: int, seed: int = 2
         "naive decode": naive_pixels,
         "naive": lambda path: keras_model.model.predict(naive_pixels(path)[None], verbose=0),
     }
+    if spec.crop != "none":
+        uncropped = replace(spec, crop="none")
+        calls["floor, no crop"] = lambda path: load_pixels(path, uncropped)
     for call in calls.values():
         call(files[0])  # warm-up
     model.predict(files[:2])  # warm-up of the folder path (its thread pool)

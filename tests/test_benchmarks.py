@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FULL_RESOLUTION, REPO, TINY_FLOAT, TINY_INT8, real_images
+from conftest import FULL_RESOLUTION, REPO, TINY_FLOAT, TINY_INT8, full_resolution_files, real_images
 
 from benchmarks.coldstart import OURS
 
@@ -85,6 +85,23 @@ def test_quick_benchmark_writes_results(tiny_run, tiny_data, tmp_path):
                    "distinct p", "largest tie", "size MB", "median ms", "p95 ms", "batch-32 img/s"):
         assert column in header
 
+
+
+@pytest.mark.training
+def test_end_to_end_times_the_margin_crop_beside_the_floor_of_a_model_that_declares_it():
+    from types import SimpleNamespace
+
+    import keras
+
+    import pneumocnn
+    from benchmarks.endtoend import end_to_end
+
+    model = pneumocnn.load()  # the bundled files declare crop "margins"
+    assert model.description.preprocessing.crop == "margins"
+    keras_model = SimpleNamespace(model=keras.saving.load_model(BUNDLED_RUN / "model.keras"))
+    e2e = end_to_end(full_resolution_files()[:2], model, keras_model, passes=1)
+    assert e2e["floor, no crop"]["label"] == "decode + resize only, without the model's margin crop"
+    assert e2e["floor, no crop"]["median_ms_per_image"] > 0
 
 @pytest.mark.training
 @pytest.mark.skipif(not (BUNDLED_RUN / "model.keras").is_file(),
