@@ -74,6 +74,7 @@ def test_a_distilled_run_learns_its_teacher_not_the_labels(tiny_run, tiny_data, 
         return float(keras.saving.load_model(run.keras_model).predict(inputs, verbose=0).mean())
 
     assert mean_probability(student) < 0.3 < mean_probability(labels_only)
+    assert "accuracy" not in student.history[0] and "val_accuracy" in student.history[0]
     saved = json.loads((student.run_dir / "config.json").read_text())
     assert saved["teachers"] == [str(teacher)]
     assert f"- distilled: trained on the mean probability of 1 teacher(s) on each augmented image, " \

@@ -224,6 +224,8 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
                 verbose=verbose,
             )
             logged = {k: v[-1] for k, v in fit.history.items()}
+        if teachers:  # accuracy against soft targets means nothing (the loss does)
+            logged.pop("accuracy", None)
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in logged.items()},
                "seconds": round(time.monotonic() - started, 2)}
         history.append(row)
