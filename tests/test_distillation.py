@@ -88,6 +88,9 @@ def test_a_teacher_with_other_preprocessing_is_refused_before_the_run_writes(
         pneumocnn.train(tiny_data, tmp_path / "run", teachers=[str(tiny_run.keras_model)],
                         **settings)
     assert not (tmp_path / "run" / "config.json").exists()
+    with pytest.raises(ValueError, match="takes no class_weight"):
+        pneumocnn.train(tiny_data, tmp_path / "run3", teachers=[str(tiny_run.keras_model)],
+                        class_weight="balanced", **TINY_SETTINGS)
     with pytest.raises(ValueError, match="must be a .keras model file"):
         pneumocnn.train(tiny_data, tmp_path / "run2", teachers=[str(tiny_run.tflite_models["int8"])],
                         **TINY_SETTINGS)

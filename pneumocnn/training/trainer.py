@@ -143,6 +143,9 @@ def _check(config: TrainingConfig, cluster: Cluster) -> None:
     """Fail on a setting that no run can use, before the run writes anything."""
     config.check()
     get_architecture(config.architecture)
+    if config.teachers and config.class_weight is not None:
+        raise ValueError("distillation (teachers) takes no class_weight: the targets are the "
+                         "teachers' probabilities, not classes to weight")
     if config.teachers and cluster.name != "none":
         raise ValueError(f"distillation (teachers) trains without a distribution strategy, "
                          f"not {cluster.name!r}: use strategy='none'")
