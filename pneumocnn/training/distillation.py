@@ -2,9 +2,10 @@
 
 Each training batch is augmented once; every teacher scores that same augmented batch and the
 student learns their mean probability instead of the label ("function matching": Hinton et
-al. 2015, Beyer et al. 2022). An ensemble's ranking is thereby folded into one model of one
-model's size and latency. Teachers are ``.keras`` files that pneumocnn wrote: their embedded
-description must declare the student's preprocessing, so that both see the same input.
+al. 2015, Beyer et al. 2022): an attempt to fold an ensemble's ranking into one model of one
+model's size and latency (whether it does is for ``benchmarks.robustness`` to say). Teachers
+are ``.keras`` files that pneumocnn wrote: their embedded description must declare the
+student's preprocessing, so that both see the same input.
 """
 
 from __future__ import annotations
@@ -15,22 +16,24 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from pneumocnn.core.modelfile import read_keras_description
 from pneumocnn.core.preprocessing import Preprocessing
+from pneumocnn.runtime.backends import open_backend
 
 
 def load_teachers(paths: Sequence[str], spec: Preprocessing) -> list[keras.Model]:
-    """Load each ``.keras`` teacher, refusing (``ValueError`` naming the file) one that is no
-    pneumocnn model file or whose preprocessing differs from ``spec``, the student's."""
+    """Load each ``.keras`` teacher as the runtime loads one (safe mode, description checked),
+    refusing (``ValueError`` naming the file) one that is no pneumocnn model file or whose
+    preprocessing differs from ``spec``, the student's."""
     teachers = []
     for path in map(Path, paths):
         if path.suffix != ".keras":
             raise ValueError(f"{path}: a teacher must be a .keras model file")
-        declared = read_keras_description(path).preprocessing  # ModelFileError names the file
-        if declared != spec:
-            raise ValueError(f"{path}: the teacher's preprocessing {declared.to_dict()} differs "
-                             f"from the student's {spec.to_dict()}")
-        teachers.append(keras.saving.load_model(path, compile=False, safe_mode=True))
+        backend, description = open_backend(path)  # ModelFileError names the file
+        if description.preprocessing != spec:
+            raise ValueError(f"{path}: the teacher's preprocessing "
+                             f"{description.preprocessing.to_dict()} differs from the "
+                             f"student's {spec.to_dict()}")
+        teachers.append(backend.keras_model)
     return teachers
 
 
