@@ -61,6 +61,9 @@ def run_splits(run_dir: Path, data: Path = CHEST_XRAY) -> RunSplits:
     shown = os.path.relpath(data, REPO)
     if config.validation == "folder":
         source = f"{shown}/val (the run's validation folder)"
+    elif config.validation == "earliest":
+        source = (f"earliest patients of {shown}/train in file-name order "
+                  f"(fraction {config.validation_fraction})")
     elif config.fold is not None:
         source = (f"patient-level fold {config.fold} of {config.folds} of {shown}/train "
                   f"(random seed {config.patient_split_seed})")

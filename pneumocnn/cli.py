@@ -235,7 +235,10 @@ def _parser() -> argparse.ArgumentParser:
                    "shift-flip: shift plus horizontal flip; shift-zoom: shift with zoom 0.7-1.3; "
                    "shift-zoom-sharpness: shift-zoom with random blur or sharpening")
     p.add_argument("--class-weight", choices=("balanced", "none"))
-    p.add_argument("--validation", choices=("patients", "folder"))
+    p.add_argument("--validation", choices=("patients", "earliest", "folder"),
+                   help="patients: a random patient split of train; earliest: the "
+                   "lowest-numbered patients of each file-name series (acquisition order); "
+                   "folder: ROOT/val")
     p.add_argument("--validation-fraction", type=float)
     p.add_argument("--fold", type=int, help="validate on this patient fold of --folds "
                    "(instead of --validation-fraction)")

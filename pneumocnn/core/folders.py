@@ -144,13 +144,61 @@ def split_by_patient(
                 chosen.add(group)
                 taken += sizes[group]
         decided.update(sizes)
-    in_validation = np.array([group in chosen for group in groups], dtype=bool)
+    return _take(images, np.array([group in chosen for group in groups], dtype=bool))
+
+
+def _take(images: LabelledImages, in_validation: np.ndarray) -> tuple[LabelledImages, LabelledImages]:
+    """``(train, validation)``: the images outside and inside ``in_validation``."""
     if in_validation.all() or not in_validation.any():
         raise DatasetError("too few patients to split off a validation set")
     return (
         images.subset(np.flatnonzero(~in_validation)),
         images.subset(np.flatnonzero(in_validation)),
     )
+
+
+def split_earliest_patients(
+    images: LabelledImages, fraction: float = 0.1
+) -> tuple[LabelledImages, LabelledImages]:
+    """Split into ``(train, validation)`` in acquisition order: validation holds the patients
+    with the lowest numbers in their file names, about ``fraction`` of each class's images,
+    taken from each file-name series in proportion (the name up to the patient id, with the id's
+    digits masked: ``IM-#``, ``NORMAL2-IM-#``, ``person#``). A temporal hold-out where the numbers
+    follow acquisition; patients and byte-identical files stay on one side. Raises
+    ``DatasetError`` naming a file whose patient id holds no number."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must lie in (0, 1), got {fraction}")
+    groups = _patient_groups(images)
+    patients = images.patients()
+    chosen: set[str] = set()
+    decided: set[str] = set()  # a group with images in both classes is placed once, by class 0
+    for label in (0, 1):
+        series: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        sizes: dict[str, int] = defaultdict(int)
+        for i in np.flatnonzero(images.labels == label):
+            digits = re.findall(r"\d+", patients[i])
+            if not digits:
+                raise DatasetError(f"{images.paths[i]}: the file name carries no patient number "
+                                   "to order patients by; use validation='patients'")
+            prefix = images.paths[i].name.partition(patients[i])[0]
+            series[prefix + re.sub(r"\d+", "#", patients[i])].append((int(digits[-1]), groups[i]))
+            sizes[groups[i]] += 1
+        # each group's place in acquisition order: its earliest image's rank within its series,
+        # as a fraction of the series, so every series gives up its earliest share
+        place: dict[str, float] = {}
+        for members in series.values():
+            for rank, (_, group) in enumerate(sorted(members)):
+                place[group] = min(place.get(group, 1.0), rank / len(members))
+        target = fraction * sum(sizes.values())
+        taken = sum(n for group, n in sizes.items() if group in chosen)
+        for group in sorted(place, key=lambda g: (place[g], g)):
+            if taken >= target:
+                break
+            if group not in decided:
+                chosen.add(group)
+                taken += sizes[group]
+        decided.update(sizes)
+    return _take(images, np.array([group in chosen for group in groups], dtype=bool))
 
 
 def patient_folds(images: LabelledImages, folds: int = 5, seed: int = 0) -> np.ndarray:

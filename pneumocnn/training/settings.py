@@ -49,7 +49,9 @@ class TrainingConfig:
     augment: bool = True
     augmentation: str = "shift-zoom"  # a name in pneumocnn.training.augmentations.AUGMENTATIONS
     class_weight: str | None = None  # None or "balanced"
-    validation: str = "patients"  # "patients": split train by patient; "folder": ROOT/val
+    # "patients": split train by patient at random; "earliest": the lowest-numbered patients
+    # (acquisition order, see pneumocnn.core.folders.split_earliest_patients); "folder": ROOT/val
+    validation: str = "patients"
     validation_fraction: float = 0.1
     fold: int | None = None  # with validation="patients": validate on this patient fold ...
     folds: int = 5  # ... of this many (see pneumocnn.core.folders.patient_folds)

@@ -8,7 +8,13 @@ import os
 import numpy as np
 
 from pneumocnn.core.errors import DatasetError
-from pneumocnn.core.folders import LabelledImages, find_splits, patient_folds, split_by_patient
+from pneumocnn.core.folders import (
+    LabelledImages,
+    find_splits,
+    patient_folds,
+    split_by_patient,
+    split_earliest_patients,
+)
 from pneumocnn.training.settings import TrainingConfig
 
 
@@ -24,11 +30,14 @@ def split(root: str | os.PathLike, config: TrainingConfig) -> tuple[LabelledImag
     if config.validation == "patients":
         return split_by_patient(splits["train"], config.validation_fraction,
                                 config.patient_split_seed)
+    if config.validation == "earliest":
+        return split_earliest_patients(splits["train"], config.validation_fraction)
     if config.validation == "folder":
         if "val" not in splits:
             raise DatasetError(f"{root}: no val folder; use validation='patients'")
         return splits["train"], splits["val"]
-    raise ValueError(f"validation must be 'patients' or 'folder', got {config.validation!r}")
+    raise ValueError(f"validation must be 'patients', 'earliest' or 'folder', "
+                     f"got {config.validation!r}")
 
 
 def summary(images: LabelledImages) -> str:
