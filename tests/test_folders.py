@@ -20,6 +20,7 @@ from pneumocnn.core.folders import (
     patient_folds,
     patient_id,
     split_by_patient,
+    split_earliest_patients,
 )
 
 CHEST_XRAY = FULL_DATA / "chest_xray"  # the whole data set: tests marked full_data only
@@ -251,6 +252,54 @@ def test_split_needs_enough_patients(tmp_path):
     )
     with pytest.raises(DatasetError):
         split_by_patient(images, 0.1)
+
+
+def test_earliest_split_takes_the_first_patients_of_each_series(tmp_path):
+    """Two NORMAL series of 20 patients and one PNEUMONIA series of 40: a quarter of each class,
+    taken from the lowest numbers of every series in proportion."""
+    files = {}
+    for k in range(20):
+        files[f"NORMAL/IM-{100 + k:04d}-0001.jpeg"] = f"a{k}".encode()
+        files[f"NORMAL/NORMAL2-IM-{500 + k:04d}-0001.jpeg"] = f"b{k}".encode()
+    for k in range(40):
+        files[f"PNEUMONIA/person{k + 1}_{'virus' if k % 2 else 'bacteria'}_{k}.jpeg"] = f"c{k}".encode()
+    images = _write_folder(tmp_path, files)
+    train, validation = split_earliest_patients(images, 0.25)
+    assert sorted(p.name for p in validation.paths) == sorted(
+        [f"IM-{100 + k:04d}-0001.jpeg" for k in range(5)]
+        + [f"NORMAL2-IM-{500 + k:04d}-0001.jpeg" for k in range(5)]
+        + [f"person{k + 1}_{'virus' if k % 2 else 'bacteria'}_{k}.jpeg" for k in range(10)])
+    assert len(train) == 60
+
+
+def test_earliest_split_keeps_patients_and_copies_together(train_index, train_set):
+    train, validation = split_earliest_patients(train_index, 0.25)
+    assert not set(train.patients()) & set(validation.patients())
+    assert len(train) + len(validation) == len(train_index)
+    held = set(validation.paths)
+    by_digest: dict[str, list[Path]] = defaultdict(list)
+    for path in train_index.paths:
+        by_digest[hashlib.sha256(path.read_bytes()).hexdigest()].append(path)
+    for paths in by_digest.values():
+        assert len({path in held for path in paths}) == 1, paths
+
+
+@pytest.mark.full_data
+def test_earliest_split_on_the_whole_train_split(full_train_index):
+    train, validation = split_earliest_patients(full_train_index, 0.1)
+    for name, total in full_train_index.counts().items():
+        assert validation.counts()[name] / total == pytest.approx(0.1, abs=0.015), name
+    numbers = {p.name: int(re.findall(r"\d+", patient_id(p))[-1]) for p in full_train_index.paths}
+    held_normal2 = [numbers[p.name] for p in validation.paths if p.name.startswith("NORMAL2")]
+    kept_normal2 = [numbers[p.name] for p in train.paths if p.name.startswith("NORMAL2")]
+    assert held_normal2 and max(held_normal2) < np.median(kept_normal2)
+
+
+def test_earliest_split_names_a_file_without_a_patient_number(tmp_path):
+    images = _write_folder(tmp_path, {"NORMAL/IM-0001-0001.jpeg": b"a", "NORMAL/chest.png": b"b",
+                                      "PNEUMONIA/person1_virus_1.jpeg": b"c"})
+    with pytest.raises(DatasetError, match="chest.png"):
+        split_earliest_patients(images, 0.5)
 
 
 def test_patient_folds_on_the_real_train_split(train_index):

@@ -51,3 +51,25 @@ def test_teachers_are_kept_as_a_tuple_through_config_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(asdict(config)))
     assert saved_config(tmp_path) == config
     assert config.teachers == ("a.keras", str(tmp_path / "b.keras"))
+
+
+def test_earliest_validation_is_the_same_for_every_seed_and_refuses_unknown_modes():
+    from conftest import XRAYS
+
+    from pneumocnn.core.folders import index_folder, split_earliest_patients
+    from pneumocnn.training.settings import make_config
+    from pneumocnn.training.splits import split
+
+    def validation(**settings) -> list:
+        return sorted(split(XRAYS, make_config(validation_fraction=0.25, **settings))[1].paths)
+
+    earliest = validation(validation="earliest", random_seed=0)
+    assert earliest == validation(validation="earliest", random_seed=3)
+    assert earliest == sorted(split_earliest_patients(index_folder(XRAYS), 0.25)[1].paths)
+    assert earliest != validation(random_seed=0)
+    try:
+        validation(validation="latest")
+    except ValueError as error:
+        assert "earliest" in str(error)
+    else:
+        raise AssertionError("validation='latest' was accepted")
