@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pneumocnn.training.settings import TrainingConfig
 
 
@@ -67,9 +69,5 @@ def test_earliest_validation_is_the_same_for_every_seed_and_refuses_unknown_mode
     assert earliest == validation(validation="earliest", random_seed=3)
     assert earliest == sorted(split_earliest_patients(index_folder(XRAYS), 0.25)[1].paths)
     assert earliest != validation(random_seed=0)
-    try:
+    with pytest.raises(ValueError, match="earliest"):
         validation(validation="latest")
-    except ValueError as error:
-        assert "earliest" in str(error)
-    else:
-        raise AssertionError("validation='latest' was accepted")
