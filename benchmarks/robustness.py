@@ -4,8 +4,7 @@ images, with what can be done at test time alone.
 
 Each RUN is a finished training run folder; its int8 model is scored on the run's own
 validation split, as it is and under each shift of :mod:`benchmarks.shifts`. Runs are compared
-only when that split is the same (same validation settings and random seed), so rows differ
-by the model alone. Beside each run's own row:
+only when they validate on the same images, so rows differ by the model alone. Beside each run's own row:
 
 - *+ test-time margin crop* (runs trained without it): the margin crop of
   :func:`pneumocnn.core.preprocessing.crop_margins` applied before the run's model, untrained;
@@ -41,16 +40,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pneumocnn  # noqa: E402
 from benchmarks import RESULTS, SHARED_DATA  # noqa: E402
+from benchmarks.inputs import RunSplits, run_splits  # noqa: E402
 from benchmarks.shifts import PREVALENCE, SHIFTS, model_probabilities, prevalence_subset, scores  # noqa: E402
 from pneumocnn.core.files import write_text  # noqa: E402
 from pneumocnn.core.metrics import threshold_for_sensitivity  # noqa: E402
 from pneumocnn.core.preprocessing import crop_margins, load_gray  # noqa: E402
-from pneumocnn.training.settings import saved_config  # noqa: E402
-from pneumocnn.training.splits import split  # noqa: E402
 
 GOAL_SENSITIVITY, GOAL_SPECIFICITY = 0.95, 0.85
 TARGET_SENSITIVITY = 0.97
-_SPLIT_SETTINGS = ("validation", "validation_fraction", "fold", "folds", "patient_split_seed")
 View = Callable[[Image.Image], Image.Image]
 
 
@@ -78,14 +75,16 @@ class Row:
     threshold: float
 
 
-def same_split(runs: list[Path]) -> None:
-    """Refuse runs whose validation images differ: their rows would not be comparable."""
-    splits = {run: tuple(getattr(saved_config(run), name) for name in _SPLIT_SETTINGS)
-              for run in runs}
-    if len(set(splits.values())) > 1:
+def shared_validation(runs: list[Path], data: Path) -> RunSplits:
+    """The runs' validation split of ``data``; refuses runs that validate on different images,
+    whose rows would not be comparable."""
+    splits = {run: run_splits(run, data) for run in runs}
+    first = splits[runs[0]]
+    differing = [run for run, s in splits.items() if s.validation.paths != first.validation.paths]
+    if differing:
         raise SystemExit("runs validate on different images: " + "; ".join(
-            f"{run}: {dict(zip(_SPLIT_SETTINGS, split, strict=True))}"
-            for run, split in splits.items()))
+            f"{run}: {splits[run].source}" for run in [runs[0], *differing]))
+    return first
 
 
 def _conditions(model, grays: list[Image.Image], views: tuple[View, ...]) -> dict[str, np.ndarray]:
@@ -189,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     members = args.ensemble or args.runs
     if not set(members) <= set(args.runs):
         parser.error("--ensemble takes runs that are also given as RUN")
-    same_split(args.runs)
-    images = split(args.data, saved_config(args.runs[0]))[1]
+    validation = shared_validation(args.runs, args.data)
+    images = validation.validation
     grays = [load_gray(path) for path in images.paths]
     rows = {run: rows_of_run(run, grays, images.labels, args.tta) for run in args.runs}
     flat = [row for run_rows in rows.values() for row in run_rows]
@@ -204,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`python -m benchmarks.robustness {' '.join(sys.argv[1:] if argv is None else argv)}` "
         f"(Python {platform.python_version()}).",
         "",
-        f"Each predictor on the same {len(images.labels)} validation images (one patient "
-        "split), **int8** models, at the predictor's threshold (chosen on those clean images "
+        f"Each predictor on the same {len(images.labels)} validation images "
+        f"({validation.source}), **int8** models, at the predictor's threshold (chosen on those clean images "
         "for sensitivity >= 0.97, so the clean column is optimistic). Cells: sensitivity / "
         f"specificity; ✗ misses sensitivity >= {GOAL_SENSITIVITY} with specificity >= "
         f"{GOAL_SPECIFICITY}. The alterations are those of `benchmarks/shifts.py`, applied to "

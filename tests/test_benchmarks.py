@@ -258,6 +258,10 @@ def test_robustness_tables_runs_and_the_ensemble_of_the_chosen_ones(tiny_run, ti
     assert scored[str(runs[0])]["conditions"] == scored[str(runs[1])]["conditions"]
     with pytest.raises(SystemExit):
         main([*args, "--ensemble", str(tmp_path / "elsewhere")])
+    config = json.loads((runs[1] / "config.json").read_text())
+    (runs[1] / "config.json").write_text(json.dumps({**config, "validation": "earliest"}))
+    with pytest.raises(SystemExit, match="validate on different images"):
+        main(args)
 
 @pytest.mark.training
 def test_the_default_recipe_is_the_studys_chosen_configuration():
