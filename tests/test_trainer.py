@@ -39,7 +39,7 @@ def test_run_folder_holds_every_artifact(tiny_run):
     assert set(tiny_run.tflite_models) == {"float32", "float16", "dynamic-int8", "int8"}
     assert len(tiny_run.history) == 2
     report = (run / "report.md").read_text()
-    assert "patients" in report and "TFLite int8" in report
+    assert "- validation (patients, fraction " in report and "TFLite int8" in report
     assert not list(run.glob("**/*.tmp")), "no half-written files are left behind"
 
 
