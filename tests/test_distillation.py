@@ -3,6 +3,7 @@ that learns them instead of the labels, and teachers refused before a run writes
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from conftest import TINY_SETTINGS, TINY_SIZE
 
 import pneumocnn
+from pneumocnn.core.errors import DatasetError
 from pneumocnn.core.modelfile import read_keras_description
 from pneumocnn.core.preprocessing import load_pixels, to_model_inputs
 
@@ -75,6 +77,9 @@ def test_a_distilled_run_learns_its_teacher_not_the_labels(tiny_run, tiny_data, 
     assert "accuracy" not in student.history[0] and "val_accuracy" in student.history[0]
     saved = json.loads((student.run_dir / "config.json").read_text())
     assert saved["teachers"] == [str(teacher)]
+    digest = hashlib.sha256(teacher.read_bytes()).hexdigest()
+    provenance = read_keras_description(student.keras_model).info["provenance"]
+    assert provenance["teachers"] == {str(teacher): digest}
     assert f"- distilled: trained on the mean probability of 1 teacher(s) on each augmented image, " \
         f"not on the labels: {teacher}" in (student.run_dir / "report.md").read_text()
 
@@ -92,3 +97,17 @@ def test_a_teacher_with_other_preprocessing_is_refused_before_the_run_writes(
     with pytest.raises(ValueError, match="must be a .keras model file"):
         pneumocnn.train(tiny_data, tmp_path / "run2", teachers=[str(tiny_run.tflite_models["int8"])],
                         **TINY_SETTINGS)
+
+
+def test_a_resumed_run_refuses_a_teacher_that_changed(tmp_path):
+    from pneumocnn.training.distillation import record_teachers
+
+    teacher = tmp_path / "teacher.keras"
+    teacher.write_bytes(b"first weights")
+    run = tmp_path / "run"
+    run.mkdir()
+    started = record_teachers(run, [str(teacher)])
+    assert record_teachers(run, [str(teacher)]) == started  # resumed, unchanged
+    teacher.write_bytes(b"retrained weights")
+    with pytest.raises(DatasetError, match=r"teacher\.keras: this teacher's file changed"):
+        record_teachers(run, [str(teacher)])

@@ -4,7 +4,7 @@ description: probability calibration and threshold chosen on validation, provena
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 import keras
@@ -46,6 +46,7 @@ class TrainedRun:
     probabilities: np.ndarray  # the exported model's positive-class output on them, uncalibrated
     history: list[dict]  # one row per epoch trained
     exported_epoch: int  # the epoch whose weights are exported (1-based)
+    teachers: dict[str, str] = field(default_factory=dict)  # distillation: path -> SHA-256
 
 
 def describe(run: TrainedRun, distribution: dict | None = None) -> tuple[ModelDescription, dict]:
@@ -96,6 +97,7 @@ def _provenance(run: TrainedRun, distribution: dict | None) -> dict:
         "validation_counts": np.bincount(run.validation_labels, minlength=2).tolist(),
         "epochs": len(run.history),
         "exported_epoch": run.exported_epoch,
+        **({"teachers": run.teachers} if run.teachers else {}),
         "config": asdict(run.config),
         "versions": {"pneumocnn": __version__, "tensorflow": tf.__version__,
                      "keras": keras.__version__, "numpy": np.__version__,

@@ -10,12 +10,16 @@ student's preprocessing, so that both see the same input.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from pneumocnn.core.errors import DatasetError
+from pneumocnn.core.files import write_text
 from pneumocnn.core.preprocessing import Preprocessing
 from pneumocnn.runtime.backends import open_backend
 
@@ -35,6 +39,24 @@ def load_teachers(paths: Sequence[str], spec: Preprocessing) -> list[keras.Model
                              f"student's {spec.to_dict()}")
         teachers.append(backend.keras_model)
     return teachers
+
+
+def record_teachers(run_dir: Path, paths: Sequence[str]) -> dict[str, str]:
+    """``{path: SHA-256}`` of each teacher file, kept in ``run_dir/teachers.json`` when the run
+    starts. A resumed run checks its teachers against that record and raises ``DatasetError``
+    naming one whose file changed since: the student would learn from two ensembles."""
+    digests = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in paths}
+    record = run_dir / "teachers.json"
+    if record.exists():
+        started = json.loads(record.read_text())
+        for path, digest in digests.items():
+            if started.get(path) != digest:
+                raise DatasetError(f"{path}: this teacher's file changed since {run_dir} started "
+                                   f"(SHA-256 {started.get(path)}, now {digest}); restore it or "
+                                   "start a new run")
+    else:
+        write_text(record, json.dumps(digests, indent=1))
+    return digests
 
 
 def with_teacher_targets(dataset: tf.data.Dataset, teachers: Sequence[keras.Model],

@@ -31,7 +31,7 @@ from pneumocnn.training.augmentations import AUGMENTATIONS
 from pneumocnn.training.calibration import TrainedRun, describe, recalibrate_batchnorm
 from pneumocnn.training.checkpoints import Checkpoints, open_run
 from pneumocnn.training.data import DecodedImages, decode_all, make_dataset
-from pneumocnn.training.distillation import load_teachers, with_teacher_targets
+from pneumocnn.training.distillation import load_teachers, record_teachers, with_teacher_targets
 from pneumocnn.training.distribute import (
     Cluster,
     check_batch,
@@ -108,6 +108,7 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     images = split(data, config)
     if cluster.chief:
         _save_config(run_dir, config)
+    teacher_digests = record_teachers(run_dir, config.teachers) if teachers else {}
     train_data, val_data = _decode(_cache_dir(run_dir, cluster), config, images)
     model, history = _fit(run_dir, config, train_data, val_data, verbose, cluster, teachers)
     if not cluster.chief:
@@ -115,7 +116,8 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
         log.info("worker %d of %d: trained; the chief writes %s", cluster.worker_index,
                  cluster.workers, run_dir)
         return TrainingResult(run_dir, run_dir / "model.keras", {}, {}, history, chief=False)
-    result = _finish(run_dir, config, model, history, train_data, val_data, images, cluster)
+    result = _finish(run_dir, config, model, history, train_data, val_data, images, cluster,
+                     teacher_digests)
     if cluster.multi_worker:
         from_chief(cluster, [0.0])  # the other workers may exit now
     return result
@@ -123,15 +125,18 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
 
 def _finish(run_dir: Path, config: TrainingConfig, model: keras.Model, history: list[dict],
             train_data: DecodedImages, val_data: DecodedImages,
-            images: tuple[LabelledImages, LabelledImages], cluster: Cluster) -> TrainingResult:
-    """On the chief: choose the epoch to export, describe, export and report the model."""
+            images: tuple[LabelledImages, LabelledImages], cluster: Cluster,
+            teacher_digests: dict[str, str]) -> TrainingResult:
+    """On the chief: choose the epoch to export, describe, export and report the model
+    (``teacher_digests``: the SHA-256 of each teacher, recorded in its provenance)."""
     if cluster.name != "none":  # export from a copy of the weights outside the strategy
         local = compiled_model(config, len(train_data.labels))
         local.set_weights(model.get_weights())
         model = local
     model, exported_epoch = _final_model(run_dir, config, model, history, train_data)
     run = TrainedRun(config, train_data.labels, val_data.labels,
-                     _validation_probabilities(model, config, val_data), history, exported_epoch)
+                     _validation_probabilities(model, config, val_data), history, exported_epoch,
+                     teacher_digests)
     description, metrics = describe(run, cluster.describe(config.batch_size))
     keras_path, tflite_paths = _export(run_dir, config, model, description, train_data)
     metrics["tflite"] = score_tflite(tflite_paths, val_data)
