@@ -16,7 +16,7 @@ import hashlib
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,34 +127,10 @@ def split_by_patient(
     """Split into ``(train, validation)`` with about ``fraction`` of each class's images in
     validation and every patient on one side only. Byte-identical files are kept together
     too. The split depends only on the file names, contents and ``seed``."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"validation fraction must lie in (0, 1), got {fraction}")
     groups = _patient_groups(images)
     rng = np.random.default_rng(seed)
-    chosen: set[str] = set()
-    decided: set[str] = set()  # a group with images in both classes is placed once, by class 0
-    for label in (0, 1):
-        sizes, order = _shuffled_group_sizes(groups, images.labels, label, rng)
-        target = fraction * sum(sizes.values())
-        taken = sum(n for group, n in sizes.items() if group in chosen)
-        for group in order:
-            if taken >= target:
-                break
-            if group not in decided:
-                chosen.add(group)
-                taken += sizes[group]
-        decided.update(sizes)
-    return _take(images, np.array([group in chosen for group in groups], dtype=bool))
-
-
-def _take(images: LabelledImages, in_validation: np.ndarray) -> tuple[LabelledImages, LabelledImages]:
-    """``(train, validation)``: the images outside and inside ``in_validation``."""
-    if in_validation.all() or not in_validation.any():
-        raise DatasetError("too few patients to split off a validation set")
-    return (
-        images.subset(np.flatnonzero(~in_validation)),
-        images.subset(np.flatnonzero(in_validation)),
-    )
+    return _hold_out(images, groups, fraction,
+                     lambda label: _shuffled_group_sizes(groups, images.labels, label, rng))
 
 
 def split_earliest_patients(
@@ -166,39 +142,39 @@ def split_earliest_patients(
     digits masked: ``IM-#``, ``NORMAL2-IM-#``, ``person#``). A temporal hold-out where the numbers
     follow acquisition; patients and byte-identical files stay on one side. Raises
     ``DatasetError`` naming a file whose patient id holds no number."""
+    groups = _patient_groups(images)
+    return _hold_out(images, groups, fraction,
+                     lambda label: _earliest_group_sizes(images, groups, label))
+
+
+def _hold_out(images: LabelledImages, groups: list[str], fraction: float,
+              ordered: Callable[[int], tuple[dict[str, int], list[str]]],
+              ) -> tuple[LabelledImages, LabelledImages]:
+    """``(train, validation)``: for each class, the patient groups in the order ``ordered(label)``
+    gives (with each group's image count in that class) go to validation until about
+    ``fraction`` of the class's images are there."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must lie in (0, 1), got {fraction}")
-    groups = _patient_groups(images)
-    patients = images.patients()
     chosen: set[str] = set()
     decided: set[str] = set()  # a group with images in both classes is placed once, by class 0
     for label in (0, 1):
-        series: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        sizes: dict[str, int] = defaultdict(int)
-        for i in np.flatnonzero(images.labels == label):
-            digits = re.findall(r"\d+", patients[i])
-            if not digits:
-                raise DatasetError(f"{images.paths[i]}: the file name carries no patient number "
-                                   "to order patients by; use validation='patients'")
-            prefix = images.paths[i].name.partition(patients[i])[0]
-            series[prefix + re.sub(r"\d+", "#", patients[i])].append((int(digits[-1]), groups[i]))
-            sizes[groups[i]] += 1
-        # each group's place in acquisition order: its earliest image's rank within its series,
-        # as a fraction of the series, so every series gives up its earliest share
-        place: dict[str, float] = {}
-        for members in series.values():
-            for rank, (_, group) in enumerate(sorted(members)):
-                place[group] = min(place.get(group, 1.0), rank / len(members))
+        sizes, order = ordered(label)
         target = fraction * sum(sizes.values())
         taken = sum(n for group, n in sizes.items() if group in chosen)
-        for group in sorted(place, key=lambda g: (place[g], g)):
+        for group in order:
             if taken >= target:
                 break
             if group not in decided:
                 chosen.add(group)
                 taken += sizes[group]
         decided.update(sizes)
-    return _take(images, np.array([group in chosen for group in groups], dtype=bool))
+    in_validation = np.array([group in chosen for group in groups], dtype=bool)
+    if in_validation.all() or not in_validation.any():
+        raise DatasetError("too few patients to split off a validation set")
+    return (
+        images.subset(np.flatnonzero(~in_validation)),
+        images.subset(np.flatnonzero(in_validation)),
+    )
 
 
 def patient_folds(images: LabelledImages, folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -236,6 +212,29 @@ def _shuffled_group_sizes(groups: list[str], labels: np.ndarray, label: int,
     order = sorted(sizes)
     rng.shuffle(order)
     return sizes, order
+
+
+def _earliest_group_sizes(images: LabelledImages, groups: list[str],
+                          label: int) -> tuple[dict[str, int], list[str]]:
+    """Images of class ``label`` per patient group, and those groups in acquisition order: by
+    their earliest image's rank within its file-name series, as a fraction of the series, so
+    that every series gives up its earliest share."""
+    series: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    sizes: dict[str, int] = defaultdict(int)
+    patients = images.patients()
+    for i in np.flatnonzero(images.labels == label):
+        digits = re.findall(r"\d+", patients[i])
+        if not digits:
+            raise DatasetError(f"{images.paths[i]}: the file name carries no patient number "
+                               "to order patients by; use validation='patients'")
+        prefix = images.paths[i].name.partition(patients[i])[0]
+        series[prefix + re.sub(r"\d+", "#", patients[i])].append((int(digits[-1]), groups[i]))
+        sizes[groups[i]] += 1
+    place: dict[str, float] = {}
+    for members in series.values():
+        for rank, (_, group) in enumerate(sorted(members)):
+            place[group] = min(place.get(group, 1.0), rank / len(members))
+    return sizes, sorted(place, key=lambda group: (place[group], group))
 
 
 def _patient_groups(images: LabelledImages) -> list[str]:
