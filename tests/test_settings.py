@@ -71,3 +71,11 @@ def test_earliest_validation_is_the_same_for_every_seed_and_refuses_unknown_mode
     assert earliest != validation(random_seed=0)
     with pytest.raises(ValueError, match="earliest"):
         validation(validation="latest")
+
+
+def test_a_fold_with_another_validation_mode_is_refused():
+    from pneumocnn.training.settings import make_config
+
+    make_config(fold=1).check()
+    with pytest.raises(ValueError, match="fold takes validation='patients'"):
+        make_config(fold=1, validation="earliest").check()

@@ -85,6 +85,8 @@ class TrainingConfig:
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {sorted(AUGMENTATIONS)}, "
                              f"got {self.augmentation!r}")
+        if self.fold is not None and self.validation != "patients":
+            raise ValueError(f"fold takes validation='patients', got {self.validation!r}")
         self._outputs(1)
         self.decay_steps(0)
 
