@@ -130,7 +130,7 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     else:
         train_images = splits.train
         train_source = (splits.source if splits.train is splits.validation
-                        else f"the run's training side of the {splits.source}")
+                        else f"the run's training side of {splits.source}")
     train_images = subsample(train_images, plan.pipeline_images)
     log(f"training pipeline: {plan.pipeline_epochs} epoch(s) each on {len(train_images)} images")
     pipeline = training_pipelines(train_images, config, work, plan.pipeline_epochs)

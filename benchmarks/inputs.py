@@ -19,7 +19,7 @@ import numpy as np
 from benchmarks import BUNDLED_RUN, REPO, SHARED_DATA, TEST_DATA, TRAINED_RUN
 from pneumocnn.core.folders import LabelledImages, index_folder
 from pneumocnn.training.settings import saved_config
-from pneumocnn.training.splits import split
+from pneumocnn.training.splits import describe_split, split
 
 CHEST_XRAY = SHARED_DATA / "chest_xray"
 FULL_RESOLUTION = SHARED_DATA / "full_resolution"
@@ -59,17 +59,7 @@ def run_splits(run_dir: Path, data: Path = CHEST_XRAY) -> RunSplits:
     config = saved_config(run_dir)
     train, validation = split(data, config)
     shown = os.path.relpath(data, REPO)
-    if config.validation == "folder":
-        source = f"{shown}/val (the run's validation folder)"
-    elif config.validation == "earliest":
-        source = (f"earliest patients of {shown}/train in file-name order "
-                  f"(fraction {config.validation_fraction})")
-    elif config.fold is not None:
-        source = (f"patient-level fold {config.fold} of {config.folds} of {shown}/train "
-                  f"(random seed {config.patient_split_seed})")
-    else:
-        source = (f"patient-level validation split of {shown}/train "
-                  f"(fraction {config.validation_fraction}, random seed {config.patient_split_seed})")
+    source = f"the validation split of {shown} ({describe_split(config)})"
     return RunSplits(train, validation, source)
 
 

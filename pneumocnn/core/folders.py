@@ -142,9 +142,9 @@ def split_earliest_patients(
     digits masked: ``IM-#``, ``NORMAL2-IM-#``, ``person#``). A temporal hold-out where the numbers
     follow acquisition; patients and byte-identical files stay on one side. Raises
     ``DatasetError`` naming a file whose patient id holds no number."""
-    groups = _patient_groups(images)
+    groups, patients = _patient_groups(images), images.patients()
     return _hold_out(images, groups, fraction,
-                     lambda label: _earliest_group_sizes(images, groups, label))
+                     lambda label: _earliest_group_sizes(images, patients, groups, label))
 
 
 def _hold_out(images: LabelledImages, groups: list[str], fraction: float,
@@ -214,14 +214,13 @@ def _shuffled_group_sizes(groups: list[str], labels: np.ndarray, label: int,
     return sizes, order
 
 
-def _earliest_group_sizes(images: LabelledImages, groups: list[str],
+def _earliest_group_sizes(images: LabelledImages, patients: list[str], groups: list[str],
                           label: int) -> tuple[dict[str, int], list[str]]:
     """Images of class ``label`` per patient group, and those groups in acquisition order: by
     their earliest image's rank within its file-name series, as a fraction of the series, so
     that every series gives up its earliest share."""
     series: dict[str, list[tuple[int, str]]] = defaultdict(list)
     sizes: dict[str, int] = defaultdict(int)
-    patients = images.patients()
     for i in np.flatnonzero(images.labels == label):
         digits = re.findall(r"\d+", patients[i])
         if not digits:

@@ -20,8 +20,7 @@ from pneumocnn.core.plots import plot_history, plot_reliability
 from pneumocnn.runtime.model import load
 from pneumocnn.training.calibration import TrainedRun
 from pneumocnn.training.data import DecodedImages
-from pneumocnn.training.settings import TrainingConfig
-from pneumocnn.training.splits import summary
+from pneumocnn.training.splits import describe_split, summary
 
 
 def score_tflite(paths: dict[str, Path], validation: DecodedImages) -> dict[str, dict]:
@@ -66,7 +65,7 @@ def report_text(run: TrainedRun, description: ModelDescription, metrics: dict,
         f"# Training report: {description.info['architecture']}",
         "",
         f"- train: {summary(train_images)}",
-        f"- validation ({_split_settings(config)}): {summary(val_images)}",
+        f"- validation ({describe_split(config)}): {summary(val_images)}",
         f"- epochs: {len(history)}; median seconds per epoch: "
         f"{np.median(seconds) if seconds else float('nan'):.1f}",
         *([f"- trained on {where['workers']} worker(s), {where['replicas']} replica(s) "
@@ -103,13 +102,3 @@ def _row(name: str, m: dict) -> str:
     return (f"| {name} | {m['accuracy']:.4f} | {m['roc_auc']:.4f} | {m['sensitivity']:.4f} | "
             f"{m['specificity']:.4f} | {m['ece']:.4f} |")
 
-
-def _split_settings(config: TrainingConfig) -> str:
-    """How the validation images were chosen, in the settings' words."""
-    if config.validation == "folder":
-        return "the data's val folder"
-    if config.validation == "earliest":
-        return f"earliest patients, fraction {config.validation_fraction}"
-    if config.fold is not None:
-        return f"patient fold {config.fold} of {config.folds}, random seed {config.patient_split_seed}"
-    return f"patients, fraction {config.validation_fraction}, random seed {config.patient_split_seed}"

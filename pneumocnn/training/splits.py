@@ -40,6 +40,17 @@ def split(root: str | os.PathLike, config: TrainingConfig) -> tuple[LabelledImag
                      f"got {config.validation!r}")
 
 
+def describe_split(config: TrainingConfig) -> str:
+    """How ``config`` chooses its validation images, in the settings' words (for reports)."""
+    if config.validation == "folder":
+        return "the data's val folder"
+    if config.validation == "earliest":
+        return f"earliest patients, fraction {config.validation_fraction}"
+    if config.fold is not None:
+        return f"patient fold {config.fold} of {config.folds}, random seed {config.patient_split_seed}"
+    return f"patients, fraction {config.validation_fraction}, random seed {config.patient_split_seed}"
+
+
 def summary(images: LabelledImages) -> str:
     """``"N images (n NORMAL, m PNEUMONIA) from P patients"``, for logs and reports."""
     counts = ", ".join(f"{n} {name}" for name, n in images.counts().items())
