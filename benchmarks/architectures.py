@@ -29,31 +29,23 @@ QUANTIZATIONS = ("float32", "int8")
 ROUNDS, CALLS = 40, 5
 
 
-def _cnn(size: int, filters: tuple[int, ...], separable_from: int | None = None):
-    """small-bn's layout (3x3 conv, batch norm, ReLU, 2x2 max-pooling per block; global average
-    pooling; one sigmoid unit) with other input sizes, filter counts, or depthwise-separable
-    convolutions from block ``separable_from`` on."""
-    import keras
-    from keras import layers
+def _cnn(size: int, filters: tuple[int, ...] | None = None, separable_from: int | None = None):
+    """small-bn (:func:`pneumocnn.training.architectures.small_bn`) at another input size, with
+    other filter counts, or depthwise-separable from block ``separable_from`` on."""
+    from pneumocnn.training.architectures import SMALL_BN_FILTERS, small_bn
 
-    blocks = []
-    for index, count in enumerate(filters):
-        separable = separable_from is not None and index >= separable_from
-        conv = layers.SeparableConv2D if separable else layers.Conv2D
-        blocks += [conv(count, 3, padding="same", use_bias=False), layers.BatchNormalization(),
-                   layers.ReLU(), layers.MaxPooling2D(2)]
-    return keras.Sequential([keras.Input((size, size, 3)), *blocks,
-                             layers.GlobalAveragePooling2D(), layers.Dense(1, activation="sigmoid")])
+    return small_bn((size, size, 3), 1, filters or SMALL_BN_FILTERS, separable_from)
 
 
-SMALL_BN = (16, 32, 64, 128, 128)
 CANDIDATES = {
-    "small-bn, 150 px (the bundled model)": lambda: _cnn(150, SMALL_BN),
-    "small-bn, 128 px": lambda: _cnn(128, SMALL_BN),
-    "small-bn, 112 px": lambda: _cnn(112, SMALL_BN),
+    "small-bn, 150 px (the bundled model)": lambda: _cnn(150),
+    "small-bn, 128 px": lambda: _cnn(128),
+    "small-bn, 112 px": lambda: _cnn(112),
     "small-bn, 150 px, filters 8-16-32-64-128": lambda: _cnn(150, (8, 16, 32, 64, 128)),
     "small-bn, 150 px, filters 16-32-64-64-64": lambda: _cnn(150, (16, 32, 64, 64, 64)),
-    "small-bn, 150 px, separable blocks 2-5": lambda: _cnn(150, SMALL_BN, separable_from=1),
+    "small-sep: small-bn, 150 px, separable blocks 2-5": lambda: _cnn(150, separable_from=1),
+    "small-sep-wide: filters 32-64-128-256-256, separable blocks 2-5":
+        lambda: _cnn(150, (32, 64, 128, 256, 256), separable_from=1),
 }
 
 

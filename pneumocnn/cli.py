@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from pneumocnn.core import strictjson
 from pneumocnn.core.errors import NotFrontalChestError, PneumocnnError
-from pneumocnn.training.settings import AUGMENTATIONS, RECIPES, TrainingConfig
+from pneumocnn.training.settings import ARCHITECTURE_NAMES, AUGMENTATIONS, RECIPES, TrainingConfig
 
 OK, SOME_FAILED, USAGE = 0, 1, 2
 
@@ -213,7 +213,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="pneumocnn", choices=sorted(RECIPES),
                    help="starting settings: pneumocnn (the bundled model's), seed (the seed "
                    "report's TO-BE CNN) or seed-as-is (default: %(default)s)")
-    p.add_argument("--architecture", choices=("seed-to-be", "seed-as-is", "small-bn"))
+    p.add_argument("--architecture", choices=ARCHITECTURE_NAMES,
+                   help="small-sep: depthwise-separable blocks, about half small-bn's latency; "
+                   "small-sep-wide: the same at twice the width")
     p.add_argument("--output", choices=("sigmoid", "softmax"), help="classifier head")
     p.add_argument("--loss", choices=("binary_crossentropy", "categorical_crossentropy"))
     p.add_argument("--optimizer", help="Keras optimizer name, e.g. adam, rmsprop")

@@ -100,11 +100,20 @@ def test_seed_as_is_softmax_model_trains_and_runs(tiny_data, tmp_path):
     assert 0.0 <= int8.predict(image).probability <= 1.0
 
 
-def test_small_bn_with_shift_augmentation_trains_exports_and_agrees(tiny_data, tmp_path):
-    settings = {**TINY_SETTINGS, "epochs": 1, "architecture": "small-bn",
+def test_separable_architecture_with_shift_augmentation_trains_exports_and_agrees(
+        tiny_data, tmp_path):
+    import keras
+
+    from pneumocnn.training.architectures import ARCHITECTURES
+    from pneumocnn.training.settings import ARCHITECTURE_NAMES
+
+    assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES
+    settings = {**TINY_SETTINGS, "epochs": 1, "architecture": "small-sep",
                 "augmentation": "shift"}
-    result = pneumocnn.train(tiny_data, tmp_path / "small-bn", **settings)
+    result = pneumocnn.train(tiny_data, tmp_path / "small-sep", **settings)
     assert result.tflite_models["int8"].stat().st_size < 500_000
+    layers = keras.saving.load_model(result.keras_model).layers
+    assert sum(isinstance(layer, keras.layers.SeparableConv2D) for layer in layers) == 4
     keras_model = pneumocnn.load(result.keras_model)
     float32 = pneumocnn.load(result.tflite_models["float32"])
     image = real_images("NORMAL", 1)[0]
@@ -112,6 +121,8 @@ def test_small_bn_with_shift_augmentation_trains_exports_and_agrees(tiny_data, t
         float32.predict(image).probability, abs=1e-4)
     with pytest.raises(ValueError, match="augmentation must be one of"):
         pneumocnn.train(tiny_data, tmp_path / "bad", **{**settings, "augmentation": "wild"})
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        pneumocnn.train(tiny_data, tmp_path / "bad", **{**settings, "architecture": "resnet"})
 
 
 def test_keep_best_exports_the_epoch_with_the_lowest_validation_loss(tiny_data, tmp_path):

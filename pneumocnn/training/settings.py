@@ -14,8 +14,13 @@ from typing import Any, Protocol
 from pneumocnn.core.preprocessing import Preprocessing
 from pneumocnn.training.augmentations import AUGMENTATIONS
 
-__all__ = ["AUGMENTATIONS", "RECIPES", "RENAMED_SETTINGS", "TrainingConfig", "config_from_dict",
-           "make_config", "saved_config"]
+__all__ = ["ARCHITECTURE_NAMES", "AUGMENTATIONS", "RECIPES", "RENAMED_SETTINGS", "TrainingConfig",
+           "config_from_dict", "make_config", "saved_config"]
+
+
+# The models of pneumocnn.training.architectures, named here so that settings are checked
+# without TensorFlow.
+ARCHITECTURE_NAMES = ("seed-to-be", "seed-as-is", "small-bn", "small-sep", "small-sep-wide")
 
 
 class CompileDefaults(Protocol):
@@ -82,6 +87,9 @@ class TrainingConfig:
     def check(self) -> None:
         """Raise ``ValueError`` naming a setting that no run can use (before a run writes
         anything)."""
+        if self.architecture not in ARCHITECTURE_NAMES:
+            raise ValueError(f"architecture must be one of {list(ARCHITECTURE_NAMES)}, "
+                             f"got {self.architecture!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {sorted(AUGMENTATIONS)}, "
                              f"got {self.augmentation!r}")
