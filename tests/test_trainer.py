@@ -100,14 +100,20 @@ def test_seed_as_is_softmax_model_trains_and_runs(tiny_data, tmp_path):
     assert 0.0 <= int8.predict(image).probability <= 1.0
 
 
-def test_separable_architecture_with_shift_augmentation_trains_exports_and_agrees(
-        tiny_data, tmp_path):
-    import keras
-
+def test_every_named_architecture_builds_with_its_head():
     from pneumocnn.training.architectures import ARCHITECTURES
     from pneumocnn.training.settings import ARCHITECTURE_NAMES
 
     assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES
+    for architecture in ARCHITECTURES.values():
+        model = architecture.build((32, 32, 1), architecture.outputs)
+        assert model.output_shape == (None, architecture.outputs), architecture.name
+
+
+def test_separable_architecture_with_shift_augmentation_trains_exports_and_agrees(
+        tiny_data, tmp_path):
+    import keras
+
     settings = {**TINY_SETTINGS, "epochs": 1, "architecture": "small-sep",
                 "augmentation": "shift"}
     result = pneumocnn.train(tiny_data, tmp_path / "small-sep", **settings)
