@@ -88,10 +88,10 @@ WIDE_FILTERS = (32, 64, 128, 256, 256)
 def small_bn(input_shape: tuple[int, int, int], outputs: int = 1,
              filters: tuple[int, ...] = SMALL_BN_FILTERS,
              separable_from: int | None = None) -> keras.Model:
-    """A small CNN in the seed's compute budget: five 3x3 conv + batch-norm blocks (16 to 128
-    filters) with 2x2 max-pooling, global average pooling, Dropout 0.3, (by default) one sigmoid
-    unit. ``filters`` sets each block's width; from block index ``separable_from`` on, the
-    convolutions are depthwise-separable (fewer multiply-adds for the same width)."""
+    """A small CNN in the seed's compute budget: five 3x3 conv + batch-norm blocks with 2x2
+    max-pooling, global average pooling, Dropout 0.3, (by default) one sigmoid unit.
+    ``filters``: each block's width (16 to 128 by default); from block index ``separable_from``
+    on, the convolutions are depthwise-separable (fewer multiply-adds for the same width)."""
     blocks = []
     for index, count in enumerate(filters):
         separable = separable_from is not None and index >= separable_from
