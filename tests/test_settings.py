@@ -79,3 +79,12 @@ def test_a_fold_with_another_validation_mode_is_refused():
     make_config(fold=1).check()
     with pytest.raises(ValueError, match="fold takes validation='patients'"):
         make_config(fold=1, validation="earliest").check()
+
+
+def test_an_unknown_architecture_is_refused_before_a_run():
+    from pneumocnn.training.settings import make_config
+
+    for name in ("small-bn", "small-sep", "small-sep-wide"):
+        make_config(architecture=name).check()
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        make_config(architecture="resnet50").check()
