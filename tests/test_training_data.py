@@ -44,6 +44,45 @@ def test_sharpness_augmentation_blurs_some_images_and_sharpens_others():
     assert np.array_equal(out, _adjust_sharpness(images, 1.0, tf.constant([1, 2], tf.int64)))
 
 
+def test_mixup_blends_images_and_labels_with_the_same_weight():
+    from dataclasses import replace
+
+    from pneumocnn.core.preprocessing import Preprocessing
+    from pneumocnn.training.augmentations import AUGMENTATIONS
+    from pneumocnn.training.data import DecodedImages, make_dataset
+
+    mixup = AUGMENTATIONS["shift-zoom-mixup"]
+    assert mixup.mixup > 0
+    plain = replace(mixup, mixup=0.0)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1] * 4)  # each image's mirror in a batch of 8 differs
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 16, 16), dtype=np.uint8)
+    data = DecodedImages(pixels, labels, tuple(), ())
+    spec = Preprocessing(height=16, width=16, channels=1)
+
+    def batches(augmentation) -> tuple[np.ndarray, np.ndarray]:
+        pairs = list(make_dataset(data, spec, 8, augmentation=augmentation, seed=3, epoch=1))
+        return (np.concatenate([x.numpy() for x, _ in pairs]),
+                np.concatenate([y.numpy() for _, y in pairs])[:, 0])
+
+    images, targets = batches(mixup)
+    augmented, same_labels = batches(plain)  # the same augmentation draws, unmixed
+    assert np.array_equal(same_labels, labels)
+    weights = np.where(labels == 1, targets, 1.0 - targets)  # each image's own share
+    assert ((weights > 0.05) & (weights < 0.95)).sum() >= 4  # some images are real blends
+    mirrors = augmented.reshape(4, 8, 16, 16, 1)[:, ::-1].reshape(augmented.shape)
+    expected = weights[:, None, None, None] * augmented + (1 - weights[:, None, None, None]) * mirrors
+    np.testing.assert_allclose(images, expected, atol=1e-5)
+    assert np.array_equal(images, batches(mixup)[0])  # deterministic for a seed and epoch
+
+
+def test_mixup_refuses_class_weights():
+    from pneumocnn.training.settings import TrainingConfig
+
+    with pytest.raises(ValueError, match="shift-zoom-mixup.*class_weight"):
+        TrainingConfig(augmentation="shift-zoom-mixup", class_weight="balanced").check()
+    TrainingConfig(augmentation="shift-zoom-mixup").check()
+
+
 def test_training_batches_are_shuffled_with_or_without_augmentation():
     """Class folders are read in order: unshuffled training batches would hold one class at a
     time (a run without augmentation collapsed that way before this was fixed)."""

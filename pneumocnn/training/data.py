@@ -126,6 +126,9 @@ def make_dataset(
         if augmentation is not None:
             batch_seed = tf.stack([tf.constant(seed, tf.int64), epoch * 1_000_003 + batch_index])
             images = _augment(images, augmentation, batch_seed)
+            if augmentation.mixup:
+                images, target = _mixup(images, target, augmentation.mixup,
+                                        tf.random.experimental.stateless_fold_in(batch_seed, 3))
         if spec.channels > 1:
             images = tf.repeat(images, spec.channels, axis=-1)
         return images, target
@@ -179,6 +182,21 @@ def _augment(images: tf.Tensor, augmentation: Augmentation, seed: tf.Tensor) -> 
         images = _adjust_sharpness(images, augmentation.sharpness,
                                    tf.random.experimental.stateless_fold_in(seed, 2))
     return _adjust_intensity(images, augmentation, extra[3:])
+
+
+def _mixup(images: tf.Tensor, targets: tf.Tensor, alpha: float,
+           key: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Blend each image of a batch and its target with those in the mirrored position of the
+    batch (first with last, ...) by a weight drawn from Beta(alpha, alpha)."""
+    keys = tf.random.experimental.stateless_split(key, num=2)
+    count = [tf.shape(images)[0]]
+    a = tf.random.stateless_gamma(count, keys[0], alpha)
+    b = tf.random.stateless_gamma(count, keys[1], alpha)
+    weight = a / tf.maximum(a + b, 1e-30)  # both draws can underflow to 0 for a small alpha
+    weight_images, weight_targets = weight[:, None, None, None], weight[:, None]
+    images = weight_images * images + (1.0 - weight_images) * tf.reverse(images, axis=[0])
+    targets = weight_targets * targets + (1.0 - weight_targets) * tf.reverse(targets, axis=[0])
+    return images, targets
 
 
 def _adjust_sharpness(images: tf.Tensor, spread: float, key: tf.Tensor) -> tf.Tensor:

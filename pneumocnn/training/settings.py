@@ -93,6 +93,9 @@ class TrainingConfig:
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {sorted(AUGMENTATIONS)}, "
                              f"got {self.augmentation!r}")
+        if self.class_weight is not None and self.augment and AUGMENTATIONS[self.augmentation].mixup:
+            raise ValueError(f"augmentation {self.augmentation!r} mixes labels: it takes no "
+                             "class_weight (the targets are blends, not classes to weight)")
         if self.fold is not None and self.validation != "patients":
             raise ValueError(f"fold takes validation='patients', got {self.validation!r}")
         self._outputs(1)

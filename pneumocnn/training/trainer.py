@@ -203,6 +203,7 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
     val_dataset = make_dataset(val_data, spec, config.batch_size, one_hot=one_hot)
     augmentation = AUGMENTATIONS[config.augmentation] if config.augment else None
     class_weight = _class_weight(train_data.labels) if config.class_weight == "balanced" else None
+    soft_targets = bool(teachers) or (augmentation is not None and augmentation.mixup > 0)
     for epoch in range(start, config.epochs):
         stop = cluster.chief and _should_stop(history, config.early_stopping)
         if cluster.multi_worker:  # the chief's history decides for every worker
@@ -232,7 +233,7 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
                 verbose=verbose,
             )
             logged = {k: v[-1] for k, v in fit.history.items()}
-        if teachers:  # accuracy against soft targets means nothing (the loss does)
+        if soft_targets:  # accuracy against soft targets means nothing (the loss does)
             logged.pop("accuracy", None)
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in logged.items()},
                "seconds": round(time.monotonic() - started, 2)}
