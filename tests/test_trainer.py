@@ -131,6 +131,15 @@ def test_separable_architecture_with_shift_augmentation_trains_exports_and_agree
         pneumocnn.train(tiny_data, tmp_path / "bad", **{**settings, "architecture": "resnet"})
 
 
+def test_mixup_trains_on_blended_targets_without_a_meaningless_accuracy(tiny_data, tmp_path):
+    settings = {**TINY_SETTINGS, "epochs": 1, "augmentation": "shift-zoom-mixup"}
+    result = pneumocnn.train(tiny_data, tmp_path / "mixup", **settings)
+    (row,) = result.history
+    assert "accuracy" not in row and np.isfinite(row["loss"]) and "val_accuracy" in row
+    assert result.metrics["tflite"]["int8"]["accuracy"] > 0
+    assert '"augmentation": "shift-zoom-mixup"' in (result.run_dir / "report.md").read_text()
+
+
 def test_keep_best_exports_the_epoch_with_the_lowest_validation_loss(tiny_data, tmp_path):
     import keras
 
