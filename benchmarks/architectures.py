@@ -29,12 +29,19 @@ QUANTIZATIONS = ("float32", "int8")
 ROUNDS, CALLS = 40, 5
 
 
-def _cnn(size: int, filters: tuple[int, ...] | None = None, separable_from: int | None = None):
-    """small-bn (:func:`pneumocnn.training.architectures.small_bn`) at another input size, with
-    other filter counts, or depthwise-separable from block ``separable_from`` on."""
+def _cnn(size: int, filters: tuple[int, ...] | None = None):
+    """small-bn (:func:`pneumocnn.training.architectures.small_bn`) at another input size or
+    with other filter counts."""
     from pneumocnn.training.architectures import SMALL_BN_FILTERS, small_bn
 
-    return small_bn((size, size, 3), 1, filters or SMALL_BN_FILTERS, separable_from)
+    return small_bn((size, size, 3), 1, filters or SMALL_BN_FILTERS)
+
+
+def _named(name: str, size: int = 150):
+    """The training architecture of that name (``train --architecture NAME``)."""
+    from pneumocnn.training.architectures import get_architecture
+
+    return get_architecture(name).build((size, size, 3), 1)
 
 
 CANDIDATES = {
@@ -43,9 +50,9 @@ CANDIDATES = {
     "small-bn, 112 px": lambda: _cnn(112),
     "small-bn, 150 px, filters 8-16-32-64-128": lambda: _cnn(150, (8, 16, 32, 64, 128)),
     "small-bn, 150 px, filters 16-32-64-64-64": lambda: _cnn(150, (16, 32, 64, 64, 64)),
-    "small-sep: small-bn, 150 px, separable blocks 2-5": lambda: _cnn(150, separable_from=1),
+    "small-sep: small-bn, 150 px, separable blocks 2-5": lambda: _named("small-sep"),
     "small-sep-wide: filters 32-64-128-256-256, separable blocks 2-5":
-        lambda: _cnn(150, (32, 64, 128, 256, 256), separable_from=1),
+        lambda: _named("small-sep-wide"),
 }
 
 

@@ -281,7 +281,7 @@ def test_candidate_architectures_export_as_pneumocnn_would_and_are_tabled(tmp_pa
     from benchmarks import architectures
     from pneumocnn.core.modelfile import read_from_tflite
 
-    model = architectures._cnn(32, (4, 8), separable_from=1)  # small-sep at a tiny size
+    model = architectures._named("small-sep", 32)
     for quantization in architectures.QUANTIZATIONS:
         description = read_from_tflite(architectures.export(model, quantization), "candidate")
         assert description.preprocessing.input_shape == (32, 32, 1)
