@@ -12,6 +12,12 @@ only when they validate on the same images, so rows differ by the model alone. B
   1.1x and zoomed out 1.1x (edges repeated, as the training augmentation fills);
 - *ensemble*: with several runs, the mean of their probabilities (the latency of all of them).
 
+With ``--recipe NAME RUN...`` (repeated) the runs are also grouped into recipes (seeds of one
+training recipe): each recipe's mean clean ROC AUC over its runs (as they are, without the test-time
+crop), and each recipe's difference to the first with a 95 % interval from resampling whole
+validation patients (paired: every recipe is scored on the same resamples). One seed per
+recipe cannot rank recipes when seeds of one recipe spread more than recipes differ.
+
 Rows that average probabilities choose their threshold again on the clean validation images
 (sensitivity >= 0.97), as training does. The issue's goal under each alteration is sensitivity
 >= 0.95 with specificity >= 0.85; the table marks the cells that miss it.
@@ -19,6 +25,8 @@ Rows that average probabilities choose their threshold again on the clean valida
     python -m benchmarks.robustness benchmarks/bundled-run runs/margins-sharpness
     python -m benchmarks.robustness benchmarks/bundled-run runs/t0 runs/t1 runs/t2 runs/student \\
         --no-tta --ensemble runs/t0 runs/t1 runs/t2
+    python -m benchmarks.robustness runs/a0 runs/a1 runs/b0 runs/b1 --no-tta \\
+        --recipe a runs/a0 runs/a1 --recipe b runs/b0 runs/b1
 """
 
 from __future__ import annotations
@@ -43,11 +51,12 @@ from benchmarks import RESULTS, SHARED_DATA  # noqa: E402
 from benchmarks.inputs import RunSplits, run_splits  # noqa: E402
 from benchmarks.shifts import PREVALENCE, SHIFTS, model_probabilities, prevalence_subset, scores  # noqa: E402
 from pneumocnn.core.files import write_text  # noqa: E402
-from pneumocnn.core.metrics import threshold_for_sensitivity  # noqa: E402
+from pneumocnn.core.metrics import roc_auc, threshold_for_sensitivity  # noqa: E402
 from pneumocnn.core.preprocessing import crop_margins, load_gray  # noqa: E402
 
 GOAL_SENSITIVITY, GOAL_SPECIFICITY = 0.95, 0.85
 TARGET_SENSITIVITY = 0.97
+RESAMPLES = 2000
 View = Callable[[Image.Image], Image.Image]
 
 
@@ -121,6 +130,43 @@ def ensemble(rows: list[Row], labels: np.ndarray) -> Row:
     return Row("ensemble of " + " + ".join(row.name for row in rows), mean, _rechosen(labels, mean))
 
 
+def compare_recipes(recipes: dict[str, list[Row]], labels: np.ndarray,
+                    patients: list[str]) -> dict[str, dict]:
+    """Each recipe's mean clean ROC AUC over its rows and its difference to the first recipe's,
+    with a 95 % interval over ``RESAMPLES`` resamples of whole patients (the same resamples for
+    every recipe)."""
+    _, patient_of = np.unique(patients, return_inverse=True)
+    images_of = [np.flatnonzero(patient_of == k) for k in range(patient_of.max() + 1)]
+
+    def mean_aucs(images: np.ndarray) -> np.ndarray:
+        return np.array([np.mean([roc_auc(labels[images], row.probabilities["none"][images])
+                                  for row in rows]) for rows in recipes.values()])
+
+    rng = np.random.default_rng(0)
+    draws = np.array([mean_aucs(np.concatenate([images_of[k] for k in rng.integers(
+        0, len(images_of), len(images_of))])) for _ in range(RESAMPLES)])
+    observed = mean_aucs(np.arange(len(labels)))
+    differences = draws - draws[:, :1]
+    return {name: {"runs": len(rows), "mean_auc": float(observed[i]),
+                   "difference": float(observed[i] - observed[0]),
+                   "interval": [float(np.nanpercentile(differences[:, i], q)) for q in (2.5, 97.5)]}
+            for i, (name, rows) in enumerate(recipes.items())}
+
+
+def recipe_table(compared: dict[str, dict]) -> list[str]:
+    """Markdown for :func:`compare_recipes`."""
+    first = next(iter(compared))
+    lines = ["", f"Recipes: mean clean ROC AUC over each recipe's runs (without the test-time "
+             f"crop) and the difference to {first}'s, with a 95 % interval from {RESAMPLES} "
+             "resamples of the validation patients:", "",
+             "| recipe | runs | mean AUC | difference | 95 % interval |", "|---|---|---|---|---|"]
+    for name, c in compared.items():
+        low, high = c["interval"]
+        lines.append(f"| {name} | {c['runs']} | {c['mean_auc']:.4f} | {c['difference']:+.4f} | "
+                     f"{low:+.4f} to {high:+.4f} |")
+    return lines
+
+
 def _cell(metrics: dict) -> str:
     sens, spec = metrics["sensitivity"], metrics["specificity"]
     mark = "" if sens >= GOAL_SENSITIVITY and spec >= GOAL_SPECIFICITY else " ✗"
@@ -184,10 +230,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="add each run's test-time augmentation row (default: yes)")
     parser.add_argument("--ensemble", nargs="+", type=Path, metavar="RUN",
                         help="the runs whose mean makes the ensemble row (default: all RUNs)")
+    parser.add_argument("--recipe", nargs="+", action="append", metavar=("NAME", "RUN"),
+                        help="name the seeds of one recipe (runs also given as RUN); repeat "
+                             "for each recipe, the first is the reference")
     args = parser.parse_args(argv)
     members = args.ensemble or args.runs
     if not set(members) <= set(args.runs):
         parser.error("--ensemble takes runs that are also given as RUN")
+    recipes = {name: [Path(run) for run in runs] for name, *runs in args.recipe or []}
+    if any(not runs or not set(runs) <= set(args.runs) for runs in recipes.values()):
+        parser.error("--recipe takes a name and runs that are also given as RUN")
     validation = shared_validation(args.runs, args.data)
     images = validation.validation
     grays = [load_gray(path) for path in images.paths]
@@ -196,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(members) > 1:
         flat.append(ensemble([rows[run][0] for run in members], images.labels))
     scored = score_rows(flat, images.labels)
+    compared = compare_recipes({name: [rows[run][0] for run in runs]
+                                for name, runs in recipes.items()},
+                               images.labels, images.patients()) if recipes else {}
     header = [
         "# Robustness: acquisition and prevalence shifts",
         "",
@@ -212,9 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         "in `benchmarks/robustness.py`.",
         "",
     ]
-    markdown = "\n".join(header + table(scored)) + "\n"
+    lines = header + table(scored) + (recipe_table(compared) if compared else [])
+    markdown = "\n".join(lines) + "\n"
     write_text(args.out / "results.md", markdown)
-    write_text(args.out / "results.json", json.dumps(scored, indent=1))
+    write_text(args.out / "results.json",
+               json.dumps({**scored, "recipes": compared} if compared else scored, indent=1))
     print(markdown)
     return 0
 

@@ -250,18 +250,44 @@ def test_robustness_tables_runs_and_the_ensemble_of_the_chosen_ones(tiny_run, ti
     for run in runs:
         shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("cache", "checkpoints", ".lock"))
     args = [*map(str, runs), "--data", str(tiny_data), "--out", str(tmp_path / "out"), "--no-tta"]
-    assert main([*args, "--ensemble", *map(str, runs)]) == 0
+    recipes = ["--recipe", "first", str(runs[0]), "--recipe", "second", str(runs[1])]
+    assert main([*args, "--ensemble", *map(str, runs), *recipes]) == 0
     table = (tmp_path / "out" / "results.md").read_text()
     assert f"| ensemble of {runs[0]} + {runs[1]} |" in table
     assert "+ TTA" not in table and "--no-tta --ensemble" in table
+    assert "| second | 1 |" in table
     scored = json.loads((tmp_path / "out" / "results.json").read_text())
     assert scored[str(runs[0])]["conditions"] == scored[str(runs[1])]["conditions"]
+    assert scored["recipes"]["second"]["difference"] == 0.0  # the same model twice
     with pytest.raises(SystemExit):
         main([*args, "--ensemble", str(tmp_path / "elsewhere")])
+    with pytest.raises(SystemExit):
+        main([*args, "--recipe", "alone"])
     config = json.loads((runs[1] / "config.json").read_text())
     (runs[1] / "config.json").write_text(json.dumps({**config, "validation": "earliest"}))
     with pytest.raises(SystemExit, match="validate on different images"):
         main(args)
+
+def test_recipes_are_compared_by_their_seeds_mean_auc_with_a_patient_interval():
+    from benchmarks.robustness import Row, compare_recipes, recipe_table
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100)
+    patients = [f"p{i // 2}" for i in range(200)]  # two images per patient
+
+    def seed(noise: float) -> Row:
+        scores = labels + rng.normal(0, noise, labels.size)
+        return Row("run", {"none": scores}, 0.5)
+
+    compared = compare_recipes({"sharp": [seed(0.3), seed(0.3)], "blurred": [seed(1.5), seed(1.5)],
+                                "same": [seed(0.3), seed(0.3)]}, labels, patients)
+    assert compared["sharp"]["difference"] == 0.0 and compared["sharp"]["interval"] == [0.0, 0.0]
+    low, high = compared["blurred"]["interval"]
+    assert high < 0 and low < compared["blurred"]["difference"] < high
+    low, high = compared["same"]["interval"]
+    assert low < 0 < high  # two more seeds of the same recipe: no difference to claim
+    assert compared["blurred"]["runs"] == 2 and "| blurred | 2 |" in "\n".join(recipe_table(compared))
+
 
 @pytest.mark.training
 def test_the_default_recipe_is_the_studys_chosen_configuration():
