@@ -80,6 +80,12 @@ class TrainingConfig:
         object.__setattr__(self, "teachers", tuple(str(path) for path in self.teachers))
 
     @property
+    def soft_targets(self) -> bool:
+        """Whether the run trains on probabilities instead of labels: teachers' (distillation)
+        or labels blended by mixup."""
+        return bool(self.teachers) or (self.augment and AUGMENTATIONS[self.augmentation].mixup > 0)
+
+    @property
     def patient_split_seed(self) -> int:
         """The random seed of the patient split and folds."""
         return self.random_seed if self.split_seed is None else self.split_seed
@@ -93,9 +99,11 @@ class TrainingConfig:
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {sorted(AUGMENTATIONS)}, "
                              f"got {self.augmentation!r}")
-        if self.class_weight is not None and self.augment and AUGMENTATIONS[self.augmentation].mixup:
-            raise ValueError(f"augmentation {self.augmentation!r} mixes labels: it takes no "
-                             "class_weight (the targets are blends, not classes to weight)")
+        if self.class_weight is not None and self.soft_targets:
+            source = ("distillation (teachers)" if self.teachers
+                      else f"augmentation {self.augmentation!r}")
+            raise ValueError(f"{source} takes no class_weight: the targets are probabilities, "
+                             "not classes to weight")
         if self.fold is not None and self.validation != "patients":
             raise ValueError(f"fold takes validation='patients', got {self.validation!r}")
         self._outputs(1)

@@ -148,9 +148,6 @@ def _check(config: TrainingConfig, cluster: Cluster) -> None:
     """Fail on a setting that no run can use, before the run writes anything."""
     config.check()
     get_architecture(config.architecture)
-    if config.teachers and config.class_weight is not None:
-        raise ValueError("distillation (teachers) takes no class_weight: the targets are the "
-                         "teachers' probabilities, not classes to weight")
     if config.teachers and cluster.name != "none":
         raise ValueError(f"distillation (teachers) trains without a distribution strategy, "
                          f"not {cluster.name!r}: use strategy='none'")
@@ -203,7 +200,6 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
     val_dataset = make_dataset(val_data, spec, config.batch_size, one_hot=one_hot)
     augmentation = AUGMENTATIONS[config.augmentation] if config.augment else None
     class_weight = _class_weight(train_data.labels) if config.class_weight == "balanced" else None
-    soft_targets = bool(teachers) or (augmentation is not None and augmentation.mixup > 0)
     for epoch in range(start, config.epochs):
         stop = cluster.chief and _should_stop(history, config.early_stopping)
         if cluster.multi_worker:  # the chief's history decides for every worker
@@ -233,7 +229,7 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
                 verbose=verbose,
             )
             logged = {k: v[-1] for k, v in fit.history.items()}
-        if soft_targets:  # accuracy against soft targets means nothing (the loss does)
+        if config.soft_targets:  # accuracy against them means nothing (the loss does)
             logged.pop("accuracy", None)
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in logged.items()},
                "seconds": round(time.monotonic() - started, 2)}
