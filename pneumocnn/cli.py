@@ -248,6 +248,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
     p.add_argument("--keep-best", action=argparse.BooleanOptionalAction,
                    help="export the epoch with the lowest validation loss, not the last")
+    p.add_argument("--ema-momentum", type=float, metavar="M",
+                   help="export an exponential moving average of the weights over the training "
+                   "steps with this momentum (e.g. 0.999), not the last weights")
     p.add_argument("--recalibrate-batchnorm", action=argparse.BooleanOptionalAction,
                    help="re-estimate batch-norm statistics on un-augmented training images "
                    "before export")

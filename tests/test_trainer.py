@@ -156,6 +156,35 @@ def test_keep_best_exports_the_epoch_with_the_lowest_validation_loss(tiny_data, 
         np.testing.assert_array_equal(a, b)
 
 
+def test_weight_averaging_exports_the_average_and_trains_on_the_weights(tiny_data, tmp_path):
+    """With ``ema_momentum`` the checkpoints hold the training weights (not the average
+    ``fit`` leaves behind), their optimizer the average, and the exported model that average."""
+    import keras
+
+    settings = {**TINY_SETTINGS, "epochs": 2, "ema_momentum": 0.5, "recalibrate_batchnorm": False}
+    result = pneumocnn.train(tiny_data, tmp_path / "ema", **settings)
+    last = keras.saving.load_model(result.run_dir / "checkpoints" / "epoch-0002.keras")
+    trained = [variable.numpy() for variable in last.trainable_variables]
+    last.optimizer.finalize_variable_values(last.trainable_variables)
+    averaged = [variable.numpy() for variable in last.trainable_variables]
+    assert any(not np.allclose(a, b) for a, b in zip(trained, averaged, strict=True))
+    exported = keras.saving.load_model(result.keras_model)
+    for a, b in zip(averaged, [v.numpy() for v in exported.trainable_variables], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert '"ema_momentum": 0.5' in (result.run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"ema_momentum": 1.0}, "between 0 and 1"),
+    ({"ema_momentum": 0.99, "keep_best": True}, "use one of them"),
+])
+def test_bad_weight_averaging_settings_are_refused_before_a_run(tiny_data, tmp_path, settings,
+                                                                 message):
+    with pytest.raises(ValueError, match=message):
+        pneumocnn.train(tiny_data, tmp_path / "bad", **{**TINY_SETTINGS, **settings})
+    assert not (tmp_path / "bad" / "config.json").exists()
+
+
 def test_fold_normalisation_and_compile_overrides_reach_the_model_file(tiny_data, tmp_path):
     """Validation on patient fold 1 of 3, histogram equalisation, softmax + binary CE, RMSprop
     with a cosine schedule: the run uses them, and the model file makes the runtime equalise."""

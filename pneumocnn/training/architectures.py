@@ -133,18 +133,19 @@ def get_architecture(name: str) -> Architecture:
         raise ValueError(f"unknown architecture {name!r}; choose from {sorted(ARCHITECTURES)}") from None
 
 
-def make_optimizer(name: str, learning_rate: float | None,
-                   cosine_decay_steps: int | None = None) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, learning_rate: float | None, cosine_decay_steps: int | None = None,
+                   ema_momentum: float | None = None) -> keras.optimizers.Optimizer:
     """Build the named Keras optimizer, at its Keras default learning rate unless given; with
-    ``cosine_decay_steps``, the rate decays from there to 0 along a cosine over that many steps."""
-    optimizer = keras.optimizers.get(name)
-    default = inspect.signature(type(optimizer)).parameters["learning_rate"].default
+    ``cosine_decay_steps``, the rate decays from there to 0 along a cosine over that many steps;
+    with ``ema_momentum``, it also keeps an exponential moving average of the weights."""
+    optimizer_class = type(keras.optimizers.get(name))
+    default = inspect.signature(optimizer_class).parameters["learning_rate"].default
     rate = learning_rate if learning_rate is not None else float(default)
     if cosine_decay_steps:
-        return type(optimizer)(learning_rate=keras.optimizers.schedules.CosineDecay(
-            rate, decay_steps=cosine_decay_steps))
-    optimizer.learning_rate = rate
-    return optimizer
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=cosine_decay_steps)
+    if ema_momentum is None:
+        return optimizer_class(learning_rate=rate)
+    return optimizer_class(learning_rate=rate, use_ema=True, ema_momentum=ema_momentum)
 
 
 def compiled_model(config: TrainingConfig, train_images: int) -> keras.Model:
@@ -156,7 +157,8 @@ def compiled_model(config: TrainingConfig, train_images: int) -> keras.Model:
     outputs, loss, optimizer = config.compile_settings(architecture)
     model = architecture.build(config.preprocessing().input_shape, outputs)
     model.compile(
-        optimizer=make_optimizer(optimizer, config.learning_rate, config.decay_steps(train_images)),
+        optimizer=make_optimizer(optimizer, config.learning_rate, config.decay_steps(train_images),
+                                 config.ema_momentum),
         loss=loss,
         metrics=["accuracy"],
     )

@@ -47,6 +47,9 @@ class TrainingConfig:
     batch_size: int = 16
     learning_rate: float | None = None
     schedule: str = "cosine"  # learning rate: "constant", or "cosine" decay to 0 over the run
+    # export an exponential moving average of the weights over the training steps, with this
+    # momentum (e.g. 0.999), instead of the last weights; None: the last weights
+    ema_momentum: float | None = None
     input_size: int = 150
     channels: int = 3
     normalize: str = "equalize"  # intensity normalisation, see pneumocnn.core.preprocessing.Preprocessing
@@ -104,6 +107,13 @@ class TrainingConfig:
                       else f"augmentation {self.augmentation!r}")
             raise ValueError(f"{source} takes no class_weight: the targets are probabilities, "
                              "not classes to weight")
+        if self.ema_momentum is not None:
+            if not 0 < self.ema_momentum < 1:
+                raise ValueError(f"ema_momentum must lie between 0 and 1, got {self.ema_momentum}")
+            if self.keep_best:
+                raise ValueError("keep_best chooses an epoch by the validation loss of its "
+                                 "training weights, ema_momentum exports their average: "
+                                 "use one of them")
         if self.fold is not None and self.validation != "patients":
             raise ValueError(f"fold takes validation='patients', got {self.validation!r}")
         self._outputs(1)

@@ -28,6 +28,7 @@ from pneumocnn.core.preprocessing import to_model_inputs
 from pneumocnn.training import export
 from pneumocnn.training.architectures import compiled_model, get_architecture
 from pneumocnn.training.augmentations import AUGMENTATIONS
+from pneumocnn.training.averaging import KeepTrainingWeights, take_average
 from pneumocnn.training.calibration import TrainedRun, describe, recalibrate_batchnorm
 from pneumocnn.training.checkpoints import Checkpoints, open_run
 from pneumocnn.training.data import DecodedImages, decode_all, make_dataset
@@ -127,8 +128,10 @@ def _finish(run_dir: Path, config: TrainingConfig, model: keras.Model, history: 
             train_data: DecodedImages, val_data: DecodedImages,
             images: tuple[LabelledImages, LabelledImages], cluster: Cluster,
             teacher_digests: dict[str, str]) -> TrainingResult:
-    """On the chief: choose the epoch to export, describe, export and report the model
-    (``teacher_digests``: the SHA-256 of each teacher, recorded in its provenance)."""
+    """On the chief: choose the weights to export (the last, their moving average, or the best
+    epoch's), describe, export and report the model (``teacher_digests``: the SHA-256 of each teacher, recorded in its provenance)."""
+    if config.ema_momentum is not None:
+        take_average(model)
     if cluster.name != "none":  # export from a copy of the weights outside the strategy
         local = compiled_model(config, len(train_data.labels))
         local.set_weights(model.get_weights())
@@ -200,6 +203,7 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
     val_dataset = make_dataset(val_data, spec, config.batch_size, one_hot=one_hot)
     augmentation = AUGMENTATIONS[config.augmentation] if config.augment else None
     class_weight = _class_weight(train_data.labels) if config.class_weight == "balanced" else None
+    callbacks = [KeepTrainingWeights()] if config.ema_momentum is not None else []
     for epoch in range(start, config.epochs):
         stop = cluster.chief and _should_stop(history, config.early_stopping)
         if cluster.multi_worker:  # the chief's history decides for every worker
@@ -227,6 +231,7 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
                 class_weight=class_weight,
                 shuffle=False,  # the dataset is already shuffled, by (random seed, epoch)
                 verbose=verbose,
+                callbacks=callbacks,
             )
             logged = {k: v[-1] for k, v in fit.history.items()}
         if config.soft_targets:  # accuracy against them means nothing (the loss does)
