@@ -49,7 +49,7 @@ from pneumocnn.core.folders import expand_inputs
 from pneumocnn.core.modelfile import read_from_tflite
 from pneumocnn.core.preprocessing import ImageInput
 from pneumocnn.runtime.backends import TFLiteBackend
-from pneumocnn.runtime.model import Model, Prediction, load
+from pneumocnn.runtime.model import Model, Prediction, check_threshold, load
 
 PARTITION_SIZE = 128
 KILLED = "the worker scoring this file died, on every try"
@@ -86,7 +86,7 @@ def predict_on_dask(
         raise ValueError(f"{model.path}: scoring on Dask takes a .tflite model")
     if partition_size < 1:
         raise ValueError(f"partition_size must be at least 1, got {partition_size}")
-    cutoff = model._threshold(threshold)
+    cutoff = model.threshold if threshold is None else check_threshold(threshold)
     plugin = ModelPlugin(Path(model.path).read_bytes(), model.path, threads)
     work = _partitions(inputs, skip, partition_size, cutoff)
     first = next(work, None)
@@ -157,9 +157,9 @@ def _score_partition(names: list[str], plugin: str, cutoff: float,
 
 def _score_file(model: Model, name: str, cutoff: float, guard: bool) -> Prediction:
     try:
-        return model._score_or_error(name, name, cutoff, guard)
+        return model.predict(name, cutoff, guard=guard)
     except Exception as error:  # noqa: BLE001 -- one odd file must not fail its partition's task
-        return Prediction(name, None, math.nan, cutoff, f"{type(error).__name__}: {error}")
+        return Prediction.failed(name, cutoff, error)
 
 
 def _partitions(inputs, skip: Container[str], size: int,
@@ -177,7 +177,7 @@ def _partitions(inputs, skip: Container[str], size: int,
                 yield batch
                 batch = []
         elif isinstance(item, PneumocnnError):
-            yield Prediction(name, None, math.nan, cutoff, getattr(item, "reason", str(item)))
+            yield Prediction.failed(name, cutoff, item)
         else:
             yield Prediction(name or "(in-memory input)", None, math.nan, cutoff,
                              "not a file path: Dask workers read their inputs from files")

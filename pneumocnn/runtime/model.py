@@ -57,6 +57,14 @@ class Prediction:
             fields["probability"] = None
         return fields
 
+    @classmethod
+    def failed(cls, source: str, threshold: float, error: Exception) -> Prediction:
+        """The result for an input that could not be scored because of ``error``: a pneumocnn
+        error gives its reason, any other its type and message."""
+        reason = (getattr(error, "reason", str(error)) if isinstance(error, PneumocnnError)
+                  else f"{type(error).__name__}: {error}")
+        return cls(source, None, math.nan, threshold, reason)
+
     def __str__(self) -> str:
         if not self.ok:
             return f"{self.source}: error: {self.error}"
@@ -165,7 +173,7 @@ class Model:
                 raise item
             return self._score(item, source, threshold, guard)
         except PneumocnnError as error:
-            return Prediction(source, None, math.nan, threshold, getattr(error, "reason", str(error)))
+            return Prediction.failed(source, threshold, error)
 
     def predict_pixels(self, pixels: np.ndarray, source: str,
                        threshold: float | None = None) -> Prediction:
@@ -184,11 +192,14 @@ class Model:
         return self.predict_pixels(pixels, source, threshold)
 
     def _threshold(self, threshold: float | None) -> float:
-        if threshold is None:
-            return self.threshold
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-        return float(threshold)
+        return self.threshold if threshold is None else check_threshold(threshold)
+
+
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float; ``ValueError`` unless it lies in [0, 1]."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    return float(threshold)
 
 
 def load(path: str | os.PathLike | None = None, *, threads: int | None = None,

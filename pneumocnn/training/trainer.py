@@ -129,7 +129,8 @@ def _finish(run_dir: Path, config: TrainingConfig, model: keras.Model, history: 
             images: tuple[LabelledImages, LabelledImages], cluster: Cluster,
             teacher_digests: dict[str, str]) -> TrainingResult:
     """On the chief: choose the weights to export (the last, their moving average, or the best
-    epoch's), describe, export and report the model (``teacher_digests``: the SHA-256 of each teacher, recorded in its provenance)."""
+    epoch's), describe, export and report the model (``teacher_digests``: the SHA-256 of each
+    teacher, recorded in its provenance)."""
     if config.ema_momentum is not None:
         take_average(model)
     if cluster.name != "none":  # export from a copy of the weights outside the strategy
