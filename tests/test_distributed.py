@@ -235,5 +235,7 @@ def test_in_memory_inputs_and_bad_options(client):
         next(predict_on_dask([image], TINY_INT8, cluster="local:many"))
     with pytest.raises(ValueError, match="partition_size"):
         next(predict_on_dask([image], TINY_INT8, cluster=client, partition_size=0))
+    with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\], got 1.5"):
+        next(predict_on_dask([image], TINY_INT8, cluster=client, threshold=1.5))
     assert main(["predict", str(image), "--dask", "local:0", "--model", str(TINY_INT8)]) == 2
     assert main(["predict", str(image), "--partition-size", "3", "--model", str(TINY_INT8)]) == 2

@@ -71,6 +71,17 @@ def test_result_is_a_small_frozen_record(model):
         result.label = "NORMAL"
 
 
+def test_a_failed_result_says_why_without_a_label():
+    from pneumocnn.core.errors import InputError
+    from pneumocnn.runtime.model import Prediction
+
+    unreadable = Prediction.failed("a.png", 0.4, InputError("a.png", "not an image"))
+    odd = Prediction.failed("b.png", 0.4, OSError("disk gone"))
+    assert (unreadable.label, unreadable.ok, unreadable.threshold) == (None, False, 0.4)
+    assert unreadable.error == "not an image" and odd.error == "OSError: disk gone"
+    assert unreadable.to_dict()["probability"] is None and str(odd) == "b.png: error: OSError: disk gone"
+
+
 def test_threshold_override(model):
     path = real_images("NORMAL", 1)[0]
     assert model.predict(path, threshold=0.0).label == "PNEUMONIA"
