@@ -171,7 +171,8 @@ def test_weight_averaging_exports_the_average_and_trains_on_the_weights(tiny_dat
     exported = keras.saving.load_model(result.keras_model)
     for a, b in zip(averaged, [v.numpy() for v in exported.trainable_variables], strict=True):
         np.testing.assert_array_equal(a, b)
-    assert '"ema_momentum": 0.5' in (result.run_dir / "report.md").read_text()
+    assert ("exported epoch: 2 (the last), as the moving average of the weights over the "
+            "training steps (momentum 0.5)") in (result.run_dir / "report.md").read_text()
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -73,6 +73,8 @@ def report_text(run: TrainedRun, description: ModelDescription, metrics: dict,
            f"{where['per_replica_batch']} per replica"] if where else []),
         f"- exported epoch: {run.exported_epoch}"
         + (" (lowest validation loss)" if config.keep_best else " (the last)")
+        + (f", as the moving average of the weights over the training steps (momentum "
+           f"{config.ema_momentum})" if config.ema_momentum is not None else "")
         + ("; batch-norm statistics re-estimated on the training images without augmentation"
            if config.recalibrate_batchnorm else ""),
         *([f"- distilled: trained on the mean probability of {len(config.teachers)} teacher(s) "
