@@ -53,6 +53,17 @@ def real_images(label: str, count: int, start: int = 0) -> list[Path]:
     return found
 
 
+def trained_and_averaged(checkpoint: Path) -> tuple[list, list]:
+    """A training checkpoint's trainable weights, and its optimizer's moving average of them
+    (runs with ``ema_momentum``), as numpy arrays."""
+    import keras
+
+    model = keras.saving.load_model(checkpoint)
+    trained = [variable.numpy() for variable in model.trainable_variables]
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    return trained, [variable.numpy() for variable in model.trainable_variables]
+
+
 def full_resolution_files() -> list[Path]:
     """The shipped full-size originals (their 224 px copies are among ``XRAYS``)."""
     return sorted(FULL_RESOLUTION.glob("*/*.jpeg"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_SIZE
+from conftest import TINY_SIZE, trained_and_averaged
 
 import pneumocnn
 
@@ -117,6 +117,19 @@ def test_global_batch_must_split_evenly_over_the_replicas(tiny_data, tmp_path):
         assert worker.returncode != 0
         assert "must be a multiple of the 2 replicas" in worker.stderr
     assert not (tmp_path / "odd" / "model.keras").exists()
+
+
+def test_two_workers_export_the_moving_average_of_the_weights(tiny_data, tmp_path):
+    import keras
+
+    out = tmp_path / "ema"
+    for worker in _run_workers(tiny_data, out, "--ema-momentum", "0.5"):
+        assert worker.returncode == 0, worker.stderr[-3000:]
+    trained, averaged = trained_and_averaged(out / "checkpoints" / "epoch-0001.keras")
+    assert any(not np.allclose(a, b) for a, b in zip(trained, averaged, strict=True))
+    exported = keras.saving.load_model(out / "model.keras").trainable_variables
+    for a, b in zip(averaged, exported, strict=True):
+        np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-7)
 
 
 def _history(run: Path) -> list[dict]:
