@@ -5,6 +5,7 @@ manifests, a worker killed mid-run, a file that kills its worker, and Dask absen
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from conftest import TINY_INT8, XRAYS, real_images
 from test_cli import cut_last_row, read_csv
 
+import pneumocnn
 from pneumocnn.cli import main
 
 pytestmark = pytest.mark.dask
@@ -132,6 +134,24 @@ def test_manifests_text_and_csv(client, tmp_path):
     assert_same_rows(read_csv(out), want)
 
 
+def test_manifest_entries_naming_a_folder_or_a_manifest_get_the_same_error_rows(client,
+                                                                                  tmp_path):
+    """A worker scores each entry as one file, as ``predict`` does without Dask: a folder or
+    a manifest listed in a manifest is an error row, not expanded."""
+    from pneumocnn.runtime.distributed import predict_on_dask
+
+    shutil.copy(real_images("NORMAL", 1)[0], tmp_path / "a.jpeg")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "inner.txt").write_text("a.jpeg\n")
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("a.jpeg\nsub\ninner.txt\n")
+    alone = {row.source: row for row in pneumocnn.load(TINY_INT8).predict(manifest)}
+    on_dask = {row.source: row for row in predict_on_dask(manifest, TINY_INT8, cluster=client)}
+    assert {name: row.error for name, row in on_dask.items()} == {
+        name: row.error for name, row in alone.items()}
+    assert on_dask[str(tmp_path / "a.jpeg")].ok and not on_dask[str(tmp_path / "sub")].ok
+
+
 def test_a_worker_killed_mid_run_loses_and_repeats_no_row(client, tmp_path):
     """SIGKILL to a worker process while it holds tasks: its tasks run again on the other (and
     on its restarted self); the CSV gets each input exactly once and the run exits 0."""
@@ -185,21 +205,21 @@ def test_a_file_that_kills_its_worker_gets_an_error_row(client, tmp_path):
         name = "pneumocnn-test-poison"
 
         def setup(self, worker):
-            import pneumocnn.runtime.model as model
+            import pneumocnn.runtime.distributed as scoring
 
-            self.original = original = model.load_pixels
+            self.original = original = scoring.load_pixels
 
             def load_pixels(item, *args, **kwargs):
                 if os.path.basename(str(item)).startswith("poison"):
                     os._exit(1)
                 return original(item, *args, **kwargs)
 
-            model.load_pixels = load_pixels
+            scoring.load_pixels = load_pixels
 
         def teardown(self, worker):
-            import pneumocnn.runtime.model as model
+            import pneumocnn.runtime.distributed as scoring
 
-            model.load_pixels = self.original
+            scoring.load_pixels = self.original
 
     files = [str(p) for p in real_images("NORMAL", 3)]
     poison = tmp_path / "poison.jpeg"

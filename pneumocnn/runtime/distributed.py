@@ -47,7 +47,7 @@ except ImportError:
 
 from pneumocnn.core.folders import expand_inputs
 from pneumocnn.core.modelfile import read_from_tflite
-from pneumocnn.core.preprocessing import ImageInput
+from pneumocnn.core.preprocessing import ImageInput, load_pixels
 from pneumocnn.runtime.backends import TFLiteBackend
 from pneumocnn.runtime.model import Model, Prediction, check_threshold, load
 
@@ -156,8 +156,11 @@ def _score_partition(names: list[str], plugin: str, cutoff: float,
 
 
 def _score_file(model: Model, name: str, cutoff: float, guard: bool) -> Prediction:
+    """One file, as one input even where its name looks like a folder or a manifest (``predict``
+    would expand those): a manifest entry that is one gets an error row, as without Dask."""
     try:
-        return model.predict(name, cutoff, guard=guard)
+        pixels = load_pixels(name, model.description.preprocessing, name, guard=guard)
+        return model.predict_pixels(pixels, name, cutoff)
     except Exception as error:  # noqa: BLE001 -- one odd file must not fail its partition's task
         return Prediction.failed(name, cutoff, error)
 
