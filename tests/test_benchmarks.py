@@ -268,6 +268,7 @@ def test_robustness_tables_runs_and_the_ensemble_of_the_chosen_ones(tiny_run, ti
     with pytest.raises(SystemExit, match="validate on different images"):
         main(args)
 
+
 def test_recipes_are_compared_by_their_seeds_mean_auc_with_a_patient_interval():
     from benchmarks.robustness import Row, compare_recipes, recipe_table
 
