@@ -20,7 +20,7 @@ import pydicom
 from PIL import Image
 from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 
 DIGITAL_XRAY = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 HAVE_PYJPEGLS = importlib.util.find_spec("jpeg_ls") is not None
@@ -127,6 +127,14 @@ def jpeg_lossless(pixels: np.ndarray, bits: int) -> bytes:
 
     return (b"\xff\xd8" + segment(0xC3, frame) + segment(0xC4, table) + segment(0xDA, scan)
             + entropy + b"\xff\xd9")
+
+
+def cut_codestream(dataset: Dataset, kept: float) -> Dataset:
+    """``dataset`` (compressed, one frame) with only the first ``kept`` share of its
+    codestream: a transfer cut short."""
+    frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    dataset.PixelData = encapsulate([frame[: int(len(frame) * kept)]])
+    return dataset
 
 
 def uncompressed(dataset: Dataset, syntax: uid.UID) -> Dataset:

@@ -25,6 +25,7 @@ pydicom = pytest.importorskip("pydicom")
 from dicomfiles import (  # noqa: E402  (needs pydicom)
     HAVE_PYJPEGLS,
     compressed,
+    cut_codestream,
     dx_dataset,
     uncompressed,
     write_bare,
@@ -192,8 +193,9 @@ def damaged_files(folder, gray) -> dict[str, str]:
     folder.mkdir(exist_ok=True)
     dataset = compressed(dx_dataset(gray), uid.JPEG2000Lossless)
     frame = bytearray(next(pydicom.encaps.generate_frames(dataset.PixelData, number_of_frames=1)))
-    frame[200:2000] = bytes(1800)  # the codestream zeroed after its headers, and cut short
-    dataset.PixelData = pydicom.encaps.encapsulate([bytes(frame[: len(frame) // 3])])
+    frame[200:2000] = bytes(1800)  # the codestream zeroed after its headers, cut short, and
+    ends = b"\xff\xd9"  # given its end marker back: the decoder fails on it
+    dataset.PixelData = pydicom.encaps.encapsulate([bytes(frame[: len(frame) // 3]) + ends])
     dataset.save_as(folder / "corrupt-j2k.dcm", enforce_file_format=True)
     whole = write_dicom(folder / "whole.dcm", gray).read_bytes()
     (folder / "cut.dcm").write_bytes(whole[: len(whole) // 2])  # half the pixel data
@@ -202,8 +204,28 @@ def damaged_files(folder, gray) -> dict[str, str]:
     (folder / "bad-value.dcm").write_bytes(
         (folder / "whole.dcm").read_bytes().replace(frames + b"11", frames + b"1A"))
     (folder / "whole.dcm").unlink()
+    for syntax, file in ((uid.JPEGBaseline8Bit, "cut-jpeg.dcm"), (uid.JPEGLosslessSV1, "cut-lossless.dcm")):
+        cut_codestream(compressed(dx_dataset(gray), syntax), 0.1).save_as(
+            folder / file, enforce_file_format=True)
+    cut_short = "pixel data is cut short: the JPEG"
     return {"corrupt-j2k.dcm": "pylibjpeg: ", "cut.dcm": "cannot decode DICOM pixel data",
-            "bad-value.dcm": "cannot decode DICOM pixel data"}
+            "bad-value.dcm": "cannot decode DICOM pixel data", "cut-jpeg.dcm": cut_short,
+            "cut-lossless.dcm": cut_short}
+
+
+def test_a_cut_jpeg_codestream_is_refused_though_libjpeg_decodes_it(xray, tmp_path):
+    """libjpeg fills the rows a cut JPEG frame lacks without a word (pydicom's pylibjpeg
+    plugin returns a whole-looking image): the missing end-of-image marker refuses it."""
+    dataset = cut_codestream(compressed(dx_dataset(xray[1]), uid.JPEGBaseline8Bit), 0.1)
+    assert pydicom.pixels.pixel_array(dataset, decoding_plugin="pylibjpeg").shape == xray[1].shape
+    dataset.save_as(tmp_path / "cut.dcm", enforce_file_format=True)
+    with pytest.raises(pneumocnn.InputError, match=r"cut.dcm: pixel data is cut short"):
+        load_gray(tmp_path / "cut.dcm")
+    whole = compressed(dx_dataset(xray[1]), uid.JPEGBaseline8Bit)
+    whole.PixelData = pydicom.encaps.encapsulate(  # a fragment padded to even length is whole
+        [next(pydicom.encaps.generate_frames(whole.PixelData, number_of_frames=1)) + b"\0"])
+    whole.save_as(tmp_path / "padded.dcm", enforce_file_format=True)
+    assert np.asarray(load_gray(tmp_path / "padded.dcm")).shape == xray[1].shape
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR IS:UserWarning")  # pydicom's, as is

@@ -25,7 +25,7 @@ pytest.importorskip("pynetdicom", reason="the DICOM node needs pip install 'pneu
 
 import pydicom  # noqa: E402
 from conftest import REPO, TINY_INT8, real_images  # noqa: E402
-from dicomfiles import dx_dataset  # noqa: E402
+from dicomfiles import compressed, cut_codestream, dx_dataset  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydicom import uid  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
@@ -71,8 +71,8 @@ def send(port: int, datasets, calling: str = "XRAY1", called: str = "PNEUMOCNN",
     """C-STORE ``datasets`` in one association; the statuses (-1: no answer), or None if it
     was rejected."""
     ae = AE(ae_title=calling)
-    for context in contexts:
-        ae.add_requested_context(context)
+    for context in contexts:  # an SOP class, or (SOP class, transfer syntaxes)
+        ae.add_requested_context(*(context if isinstance(context, tuple) else (context,)))
     association = ae.associate(LOCAL, port, ae_title=called)
     if not association.is_established:
         return None
@@ -197,6 +197,27 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
     assert "invalid or mismatched SOP Instance UID '../../escaped'" in logged
     assert not list(tmp_path.rglob("escaped*"))
     assert "status 0xA900" in logged and f"SOP class {CTImageStorage} sent as" in logged
+
+
+def test_a_cut_jpeg_is_stored_and_listed_as_an_error_with_no_report(tmp_path, tiny):
+    """A JPEG baseline X-ray whose codestream was cut to a tenth (libjpeg would fill the rest):
+    acknowledged and kept, listed with the reason, never scored and given no SR."""
+    cut = cut_codestream(compressed(xray("PNEUMONIA", 0), uid.JPEGBaseline8Bit), 0.1)
+    whole = compressed(xray("NORMAL", 1), uid.JPEGBaseline8Bit)
+    contexts = [(DigitalXRayImageStorageForPresentation, [uid.JPEGBaseline8Bit])]
+    with node(tmp_path / "node", tiny) as scp:
+        assert send(scp.port, [cut, whole], contexts=contexts) == [0, 0]
+        assert scp.wait_idle(60)
+    listed = {row["SOPInstanceUID"]: row for row in rows(tmp_path / "node")}
+    refused = listed[cut.SOPInstanceUID]
+    assert not refused["label"] and not refused["probability"]
+    assert "pixel data is cut short" in refused["error"]
+    assert refused["file"].endswith(f"{cut.SOPInstanceUID}.dcm")
+    assert listed[whole.SOPInstanceUID]["label"] == "NORMAL"
+    reports = [pydicom.dcmread(path) for path in (tmp_path / "node" / "results").iterdir()]
+    referenced = [report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+                  .ReferencedSOPSequence[0].ReferencedSOPInstanceUID for report in reports]
+    assert referenced == [whole.SOPInstanceUID]
 
 
 def test_associations_beyond_the_limit_are_rejected(tmp_path, tiny, caplog):

@@ -44,6 +44,8 @@ INSTALL = "pip install 'pneumocnn[dicom]'"
 # group; no image format pneumocnn reads starts like that
 _BARE_STARTS = (b"\x02\x00", b"\x08\x00")
 _BARE_BIG_ENDIAN_START = b"\x00\x08"
+# JPEG's EOI and JPEG 2000's EOC marker: the last two bytes of every whole codestream
+_END_OF_IMAGE = b"\xff\xd9"
 # the loggers of pydicom and its decoder plugins (top-level names)
 _LIBRARIES = frozenset({"pydicom", "pylibjpeg", "libjpeg", "openjpeg", "rle", "jpeg_ls"})
 
@@ -238,8 +240,10 @@ def _stored_pixels(dataset, name: str) -> np.ndarray:
         if not available:
             raise InputError(name, f"pixel data is compressed ({syntax.name}) and no installed "
                                    f"decoder handles it: {INSTALL}")
-    pixels = dataset.pixel_array
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if _frames_end_with_a_marker(syntax):
+        _check_first_frame_whole(dataset, frames, name)
+    pixels = dataset.pixel_array
     if frames > 1:
         pixels = pixels[0]
     if int(dataset.get("SamplesPerPixel", 1)) == 3:
@@ -248,6 +252,29 @@ def _stored_pixels(dataset, name: str) -> np.ndarray:
     if pixels.ndim != 2 or pixels.size == 0:
         raise InputError(name, f"DICOM pixel array of shape {pixels.shape} is not one 2-D image")
     return pixels
+
+
+def _frames_end_with_a_marker(syntax) -> bool:
+    """True for the JPEG, JPEG-LS and JPEG 2000 transfer syntaxes, whose codestreams end with
+    an end marker (RLE's have none: its decoder checks segment lengths itself)."""
+    from pydicom import uid
+
+    return syntax in (*uid.JPEGTransferSyntaxes, *uid.JPEGLSTransferSyntaxes,
+                      *uid.JPEG2000TransferSyntaxes)
+
+
+def _check_first_frame_whole(dataset, frames: int, name: str) -> None:
+    """Refuse a JPEG-family frame (JPEG baseline, extended, lossless, JPEG-LS, JPEG 2000) that
+    does not end with its end-of-image marker: a cut codestream. Some decoders (libjpeg among
+    them) fill what is missing without a word, and a partial X-ray must never be scored."""
+    from pydicom.encaps import generate_frames
+
+    syntax = dataset.file_meta.TransferSyntaxUID
+    frame = next(generate_frames(dataset.PixelData, number_of_frames=frames), b"")
+    # fragments are padded to even length, by some encoders with 0xFF (a JPEG fill byte)
+    if not frame.rstrip(b"\x00\xff").endswith(_END_OF_IMAGE):
+        raise InputError(name, f"pixel data is cut short: the {syntax.name} codestream of the "
+                               "first frame has no end-of-image marker (damaged or truncated file)")
 
 
 def _display(stored: np.ndarray, dataset, name: str) -> np.ndarray:
