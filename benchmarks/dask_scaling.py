@@ -84,7 +84,7 @@ if mode == "one file at a time":
 elif mode == "predict":
     predictions = load(model_file).predict_iter(manifest)
 else:
-    from pneumocnn.runtime.distributed import predict_on_dask
+    from pneumocnn.clinic.dask_scoring import predict_on_dask
     predictions = predict_on_dask(manifest, model_file, cluster=mode)
 arrived = []
 failed = 0

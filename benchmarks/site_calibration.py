@@ -12,11 +12,11 @@ subset of the pneumonias, drawn anew for each draw). For each site and each of `
 images are "the rest", where the figures are measured:
 
 - before: the model's own calibration and threshold;
-- labelled: :func:`pneumocnn.runtime.site.fit_labelled` on the calibration images for
+- labelled: :func:`pneumocnn.clinic.site_calibration.fit_labelled` on the calibration images for
   sensitivity >= 0.97, the same computation as ``pneumocnn calibrate``; also the
   cross-validated estimate ``calibrate`` would report, and whether its interval held the figure
   then measured on the rest;
-- unlabelled: :func:`pneumocnn.runtime.site.fit_unlabelled` on the same images without labels.
+- unlabelled: :func:`pneumocnn.clinic.site_calibration.fit_unlabelled` on the same images without labels.
 
 Each image is decoded once; each altered image is scored once by the model's raw output, and
 every draw reuses those scores (the calibration is applied to them as ``predict`` applies it).
@@ -40,11 +40,7 @@ import numpy as np
 from benchmarks import BUNDLED_MODELS, BUNDLED_RUN, REPO, RESULTS, SHARED_DATA
 from benchmarks.report import cpu_features, cpu_name
 from benchmarks.shifts import SHIFTS
-from pneumocnn.core.folders import patient_folds
-from pneumocnn.core.metrics import binary_metrics, expected_calibration_error
-from pneumocnn.core.preprocessing import load_gray
-from pneumocnn.runtime.model import load
-from pneumocnn.runtime.site import (
+from pneumocnn.clinic.site_calibration import (
     FOLDS,
     SEED,
     calibration_prior,
@@ -53,6 +49,10 @@ from pneumocnn.runtime.site import (
     required_images,
     site_figures,
 )
+from pneumocnn.core.folders import patient_folds
+from pneumocnn.core.metrics import binary_metrics, expected_calibration_error
+from pneumocnn.core.preprocessing import load_gray
+from pneumocnn.runtime.model import load
 from pneumocnn.training.settings import saved_config
 from pneumocnn.training.splits import split
 

@@ -10,7 +10,7 @@ already scored files are skipped.
 import sys
 from pathlib import Path
 
-from pneumocnn.runtime.triage import triage
+from pneumocnn.clinic.triage import triage
 
 folder = sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "xrays"
 out = sys.argv[2] if len(sys.argv) > 2 else "triage-report"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0.dev0"
 
+from pneumocnn.clinic.site_calibration import SiteCalibration, calibrate
 from pneumocnn.core.errors import (
     DatasetError,
     InputError,
@@ -23,7 +24,6 @@ from pneumocnn.core.errors import (
 )
 from pneumocnn.runtime.evaluation import evaluate
 from pneumocnn.runtime.model import Model, Prediction, load, predict
-from pneumocnn.runtime.site import SiteCalibration, calibrate
 
 if TYPE_CHECKING:
     from pneumocnn.training.trainer import TrainingResult

@@ -6,7 +6,7 @@ the input guard held back (DICOM tags that say the image is not a frontal chest 
 scores them); 2 usage error, including a model or data folder that cannot be used.
 ``predict --csv FILE --resume`` continues an interrupted run: inputs already in FILE are
 skipped, new rows are appended. ``predict --dask CLUSTER`` scores on a Dask cluster
-(:mod:`pneumocnn.runtime.distributed`, imported only then). JSON output is strict: ``null``
+(:mod:`pneumocnn.clinic.dask_scoring`, imported only then). JSON output is strict: ``null``
 where a number is undefined. What pydicom and its decoders log or warn about a file never
 reaches stderr: each input that could not be scored gets one line of pneumocnn's own.
 """
@@ -294,7 +294,7 @@ def _predict(args) -> int:
     if args.dask is None and args.partition_size is not None:
         raise ValueError("--partition-size needs --dask")
     if args.dask is not None:
-        from pneumocnn.runtime.distributed import PARTITION_SIZE, predict_on_dask
+        from pneumocnn.clinic.dask_scoring import PARTITION_SIZE, predict_on_dask
 
         # Dask logs its cluster's comings and goings at INFO: only with --verbose
         logging.getLogger("distributed").setLevel(logging.INFO if args.verbose else logging.WARNING)
@@ -349,7 +349,7 @@ def _evaluate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from pneumocnn.runtime.site import calibrate
+    from pneumocnn.clinic.site_calibration import calibrate
 
     result = calibrate(args.model, args.folder, args.out,
                        target_sensitivity=args.target_sensitivity, unlabelled=args.unlabelled,
@@ -376,7 +376,7 @@ def _explain(args) -> int:
 
 
 def _triage(args) -> int:
-    from pneumocnn.runtime.triage import triage
+    from pneumocnn.clinic.triage import triage
 
     worklist = triage(args.folder, args.out, _load(args), heatmaps=args.heatmaps,
                       guard=args.guard, progress=False if args.no_progress else None)
@@ -386,7 +386,7 @@ def _triage(args) -> int:
 
 
 def _listen(args) -> int:
-    from pneumocnn.runtime.node import serve, tls_context
+    from pneumocnn.clinic.node import serve, tls_context
 
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
         raise ValueError("--tls-cert and --tls-key go together (--tls-ca with them)")
@@ -401,7 +401,7 @@ def _listen(args) -> int:
 
 
 def _info(args) -> int:
-    from pneumocnn.runtime.site import describe
+    from pneumocnn.clinic.site_calibration import describe
 
     model = _load(args)
     print(model)

@@ -1,4 +1,4 @@
-"""pneumocnn.runtime.distributed and ``predict --dask``: real LocalClusters of worker processes
+"""pneumocnn.clinic.dask_scoring and ``predict --dask``: real LocalClusters of worker processes
 scoring the real X-rays of tests/data into the CSV single-process ``predict`` writes; resume,
 manifests, a worker killed mid-run, a file that kills its worker, and Dask absent."""
 
@@ -138,7 +138,7 @@ def test_manifest_entries_naming_a_folder_or_a_manifest_get_the_same_error_rows(
                                                                                   tmp_path):
     """A worker scores each entry as one file, as ``predict`` does without Dask: a folder or
     a manifest listed in a manifest is an error row, not expanded."""
-    from pneumocnn.runtime.distributed import predict_on_dask
+    from pneumocnn.clinic.dask_scoring import predict_on_dask
 
     shutil.copy(real_images("NORMAL", 1)[0], tmp_path / "a.jpeg")
     (tmp_path / "sub").mkdir()
@@ -199,13 +199,13 @@ def test_a_file_that_kills_its_worker_gets_an_error_row(client, tmp_path):
     scores. One task in flight, so that no other file shares the poisoned worker."""
     import distributed
 
-    from pneumocnn.runtime.distributed import KILLED, predict_on_dask
+    from pneumocnn.clinic.dask_scoring import KILLED, predict_on_dask
 
     class Poison(distributed.WorkerPlugin):
         name = "pneumocnn-test-poison"
 
         def setup(self, worker):
-            import pneumocnn.runtime.distributed as scoring
+            import pneumocnn.clinic.dask_scoring as scoring
 
             self.original = original = scoring.load_pixels
 
@@ -217,7 +217,7 @@ def test_a_file_that_kills_its_worker_gets_an_error_row(client, tmp_path):
             scoring.load_pixels = load_pixels
 
         def teardown(self, worker):
-            import pneumocnn.runtime.distributed as scoring
+            import pneumocnn.clinic.dask_scoring as scoring
 
             scoring.load_pixels = self.original
 
@@ -245,7 +245,7 @@ def test_a_file_that_kills_its_worker_gets_an_error_row(client, tmp_path):
 
 
 def test_in_memory_inputs_and_bad_options(client):
-    from pneumocnn.runtime.distributed import predict_on_dask
+    from pneumocnn.clinic.dask_scoring import predict_on_dask
 
     image = real_images("NORMAL", 1)[0]
     rows = list(predict_on_dask([image.read_bytes(), image], TINY_INT8, cluster=client))

@@ -1,6 +1,7 @@
-"""The import contract of the house: core imports neither wing, the runtime never imports the
-training wing, TensorFlow is imported only where a rule below names it, and Dask only by the
-one module that scores on it (itself imported only on the ``--dask`` path).
+"""The import contract of the house: core imports no other wing, the runtime never imports the
+training wing or the clinic services, the clinic services never import the training wing,
+TensorFlow is imported only where a rule below names it, and Dask only by the one module that
+scores on it (itself imported only on the ``--dask`` path).
 
 Read from the source with ``ast``, so a forbidden import fails here even on a code path no
 other test runs.
@@ -19,7 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "pneumocnn"
 HEAVY = ("tensorflow", "keras", "tf_keras")
 DASK = ("dask", "distributed")
-DASK_MODULE = "runtime/distributed.py"  # the only importer of Dask (pneumocnn[dask])
+DASK_MODULE = "clinic/dask_scoring.py"  # the only importer of Dask (pneumocnn[dask])
 
 # The only places outside the training wing where TensorFlow or Keras may be imported, each
 # inside a function so that it happens only on that path: the model-file schema and the
@@ -62,25 +63,33 @@ def _is(module: str, *prefixes: str) -> bool:
 
 
 def test_the_three_wings_exist_and_hold_modules():
-    for wing in ("core", "runtime", "training"):
+    for wing in ("core", "runtime", "clinic", "training"):
         assert len(_modules(wing)) > 2, wing
     assert not [p.name for p in PACKAGE.glob("*.py")
                 if p.name not in ("__init__.py", "__main__.py", "cli.py")]
 
 
 @pytest.mark.parametrize("path", _modules("core"), ids=lambda p: p.name)
-def test_core_imports_neither_wing(path):
-    wrong = [m for m, _ in _imports(path) if _is(m, "pneumocnn.runtime", "pneumocnn.training")]
+def test_core_imports_no_other_wing(path):
+    wrong = [m for m, _ in _imports(path)
+             if _is(m, "pneumocnn.runtime", "pneumocnn.clinic", "pneumocnn.training")]
     assert not wrong, f"{path.name} imports {wrong}"
 
 
 @pytest.mark.parametrize("path", _modules("runtime"), ids=lambda p: p.name)
-def test_runtime_never_imports_training(path):
+def test_runtime_never_imports_training_or_the_clinic(path):
+    wrong = [m for m, _ in _imports(path) if _is(m, "pneumocnn.training", "pneumocnn.clinic")]
+    assert not wrong, f"{path.name} imports {wrong}"
+
+
+@pytest.mark.parametrize("path", _modules("clinic"), ids=lambda p: p.name)
+def test_clinic_never_imports_training(path):
     wrong = [m for m, _ in _imports(path) if _is(m, "pneumocnn.training")]
     assert not wrong, f"{path.name} imports {wrong}"
 
 
-@pytest.mark.parametrize("path", _modules("core") + _modules("runtime") + [PACKAGE / "__init__.py"],
+@pytest.mark.parametrize("path", _modules("core") + _modules("runtime") + _modules("clinic")
+                         + [PACKAGE / "__init__.py"],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_tensorflow_only_where_the_contract_allows_it(path):
     name = f"{path.parent.name}/{path.name}"
@@ -95,8 +104,8 @@ def test_dask_only_in_its_module_and_that_module_only_on_the_dask_path(path):
     name = str(path.relative_to(PACKAGE))
     if name != DASK_MODULE:
         assert not [m for m, _ in _imports(path) if _is(m, *DASK)], f"{name} imports Dask"
-    lazily = [scope for m, scope in _imports(path) if _is(m, "pneumocnn.runtime.distributed")]
-    assert None not in lazily, f"{name} imports pneumocnn.runtime.distributed at module level"
+    lazily = [scope for m, scope in _imports(path) if _is(m, "pneumocnn.clinic.dask_scoring")]
+    assert None not in lazily, f"{name} imports pneumocnn.clinic.dask_scoring at module level"
 
 
 def test_core_runs_no_interpreter():

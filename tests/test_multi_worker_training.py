@@ -1,4 +1,4 @@
-"""pneumocnn.training.distribute: a run trained by two worker processes under
+"""pneumocnn.training.multi_worker: a run trained by two worker processes under
 MultiWorkerMirroredStrategy (TF_CONFIG on localhost ports), against the same run in one
 process."""
 

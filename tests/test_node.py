@@ -1,4 +1,4 @@
-"""pneumocnn.runtime.node: the DICOM node, driven by real pynetdicom SCUs in the test process
+"""pneumocnn.clinic.node: the DICOM node, driven by real pynetdicom SCUs in the test process
 sending DICOM files made from the real X-rays in tests/data, to nodes on free localhost ports
 (the shipped tiny int8 model; no TensorFlow)."""
 
@@ -38,9 +38,9 @@ from pynetdicom.sop_class import (  # noqa: E402
 )
 
 import pneumocnn  # noqa: E402
-from pneumocnn.runtime import structured_report  # noqa: E402
-from pneumocnn.runtime.forward import Destination  # noqa: E402
-from pneumocnn.runtime.node import Node  # noqa: E402
+from pneumocnn.clinic import structured_report  # noqa: E402
+from pneumocnn.clinic.forward import Destination  # noqa: E402
+from pneumocnn.clinic.node import Node  # noqa: E402
 
 LOCAL = "127.0.0.1"
 CONTEXTS = (DigitalXRayImageStorageForPresentation, ComputedRadiographyImageStorage)
@@ -243,7 +243,7 @@ def test_tls_only(tmp_path, tiny):
     certificate stores; a sender without TLS does not get an association."""
     import ssl
 
-    from pneumocnn.runtime.node import tls_context
+    from pneumocnn.clinic.node import tls_context
 
     cert, key = tmp_path / "node.pem", tmp_path / "node.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -359,7 +359,7 @@ def test_destination_is_parsed_or_refused():
 _BLOCKING_NODE = """
 import sys, time
 from pathlib import Path
-from pneumocnn.runtime import node, triage
+from pneumocnn.clinic import node, triage
 scored = triage.score
 def score(*args, **kwargs):
     while Path(sys.argv[3]).exists():
@@ -396,7 +396,7 @@ def test_kill_9_before_scoring_and_a_restart_scores_each_object_once(tmp_path, t
     assert len(rows(out, "scores.csv")) == 1
     assert len(list((out / "received").glob("*.dcm"))) == 3
 
-    from pneumocnn.runtime import triage
+    from pneumocnn.clinic import triage
 
     scored, calls = triage.score, []
     monkeypatch.setattr(triage, "score", lambda *a, **k: calls.append(a[2]) or scored(*a, **k))
@@ -454,7 +454,7 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path, tiny):
     that is killed with SIGKILL mid-stream, then restarted in this one: every X-ray the node
     acknowledged is listed once, and scores.csv holds each stored object once."""
     out = tmp_path / "node"
-    code = ("import sys; from pneumocnn.runtime.node import Node; import time; "
+    code = ("import sys; from pneumocnn.clinic.node import Node; import time; "
             "n = Node(sys.argv[1], sys.argv[2], port=0, host='127.0.0.1', heatmaps=False).start(); "
             "print(n.port, flush=True); time.sleep(3600)")
     process = subprocess.Popen([sys.executable, "-c", code, str(out), str(TINY_INT8)],

@@ -1,4 +1,4 @@
-"""pneumocnn.runtime.site: site calibration, labelled and unlabelled, on "sites" made of the real
+"""pneumocnn.clinic.site_calibration: site calibration, labelled and unlabelled, on "sites" made of the real
 X-rays in tests/data, altered as acquisition at another site alters them and mixed at another
 pneumonia share than the training data's (0.742), written as real files; and the command line.
 
@@ -21,15 +21,15 @@ from PIL import Image, ImageFilter
 
 import pneumocnn
 from pneumocnn.cli import main
-from pneumocnn.core.errors import DatasetError, ModelFileError
-from pneumocnn.core.modelfile import ModelDescription
-from pneumocnn.runtime.model import bundled_models
-from pneumocnn.runtime.site import (
+from pneumocnn.clinic.site_calibration import (
     calibration_prior,
     describe,
     fit_unlabelled,
     required_images,
 )
+from pneumocnn.core.errors import DatasetError, ModelFileError
+from pneumocnn.core.modelfile import ModelDescription
+from pneumocnn.runtime.model import bundled_models
 
 HOME_SHARE = 388 / (135 + 388)  # the bundled model's validation split, where it was calibrated
 

@@ -1,4 +1,4 @@
-"""pneumocnn.runtime.triage: the worklist (sorted, resumable, failures apart) and its
+"""pneumocnn.clinic.triage: the worklist (sorted, resumable, failures apart) and its
 report, rendered in a real browser."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def test_triage_worklist_sorted_resumable_with_errors_apart(tmp_path):
     pytest.importorskip("pydicom")  # a DICOM study is on the worklist
     from test_dicom import write_dicom
 
-    from pneumocnn.runtime.triage import triage
+    from pneumocnn.clinic.triage import triage
 
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -56,7 +56,7 @@ def test_triage_worklist_sorted_resumable_with_errors_apart(tmp_path):
 
 
 def test_triage_resumes_after_a_row_cut_in_half(tmp_path):
-    from pneumocnn.runtime.triage import triage
+    from pneumocnn.clinic.triage import triage
 
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -114,7 +114,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def test_report_renders_in_a_real_browser(tmp_path):
     import subprocess
 
-    from pneumocnn.runtime.triage import triage
+    from pneumocnn.clinic.triage import triage
 
     examples = Path(__file__).resolve().parents[1] / "examples" / "xrays"
     worklist = triage(examples, tmp_path / "report", heatmaps=True)

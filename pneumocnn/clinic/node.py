@@ -7,11 +7,11 @@ X-Ray (for presentation) images by C-STORE and, in the folder ``out``:
   to disk (file and folder) **before** the C-STORE is answered with success, so that an object
   the sender believes delivered survives a crash;
 - ``scores.csv``, ``worklist.csv``, ``report.html``, ``images/``: the triage worklist
-  (:mod:`pneumocnn.runtime.triage`), a row per object, scored in a worker thread (never in the
+  (:mod:`pneumocnn.clinic.triage`), a row per object, scored in a worker thread (never in the
   association's thread); the worklist and report are rewritten whenever the queue empties;
 - ``results/REPORT_UID.dcm``: a DICOM Structured Report per X-ray scored
-  (:mod:`pneumocnn.runtime.structured_report`), and with ``forward`` a marker in ``outbox/``
-  until the PACS has stored it (:mod:`pneumocnn.runtime.forward`).
+  (:mod:`pneumocnn.clinic.structured_report`), and with ``forward`` a marker in ``outbox/``
+  until the PACS has stored it (:mod:`pneumocnn.clinic.forward`).
 
 The journal is the folder itself: an object is stored when its file is in ``received/``, and
 scored when its row is in ``scores.csv`` (appended and flushed after its report was written).
@@ -41,9 +41,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from pneumocnn.clinic import structured_report, triage
+from pneumocnn.clinic.forward import Destination, Forwarder, pynetdicom
 from pneumocnn.core.files import exclusive_lock, remove_temporaries, write_durably
-from pneumocnn.runtime import structured_report, triage
-from pneumocnn.runtime.forward import Destination, Forwarder, pynetdicom
 from pneumocnn.runtime.model import Model, load
 
 LOG = logging.getLogger("pneumocnn.node")
@@ -61,7 +61,7 @@ class Node:
 
     ``model``: a :class:`Model`, a model path, or None for the bundled model. ``allow``: the
     calling AE titles that may store (None: any). ``forward``: ``AE@HOST:PORT`` (or a
-    :class:`~pneumocnn.runtime.forward.Destination`) to send each report to. ``tls``: a server
+    :class:`~pneumocnn.clinic.forward.Destination`) to send each report to. ``tls``: a server
     SSL context (see :func:`tls_context`); ``forward_tls`` a client SSL context for the
     forward. ``port=0`` takes a free port (see :attr:`port`).
     """

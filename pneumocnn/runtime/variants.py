@@ -128,7 +128,7 @@ def _candidates(folder: Path) -> dict[str, _Candidate]:
 def _model_of(description: ModelDescription) -> tuple:
     """What variants of one model share: labels, preprocessing, threshold and calibration; or,
     for files calibrated to a site together (each variant on its own outputs, see
-    :mod:`pneumocnn.runtime.site`), labels, preprocessing and that calibration's id."""
+    :mod:`pneumocnn.clinic.site_calibration`), labels, preprocessing and that calibration's id."""
     site = description.info.get("site_calibration")
     if isinstance(site, dict) and "id" in site:
         return description.labels, description.preprocessing, site["id"]

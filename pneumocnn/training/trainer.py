@@ -33,7 +33,7 @@ from pneumocnn.training.calibration import TrainedRun, describe, recalibrate_bat
 from pneumocnn.training.checkpoints import Checkpoints, open_run
 from pneumocnn.training.data import DecodedImages, decode_all, make_dataset
 from pneumocnn.training.distillation import load_teachers, record_teachers, with_teacher_targets
-from pneumocnn.training.distribute import (
+from pneumocnn.training.multi_worker import (
     Cluster,
     check_batch,
     fit_epoch,
@@ -85,7 +85,7 @@ def train(
     in ``out`` from its last complete checkpoint, with the settings saved there. ``verbose``
     is Keras's: ``"auto"``/1 a progress bar, 2 one line per epoch, 0 silent. ``strategy``
     (``"auto"``, ``"mirrored"``, ``"none"``) says where to train, see
-    :mod:`pneumocnn.training.distribute`; ``batch_size`` is the global batch.
+    :mod:`pneumocnn.training.multi_worker`; ``batch_size`` is the global batch.
     """
     run_dir = Path(out)
     config = make_config(recipe, **settings)
