@@ -5,7 +5,7 @@ Latency does not depend on the weights, so each candidate is built untrained, ex
 pneumocnn exports a trained model (:func:`pneumocnn.training.export.to_tflite`: one input
 channel, int8 with a float head calibrated on random images) and timed through pneumocnn's own
 backend, batch 1, in interleaved rounds after warm-up, at 1 thread and all cores. It says which
-changes are worth an accuracy study on this CPU class (``python -m benchmarks.study`` decides
+changes are worth an accuracy study on this CPU class (``python -m studies.study`` decides
 whether they keep accuracy); it claims nothing about accuracy itself.
 """
 

@@ -200,7 +200,7 @@ def test_default_rows_load_the_bundled_folder_only_when_it_holds_the_runs_own_fi
 def test_every_simulated_shift_changes_a_real_xray_and_keeps_it_gray():
     from PIL import Image
 
-    from benchmarks.shifts import SHIFTS
+    from studies.shifts import SHIFTS
 
     xray = Image.open(real_images("NORMAL", 1)[0]).convert("L")
     for name, shift in SHIFTS.items():
@@ -216,13 +216,13 @@ def test_study_scores_runs_and_tabulates_folds(tiny_run, tiny_data, tmp_path):
     import json
     import shutil
 
-    from benchmarks.study import BY_NAME, main, score_run
+    from studies.study import BY_NAME, main, score_run
 
     for fold in (0, 1):
         shutil.copytree(tiny_run.run_dir, tmp_path / "runs" / "small-bn" / f"fold-{fold}",
                         ignore=shutil.ignore_patterns("cache", "checkpoints", ".lock"))
     scores = score_run(tmp_path / "runs" / "small-bn" / "fold-0", tiny_data)
-    assert set(scores["shifts"]) == set(__import__("benchmarks.shifts").shifts.SHIFTS)
+    assert set(scores["shifts"]) == set(__import__("studies.shifts").shifts.SHIFTS)
     assert scores["official_val"] is None  # tiny_data has no val folder
     validation = scores["validation"]["at_model_threshold"]
     assert validation["n"] == tiny_run.metrics["validation"]["n"]
@@ -244,7 +244,7 @@ def test_study_scores_runs_and_tabulates_folds(tiny_run, tiny_data, tmp_path):
 @pytest.mark.training
 def test_robustness_tables_runs_and_the_ensemble_of_the_chosen_ones(tiny_run, tiny_data, tmp_path):
     """Two runs on one split, no TTA rows, an ensemble row of the runs named by --ensemble."""
-    from benchmarks.robustness import main
+    from studies.robustness import main
 
     runs = [tmp_path / name for name in ("a", "b")]
     for run in runs:
@@ -270,7 +270,7 @@ def test_robustness_tables_runs_and_the_ensemble_of_the_chosen_ones(tiny_run, ti
 
 
 def test_recipes_are_compared_by_their_seeds_mean_auc_with_a_patient_interval():
-    from benchmarks.robustness import Row, compare_recipes, recipe_table
+    from studies.robustness import Row, compare_recipes, recipe_table
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 100)
@@ -294,8 +294,8 @@ def test_recipes_are_compared_by_their_seeds_mean_auc_with_a_patient_interval():
 def test_the_default_recipe_is_the_studys_chosen_configuration():
     import dataclasses
 
-    from benchmarks.study import BY_NAME, CHOSEN, study_settings
     from pneumocnn.training.trainer import TrainingConfig, make_config
+    from studies.study import BY_NAME, CHOSEN, study_settings
 
     studied = make_config("seed", **study_settings(BY_NAME[CHOSEN], fold=0))
     assert dataclasses.replace(studied, fold=None) == TrainingConfig()
@@ -325,10 +325,10 @@ def test_candidate_architectures_export_as_pneumocnn_would_and_are_tabled(tmp_pa
 
 
 def test_site_calibration_draws_whole_patients_at_the_sites_share():
-    """benchmarks.site_calibration: a draw keeps every normal, thins the pneumonias to the share
+    """studies.site_calibration: a draw keeps every normal, thins the pneumonias to the share
     0.625, and splits the site by whole patients into at most 100 calibration images and the
     rest."""
-    from benchmarks.site_calibration import SHARE, draw
+    from studies.site_calibration import SHARE, draw
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.zeros(135, int), np.ones(388, int)]

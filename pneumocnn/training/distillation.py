@@ -3,7 +3,7 @@
 Each training batch is augmented once; every teacher scores that same augmented batch and the
 student learns their mean probability instead of the label ("function matching": Hinton et
 al. 2015, Beyer et al. 2022): an attempt to fold an ensemble's ranking into one model of one
-model's size and latency (whether it does is for ``benchmarks.robustness`` to say). Teachers
+model's size and latency (whether it does is for ``studies.robustness`` to say). Teachers
 are ``.keras`` files that pneumocnn wrote: their embedded description must declare the
 student's preprocessing, so that both see the same input.
 """

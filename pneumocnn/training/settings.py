@@ -37,7 +37,7 @@ class CompileDefaults(Protocol):
 @dataclass(frozen=True)
 class TrainingConfig:
     """Every setting of a run; saved as ``config.json`` and reused by ``resume``. The defaults
-    are the bundled model's recipe, chosen by the accuracy study (``benchmarks/study.py``)."""
+    are the bundled model's recipe, chosen by the accuracy study (``studies/study.py``)."""
 
     architecture: str = "small-bn"
     output: str | None = None  # "sigmoid" or "softmax"; None: the architecture's own

@@ -1,11 +1,11 @@
-"""``python -m benchmarks.site_calibration``: does site calibration meet issue 14's goal, "on a
+"""``python -m studies.site_calibration``: does site calibration meet issue 14's goal, "on a
 new site calibrated with 100 of its labelled images: sensitivity >= 0.95, specificity >= 0.90
 and ECE <= 0.03 on the rest of its images"?
 
 No other site's X-rays are in the project (the official test split is kept out on purpose), so
 sites are **simulated**: the bundled model's own validation images (the patient split of its run,
 ``benchmarks/bundled-run``, recomputed from its ``config.json``; images it was not trained on,
-from its training centre), altered by each acquisition shift of :mod:`benchmarks.shifts` (and
+from its training centre), altered by each acquisition shift of :mod:`studies.shifts` (and
 unaltered), with the pneumonia share resampled to the hold-out's 0.625 (every normal, a random
 subset of the pneumonias, drawn anew for each draw). For each site and each of ``--draws`` draws,
 ``--size`` images of whole patients are the site's calibration images and the other patients'
@@ -37,9 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import BUNDLED_MODELS, BUNDLED_RUN, REPO, RESULTS, SHARED_DATA
+from benchmarks import BUNDLED_MODELS, BUNDLED_RUN, REPO, SHARED_DATA
 from benchmarks.report import cpu_features, cpu_name
-from benchmarks.shifts import SHIFTS
 from pneumocnn.clinic.site_calibration import (
     FOLDS,
     SEED,
@@ -55,6 +54,8 @@ from pneumocnn.core.preprocessing import load_gray
 from pneumocnn.runtime.model import load
 from pneumocnn.training.settings import saved_config
 from pneumocnn.training.splits import split
+from studies import RESULTS
+from studies.shifts import SHIFTS
 
 SHARE = 0.625  # the official test split's pneumonia share (the training data's: 0.743)
 TARGET = 0.97
@@ -214,7 +215,7 @@ def markdown(results: dict, command: str, date: str, machine: dict) -> str:
         f"**Simulated sites, not another site's data.** The bundled model "
         f"(`{results['model']}`) on its own {results['images']} validation images "
         f"({counts}; {results['patients']} patients; its training centre, images it "
-        f"was not trained on), altered by each acquisition shift of `benchmarks/shifts.py`, with "
+        f"was not trained on), altered by each acquisition shift of `studies/shifts.py`, with "
         f"the pneumonia share resampled to {results['share']} (every normal, pneumonias drawn "
         f"at random; the model's calibration assumed {results['prior_before']:.3f}). "
         f"{results['draws']} draws per site: {results['calibration_images']} images of whole "
@@ -269,7 +270,7 @@ def markdown(results: dict, command: str, date: str, machine: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.site_calibration",
+    parser = argparse.ArgumentParser(prog="python -m studies.site_calibration",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "chest_xray",
                         help="the data set the bundled run was trained on (default: %(default)s)")
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=100, help="calibration images per draw")
     parser.add_argument("--out", type=Path, default=RESULTS / "site-calibration")
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.site_calibration" + "".join(
+    command = "python -m studies.site_calibration" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     machine = {"cpu": cpu_name(), "cpu_features": cpu_features(), "platform": platform.platform(),

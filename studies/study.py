@@ -1,16 +1,16 @@
-"""``python -m benchmarks.study``: the accuracy study — every configuration tried, on
+"""``python -m studies.study``: the accuracy study — every configuration tried, on
 patient-level folds of the training data, with the seed's own ablation beside the report's
 figures.
 
 Each (configuration, fold) is an ordinary training run in ``RUNS/<name>/fold-<k>`` (checkpointed
 every epoch, so an interrupted study resumes where it stopped). A finished run is scored on its
-validation fold — as trained, and under simulated acquisition shifts (:mod:`benchmarks.shifts`)
+validation fold — as trained, and under simulated acquisition shifts (:mod:`studies.shifts`)
 — and on the official 16-image ``val`` folder; the scores go to ``scores.json`` in the run
-folder. The table over all runs is written to ``benchmarks/results/study/results.{md,json}``.
+folder. The table over all runs is written to ``studies/results/study/results.{md,json}``.
 
-    python -m benchmarks.study                       # train what is missing, then tabulate
-    python -m benchmarks.study --only small-bn-eq --folds 0 1 2 3 4
-    python -m benchmarks.study --report              # score finished runs, tabulate; no training
+    python -m studies.study                       # train what is missing, then tabulate
+    python -m studies.study --only small-bn-eq --folds 0 1 2 3 4
+    python -m studies.study --report              # score finished runs, tabulate; no training
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import REPO, RESULTS, SHARED_DATA  # noqa: E402
-from benchmarks.shifts import score_model  # noqa: E402
-from benchmarks.study_report import write_report  # noqa: E402
+from benchmarks import REPO, SHARED_DATA  # noqa: E402
 from pneumocnn.core.files import write_text  # noqa: E402
 from pneumocnn.training.trainer import train  # noqa: E402
+from studies import RESULTS  # noqa: E402
+from studies.shifts import score_model  # noqa: E402
+from studies.study_report import write_report  # noqa: E402
 
 log = logging.getLogger("pneumocnn")
 
@@ -169,7 +170,7 @@ def score_run(folder: Path, data: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.study", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.study", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "chest_xray")
     parser.add_argument("--runs", type=Path, default=REPO.parent / "runs" / "study",
                         help="folder of the study's training runs (default: %(default)s)")

@@ -2,7 +2,7 @@
 the decision not to ship an image-level out-of-distribution check (the input guard reads DICOM
 tags only).
 
-``python -m benchmarks.ood [--data FOLDER]`` computes seven statistics of each image (on a
+``python -m studies.ood [--data FOLDER]`` computes seven statistics of each image (on a
 128 x 128 view): colourfulness (Hasler and Suesstrunk), mean, standard deviation, left-right
 symmetry, edge density (mean absolute gradient over the standard deviation), the brightness of
 the mediastinum against the lung fields, and histogram entropy; then applies a candidate rule

@@ -1,9 +1,9 @@
-"""``python -m benchmarks.robustness RUN [RUN ...]``: candidate models beside the bundled one
+"""``python -m studies.robustness RUN [RUN ...]``: candidate models beside the bundled one
 under every simulated acquisition shift and under a prevalence shift, on the same validation
 images, with what can be done at test time alone.
 
 Each RUN is a finished training run folder; its int8 model is scored on the run's own
-validation split, as it is and under each shift of :mod:`benchmarks.shifts`. Runs are compared
+validation split, as it is and under each shift of :mod:`studies.shifts`. Runs are compared
 only when they validate on the same images, so rows differ by the model alone. Beside each run's own row:
 
 - *+ test-time margin crop* (runs trained without it): the margin crop of
@@ -22,10 +22,10 @@ Rows that average probabilities choose their threshold again on the clean valida
 (sensitivity >= 0.97), as training does. The issue's goal under each alteration is sensitivity
 >= 0.95 with specificity >= 0.85; the table marks the cells that miss it.
 
-    python -m benchmarks.robustness benchmarks/bundled-run runs/margins-sharpness
-    python -m benchmarks.robustness benchmarks/bundled-run runs/t0 runs/t1 runs/t2 runs/student \\
+    python -m studies.robustness benchmarks/bundled-run runs/margins-sharpness
+    python -m studies.robustness benchmarks/bundled-run runs/t0 runs/t1 runs/t2 runs/student \\
         --no-tta --ensemble runs/t0 runs/t1 runs/t2
-    python -m benchmarks.robustness runs/a0 runs/a1 runs/b0 runs/b1 --no-tta \\
+    python -m studies.robustness runs/a0 runs/a1 runs/b0 runs/b1 --no-tta \\
         --recipe a runs/a0 runs/a1 --recipe b runs/b0 runs/b1
 """
 
@@ -47,12 +47,13 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pneumocnn  # noqa: E402
-from benchmarks import RESULTS, SHARED_DATA  # noqa: E402
+from benchmarks import SHARED_DATA  # noqa: E402
 from benchmarks.inputs import RunSplits, run_splits  # noqa: E402
-from benchmarks.shifts import PREVALENCE, SHIFTS, model_probabilities, prevalence_subset, scores  # noqa: E402
 from pneumocnn.core.files import write_text  # noqa: E402
 from pneumocnn.core.metrics import roc_auc, threshold_for_sensitivity  # noqa: E402
 from pneumocnn.core.preprocessing import crop_margins, load_gray  # noqa: E402
+from studies import RESULTS  # noqa: E402
+from studies.shifts import PREVALENCE, SHIFTS, model_probabilities, prevalence_subset, scores  # noqa: E402
 
 GOAL_SENSITIVITY, GOAL_SPECIFICITY = 0.95, 0.85
 TARGET_SENSITIVITY = 0.97
@@ -221,7 +222,7 @@ def table(scored: dict[str, dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.robustness",
+    parser = argparse.ArgumentParser(prog="python -m studies.robustness",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished training run folders")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "chest_xray")
@@ -255,16 +256,16 @@ def main(argv: list[str] | None = None) -> int:
         "# Robustness: acquisition and prevalence shifts",
         "",
         f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} by "
-        f"`python -m benchmarks.robustness {' '.join(sys.argv[1:] if argv is None else argv)}` "
+        f"`python -m studies.robustness {' '.join(sys.argv[1:] if argv is None else argv)}` "
         f"(Python {platform.python_version()}).",
         "",
         f"Each predictor on the same {len(images.labels)} validation images "
         f"({validation.source}), **int8** models, at the predictor's threshold (chosen on those clean images "
         "for sensitivity >= 0.97, so the clean column is optimistic). Cells: sensitivity / "
         f"specificity; ✗ misses sensitivity >= {GOAL_SENSITIVITY} with specificity >= "
-        f"{GOAL_SPECIFICITY}. The alterations are those of `benchmarks/shifts.py`, applied to "
+        f"{GOAL_SPECIFICITY}. The alterations are those of `studies/shifts.py`, applied to "
         "the decoded image before the model's own preprocessing; the predictors are described "
-        "in `benchmarks/robustness.py`.",
+        "in `studies/robustness.py`.",
         "",
     ]
     lines = header + table(scored) + (recipe_table(compared) if compared else [])

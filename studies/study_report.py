@@ -72,20 +72,20 @@ def write_report(configurations, runs: Path, out: Path) -> str:
         "# Accuracy study",
         "",
         f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} by "
-        "`python -m benchmarks.study --report` (see `benchmarks/study.py`).",
+        "`python -m studies.study --report` (see `studies/study.py`).",
         "",
         "Scores of each run's **int8** TFLite model on its validation fold (5 patient-level folds"
         " of the official train split; mean ± sd when more than one fold was run), at the "
         "threshold chosen on that fold for sensitivity >= 0.97 (calibrated probability), and "
         "at 0.5. *shift*: the same images under nine simulated acquisition shifts "
-        "(`benchmarks/shifts.py`), mean over shifts, and the worst shift's specificity. "
+        "(`studies/shifts.py`), mean over shifts, and the worst shift's specificity. "
         "*val-16*: the official 16-image val folder. The validation fold also chose the "
         "threshold, the temperature and (for keep-best runs) the epoch, so its figures are "
         "optimistic; the shift and val-16 columns are the robustness check. *calibration*: "
         "`T` for runs exported while pneumocnn fitted a temperature only, `T + b` for runs "
         "exported with a temperature and a bias (the ECE of `T` rows is not comparable). "
         "*train min*: minutes of training epochs per run (decoding and export not included). "
-        "A row's runs come from `python -m benchmarks.study --only NAME --folds K ...` on 2 CPU "
+        "A row's runs come from `python -m studies.study --only NAME --folds K ...` on 2 CPU "
         "cores.",
         "",
         header,
