@@ -89,7 +89,7 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     from benchmarks.pipeline import training_pipelines
     from benchmarks.quality import score
     from benchmarks.variants import build_variants, load_default, load_keras, variant_cache
-    from pneumocnn.core.folders import index_folder
+    from pneumocnn.core.labelled_data import index_folder
     from pneumocnn.training.data import decode_all
     from pneumocnn.training.settings import saved_config
 

@@ -71,7 +71,7 @@ def export(model, quantization: str) -> bytes:
 def measure() -> list[dict]:
     """Median and p95 ms of each candidate, quantization and thread count, timed in the same
     interleaved rounds."""
-    from pneumocnn.core.modelfile import read_from_tflite
+    from pneumocnn.core.modelfile import read_tflite_description
     from pneumocnn.runtime.backends import TFLiteBackend
 
     rows, calls = [], {}
@@ -79,7 +79,7 @@ def measure() -> list[dict]:
         model = build()
         for quantization in QUANTIZATIONS:
             content = export(model, quantization)
-            description = read_from_tflite(content, name)
+            description = read_tflite_description(content, name)
             size = description.preprocessing.height
             pixels = np.random.default_rng(1).integers(0, 256, (1, size, size), np.uint8)
             for threads in thread_counts():
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = measure()
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(rows, machine)
-    from pneumocnn.core.files import write_text
+    from pneumocnn.core.durable_files import write_text
 
     write_text(args.out / "architectures.md", text)
     write_text(args.out / "architectures.json", json.dumps(

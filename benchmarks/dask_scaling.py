@@ -74,10 +74,10 @@ import time
 started = time.perf_counter()
 import json, sys
 from pneumocnn.runtime.model import load
-from pneumocnn.runtime.results import PredictionsCSV
+from pneumocnn.runtime.predictions_csv import PredictionsCSV
 mode, manifest, model_file, out = sys.argv[1:5]
 if mode == "one file at a time":
-    from pneumocnn.core.folders import read_manifest
+    from pneumocnn.core.inputs import read_manifest
     model = load(model_file, threads=1)
     cutoff = model.threshold
     predictions = (model._score_or_error(name, name, cutoff) for name in read_manifest(manifest))
@@ -115,8 +115,8 @@ print(json.dumps({"exit": code, "wall_s": time.perf_counter() - started,
 # argv: CSV; prints the traced size of a NameSet and of a set of str of its sources
 NAME_SETS = """
 import json, sys, tracemalloc
-from pneumocnn.core.files import resume_rows
-from pneumocnn.runtime.results import COLUMNS, NameSet
+from pneumocnn.core.durable_files import resume_rows
+from pneumocnn.runtime.predictions_csv import COLUMNS, NameSet
 sizes = {}
 for kind in ("NameSet", "set of str"):
     tracemalloc.start()
@@ -222,9 +222,9 @@ def resume(args: argparse.Namespace, scratch: Path) -> dict:
     """``--resume`` of a CSV holding a row for every entry of the longest tiny manifest (as the
     run that wrote it leaves it): the done names read, the manifest streamed past them, no
     cluster started. And the done names as a NameSet against a set of the path strings."""
-    from pneumocnn.core.folders import read_manifest
+    from pneumocnn.core.inputs import read_manifest
     from pneumocnn.runtime.model import Prediction
-    from pneumocnn.runtime.results import PredictionsCSV
+    from pneumocnn.runtime.predictions_csv import PredictionsCSV
 
     count = max(args.memory_tiny)
     listed = distinct_manifest(scratch / "manifest.txt", scratch / "links", count)
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
             "load_average_at_end": report.load_average(),
             "taken": datetime.now(timezone.utc).isoformat(timespec="minutes")}
     text = table(results)
-    from pneumocnn.core.files import write_text
+    from pneumocnn.core.durable_files import write_text
 
     write_text(args.out / "dask_scaling.md", text)
     write_text(saved, json.dumps(results, indent=1))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import BUNDLED_RUN, REPO, SHARED_DATA, TEST_DATA, TRAINED_RUN
-from pneumocnn.core.folders import LabelledImages, index_folder
+from pneumocnn.core.labelled_data import LabelledImages, index_folder
 from pneumocnn.training.settings import saved_config
 from pneumocnn.training.splits import describe_split, split
 

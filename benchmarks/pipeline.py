@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn.core.folders import LabelledImages
+from pneumocnn.core.labelled_data import LabelledImages
 from pneumocnn.core.preprocessing import Preprocessing, to_model_inputs
 from pneumocnn.training.settings import TrainingConfig
 

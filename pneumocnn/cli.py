@@ -285,9 +285,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _predict(args) -> int:
-    from pneumocnn.core.folders import expand_inputs
+    from pneumocnn.core.inputs import expand_inputs
     from pneumocnn.core.progress import progress_bar
-    from pneumocnn.runtime.results import PredictionsCSV
+    from pneumocnn.runtime.predictions_csv import PredictionsCSV
 
     if args.resume and not args.csv:
         raise ValueError("--resume needs --csv FILE")

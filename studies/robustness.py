@@ -49,7 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pneumocnn  # noqa: E402
 from benchmarks import SHARED_DATA  # noqa: E402
 from benchmarks.inputs import RunSplits, run_splits  # noqa: E402
-from pneumocnn.core.files import write_text  # noqa: E402
+from pneumocnn.core.durable_files import write_text  # noqa: E402
 from pneumocnn.core.metrics import roc_auc, threshold_for_sensitivity  # noqa: E402
 from pneumocnn.core.preprocessing import crop_margins, load_gray  # noqa: E402
 from studies import RESULTS  # noqa: E402

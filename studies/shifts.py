@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 import pneumocnn
-from pneumocnn.core.folders import find_splits
+from pneumocnn.core.labelled_data import find_splits
 from pneumocnn.core.metrics import binary_metrics
 from pneumocnn.core.preprocessing import load_gray
 from pneumocnn.training.settings import saved_config

@@ -48,7 +48,7 @@ from pneumocnn.clinic.site_calibration import (
     required_images,
     site_figures,
 )
-from pneumocnn.core.folders import patient_folds
+from pneumocnn.core.labelled_data import patient_folds
 from pneumocnn.core.metrics import binary_metrics, expected_calibration_error
 from pneumocnn.core.preprocessing import load_gray
 from pneumocnn.runtime.model import load

@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import REPO, SHARED_DATA  # noqa: E402
-from pneumocnn.core.files import write_text  # noqa: E402
+from pneumocnn.core.durable_files import write_text  # noqa: E402
 from pneumocnn.training.trainer import train  # noqa: E402
 from studies import RESULTS  # noqa: E402
 from studies.shifts import score_model  # noqa: E402

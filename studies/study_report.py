@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn.core.files import write_text
+from pneumocnn.core.durable_files import write_text
 
 # SEED.md, "Reported results": one run each; val = the official 16-image val folder (the
 # same 16 images as the val-16 column here), test = the official 624-image test split.

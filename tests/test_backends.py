@@ -17,7 +17,7 @@ from conftest import TINY_FLOAT, TINY_INT8, real_images
 from PIL import Image
 
 import pneumocnn
-from pneumocnn.core.modelfile import ModelDescription, embed_in_tflite, read_from_tflite
+from pneumocnn.core.modelfile import ModelDescription, embed_in_tflite, read_tflite_description
 from pneumocnn.core.preprocessing import Preprocessing
 
 # ---------------------------------------------------------------------------------------------
@@ -152,14 +152,14 @@ def with_tensor(model: bytes, which: str, **changes) -> bytes:
     builder = flatbuffers.Builder(len(model) + 4096)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
     changed = bytes(builder.Output())  # re-stamped, so that the tensor check is what refuses it
-    return embed_in_tflite(changed, read_from_tflite(changed, "model", verify=False))
+    return embed_in_tflite(changed, read_tflite_description(changed, "model", verify=False))
 
 
 def described(model: bytes, **changes) -> bytes:
     """A copy of a ``.tflite`` file whose description JSON has ``changes`` applied."""
-    from pneumocnn.core.modelfile import read_from_tflite
+    from pneumocnn.core.modelfile import read_tflite_description
 
-    data = json.loads(read_from_tflite(model, "model").to_json())
+    data = json.loads(read_tflite_description(model, "model").to_json())
     data.pop("sha256", None)  # an unstamped copy: the case at hand is refused, not the digest
     for key, value in changes.items():
         section, _, field = key.partition("__")

@@ -306,11 +306,11 @@ def test_candidate_architectures_export_as_pneumocnn_would_and_are_tabled(tmp_pa
     """benchmarks.architectures: a small candidate exports with one input channel in float32
     and int8 (float head), loads in pneumocnn, and the table compares rows with the first."""
     from benchmarks import architectures
-    from pneumocnn.core.modelfile import read_from_tflite
+    from pneumocnn.core.modelfile import read_tflite_description
 
     model = architectures._named("small-sep", 32)
     for quantization in architectures.QUANTIZATIONS:
-        description = read_from_tflite(architectures.export(model, quantization), "candidate")
+        description = read_tflite_description(architectures.export(model, quantization), "candidate")
         assert description.preprocessing.input_shape == (32, 32, 1)
         assert description.info["quantization"] == quantization
     first = next(iter(architectures.CANDIDATES))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pneumocnn
-from pneumocnn.core.modelfile import read_from_tflite
+from pneumocnn.core.modelfile import read_tflite_description
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -20,7 +20,7 @@ def test_bundled_models_are_small_described_int8_and_float16_of_one_model():
         path = Path(pneumocnn.load(variant=name).path)
         assert path.name == f"pneumonia-{name}.tflite"
         assert path.stat().st_size < 1_000_000
-        description = read_from_tflite(path.read_bytes(), str(path))
+        description = read_tflite_description(path.read_bytes(), str(path))
         assert description.info["quantization"] == name
         assert description.preprocessing.channels == 1
         assert description.info["provenance"]["validation_images"] > 0

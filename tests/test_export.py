@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 import pneumocnn
-from pneumocnn.core.modelfile import read_from_tflite
+from pneumocnn.core.modelfile import read_tflite_description
 from pneumocnn.training.settings import TrainingConfig
 
 pytestmark = pytest.mark.training  # the training wing: every test here needs TensorFlow
 
 
 def test_tflite_files_describe_themselves(tiny_run):
-    int8 = read_from_tflite(tiny_run.tflite_models["int8"].read_bytes(), "int8")
+    int8 = read_tflite_description(tiny_run.tflite_models["int8"].read_bytes(), "int8")
     assert int8.info["quantization"] == "int8"
     assert int8.preprocessing.input_shape == (64, 64, 1)  # one channel: see export.one_channel
     assert int8.labels == ("NORMAL", "PNEUMONIA")

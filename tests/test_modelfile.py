@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import pneumocnn
-from pneumocnn.core.modelfile import ModelDescription, embed_in_tflite, read_from_tflite
+from pneumocnn.core.modelfile import ModelDescription, embed_in_tflite, read_tflite_description
 from pneumocnn.core.preprocessing import Preprocessing
 
 # ---------------------------------------------------------------------------------------------
@@ -35,12 +35,12 @@ def test_bad_descriptions_are_refused(text, message):
 
 
 def test_description_round_trips_through_the_file(int8_path):
-    original = read_from_tflite(int8_path.read_bytes(), "int8")
+    original = read_tflite_description(int8_path.read_bytes(), "int8")
     changed = dataclasses.replace(original, threshold=0.25)
-    again = read_from_tflite(embed_in_tflite(int8_path.read_bytes(), changed), "copy")
+    again = read_tflite_description(embed_in_tflite(int8_path.read_bytes(), changed), "copy")
     assert again == changed
     biased = dataclasses.replace(original, temperature=0.8, bias=1.5)
-    again = read_from_tflite(embed_in_tflite(int8_path.read_bytes(), biased), "copy")
+    again = read_tflite_description(embed_in_tflite(int8_path.read_bytes(), biased), "copy")
     assert again == biased
 
 

@@ -26,8 +26,8 @@ from pneumocnn.core.modelfile import (
     _find_description,
     _schema,
     embed_in_tflite,
-    read_from_tflite,
     read_keras_description,
+    read_tflite_description,
 )
 from pneumocnn.core.preprocessing import Preprocessing
 
@@ -59,7 +59,7 @@ def unstamped(content: bytes) -> bytes:
 def recorded_digest_checks_out(content: bytes) -> bool:
     """Recompute the digest the way the module docstring states it, independently of the
     reader: the file's SHA-256 with the 64 digits of the stamp set to ``0``."""
-    digest = read_from_tflite(content, "m", verify=False).sha256
+    digest = read_tflite_description(content, "m", verify=False).sha256
     at = content.rindex(digest.encode())
     zeroed = content[:at] + b"0" * 64 + content[at + 64:]
     return hashlib.sha256(zeroed).hexdigest() == digest
@@ -77,14 +77,14 @@ def bundled() -> bytes:
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_tflite_carries_a_digest_that_checks_out(path):
     content = path.read_bytes()
-    description = read_from_tflite(content, str(path))
+    description = read_tflite_description(content, str(path))
     assert description.sha256 is not None, f"{path} is not stamped: pneumocnn convert it onto itself"
     assert recorded_digest_checks_out(content)
     assert pneumocnn.load(path).description.sha256 == description.sha256
 
 
 def test_bundled_model_keeps_its_description_and_provenance(bundled):
-    description = read_from_tflite(bundled, "bundled")
+    description = read_tflite_description(bundled, "bundled")
     provenance = description.info["provenance"]
     assert provenance["created"] == "2026-12-02T14:34:12+00:00"  # the export of this file
     assert (provenance["train_images"], provenance["validation_images"]) == (4693, 523)
@@ -160,7 +160,7 @@ def test_an_unstamped_file_still_loads_and_answers_the_same(bundled, tmp_path):
     old.write_bytes(unstamped(bundled))
     model = pneumocnn.load(old)
     assert model.description.sha256 is None
-    assert model.description == read_from_tflite(bundled, "bundled")
+    assert model.description == read_tflite_description(bundled, "bundled")
     assert outputs(old) == outputs(BUNDLED)
     result = subprocess.run([sys.executable, "-m", "pneumocnn", "info", str(old)],
                             capture_output=True, text=True)
@@ -168,18 +168,18 @@ def test_an_unstamped_file_still_loads_and_answers_the_same(bundled, tmp_path):
 
 
 def test_the_digest_round_trips(bundled):
-    description = read_from_tflite(bundled, "bundled")
+    description = read_tflite_description(bundled, "bundled")
     restamped = embed_in_tflite(bundled, description)
     assert restamped == bundled  # stamping is deterministic: re-stamping changes nothing
     from_old = embed_in_tflite(unstamped(bundled), description)
     assert from_old == bundled
-    again = read_from_tflite(from_old, "again")
+    again = read_tflite_description(from_old, "again")
     assert again.sha256 == description.sha256 and again == description
     assert recorded_digest_checks_out(from_old)
     text = description.to_json()
     assert ModelDescription.from_json(text, "m").sha256 == description.sha256
     changed = embed_in_tflite(bundled, description.with_info(note="changed"))
-    assert read_from_tflite(changed, "changed").sha256 != description.sha256
+    assert read_tflite_description(changed, "changed").sha256 != description.sha256
     assert recorded_digest_checks_out(changed)
 
 
@@ -191,7 +191,7 @@ def test_embedding_reuses_the_old_description_buffer(bundled):
         return len(schema.ModelT.InitFromPackedBuf(bytearray(content), 0).buffers)
 
     twice = embed_in_tflite(embed_in_tflite(bundled, ModelDescription(
-        preprocessing=Preprocessing(150, 150, 3))), read_from_tflite(bundled, "bundled"))
+        preprocessing=Preprocessing(150, 150, 3))), read_tflite_description(bundled, "bundled"))
     assert buffers(twice) == buffers(bundled) and twice == bundled
 
 
@@ -247,7 +247,7 @@ def test_training_export_stamps_its_tflite_files():
     representative = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
     for quantization in ("float32", "int8"):
         content = to_tflite(model, description, quantization, representative)
-        stamped = read_from_tflite(content, quantization)
+        stamped = read_tflite_description(content, quantization)
         assert stamped.sha256 is not None and recorded_digest_checks_out(content)
         assert stamped == description.with_info(quantization=quantization)
 
@@ -296,13 +296,13 @@ def test_thousands_of_overwritten_bundled_models(bundled, tmp_path):
 
 def single_byte_figures(model: bytes, change: int) -> dict[str, int]:
     """Every position of ``model`` with ``change`` XORed into its byte, read (not run) by
-    :func:`read_from_tflite` in this process: counts by refusal kind, and ``passed``."""
+    :func:`read_tflite_description` in this process: counts by refusal kind, and ``passed``."""
     figures: dict[str, int] = {}
     data = bytearray(model)
     for position in range(len(model)):
         data[position] ^= change
         try:
-            read_from_tflite(bytes(data), "m")
+            read_tflite_description(bytes(data), "m")
             kind = "passed"
         except pneumocnn.ModelFileError as error:
             kind = (re.match(r"model file is damaged \([^:)]*", error.reason)

@@ -58,7 +58,7 @@ def test_teachers_are_kept_as_a_tuple_through_config_json(tmp_path):
 def test_earliest_validation_is_the_same_for_every_seed_and_refuses_unknown_modes():
     from conftest import XRAYS
 
-    from pneumocnn.core.folders import index_folder, split_earliest_patients
+    from pneumocnn.core.labelled_data import index_folder, split_earliest_patients
     from pneumocnn.training.settings import make_config
     from pneumocnn.training.splits import split
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from conftest import TINY_SETTINGS, real_images, trained_and_averaged
 from PIL import Image
-from test_files import _no_space
+from test_durable_files import _no_space
 
 import pneumocnn
 from pneumocnn.core.errors import DatasetError
-from pneumocnn.core.modelfile import read_from_tflite
+from pneumocnn.core.modelfile import read_tflite_description
 
 pytestmark = pytest.mark.training  # the training wing: every test here needs TensorFlow
 
@@ -49,7 +49,7 @@ def test_existing_run_folder_is_not_overwritten(tiny_run, tiny_data):
 
 
 def test_a_run_folder_in_use_is_refused(tiny_data, tmp_path):
-    from pneumocnn.core.files import exclusive_lock
+    from pneumocnn.core.durable_files import exclusive_lock
 
     run = tmp_path / "busy"
     with exclusive_lock(run / ".lock", "test"), pytest.raises(pneumocnn.PneumocnnError,
@@ -147,7 +147,7 @@ def test_keep_best_exports_the_epoch_with_the_lowest_validation_loss(tiny_data, 
     result = pneumocnn.train(tiny_data, tmp_path / "best", **settings)
     losses = [row["val_loss"] for row in result.history]
     best_epoch = int(np.argmin(losses)) + 1
-    described = read_from_tflite(result.tflite_models["int8"].read_bytes(), "int8")
+    described = read_tflite_description(result.tflite_models["int8"].read_bytes(), "int8")
     assert described.info["provenance"]["exported_epoch"] == best_epoch
     assert f"exported epoch: {best_epoch} (lowest validation loss)" in (
         result.run_dir / "report.md").read_text()
@@ -186,7 +186,7 @@ def test_bad_weight_averaging_settings_are_refused_before_a_run(tiny_data, tmp_p
 def test_fold_normalisation_and_compile_overrides_reach_the_model_file(tiny_data, tmp_path):
     """Validation on patient fold 1 of 3, histogram equalisation, softmax + binary CE, RMSprop
     with a cosine schedule: the run uses them, and the model file makes the runtime equalise."""
-    from pneumocnn.core.folders import index_folder, patient_folds
+    from pneumocnn.core.labelled_data import index_folder, patient_folds
 
     settings = {**TINY_SETTINGS, "epochs": 1, "fold": 1, "folds": 3, "normalize": "equalize",
                 "architecture": "seed-to-be",
@@ -441,7 +441,7 @@ def test_a_second_trainer_on_the_same_run_folder_is_refused(tiny_data, tmp_path)
     finally:
         first.kill()
         first.wait()
-    from pneumocnn.core.files import exclusive_lock
+    from pneumocnn.core.durable_files import exclusive_lock
 
     with exclusive_lock(run / ".lock", "run folder"):
         pass

@@ -45,8 +45,8 @@ except ImportError:
         "scoring on Dask needs dask and distributed: pip install 'pneumocnn[dask]'"
     ) from None
 
-from pneumocnn.core.folders import expand_inputs
-from pneumocnn.core.modelfile import read_from_tflite
+from pneumocnn.core.inputs import expand_inputs
+from pneumocnn.core.modelfile import read_tflite_description
 from pneumocnn.core.preprocessing import ImageInput, load_pixels
 from pneumocnn.runtime.backends import TFLiteBackend
 from pneumocnn.runtime.model import Model, Prediction, check_threshold, load
@@ -139,7 +139,7 @@ class ModelPlugin(distributed.WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         """Load the model in this worker (its digest and tensors checked, as by ``load``)."""
-        description = read_from_tflite(self.content, self.source)
+        description = read_tflite_description(self.content, self.source)
         backend = TFLiteBackend(self.content, description, self.source, self.threads)
         self.model = Model(backend, description, self.source)
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from pneumocnn.clinic import structured_report, triage
 from pneumocnn.clinic.forward import Destination, Forwarder, pynetdicom
-from pneumocnn.core.files import exclusive_lock, remove_temporaries, write_durably
+from pneumocnn.core.durable_files import exclusive_lock, remove_temporaries, write_durably
 from pneumocnn.runtime.model import Model, load
 
 LOG = logging.getLogger("pneumocnn.node")

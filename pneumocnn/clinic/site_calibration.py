@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumocnn.core.durable_files import write_bytes
 from pneumocnn.core.errors import DatasetError, ModelFileError
-from pneumocnn.core.files import write_bytes
-from pneumocnn.core.folders import patient_folds
+from pneumocnn.core.labelled_data import patient_folds
 from pneumocnn.core.metrics import (
     bootstrap_interval,
     estimate_prior,
@@ -46,7 +46,7 @@ from pneumocnn.core.metrics import (
     threshold_for_sensitivity,
 )
 from pneumocnn.core.modelfile import ModelDescription, embed_in_tflite
-from pneumocnn.runtime.backends import read_tflite
+from pneumocnn.runtime.backends import read_tflite_file
 from pneumocnn.runtime.evaluation import score_labelled
 from pneumocnn.runtime.model import Model, bundled_models, load
 from pneumocnn.runtime.variants import variant_files
@@ -158,11 +158,11 @@ def calibrate(
         descriptions, unreadable = _labelled(models, folder, target_sensitivity)
     shared = {"id": uuid.uuid4().hex, "date": _now(), "unreadable": len(unreadable)}
     for name, description in descriptions.items():
-        content, original = read_tflite(sources[name])
+        content, original = read_tflite_file(sources[name])
         record = {**shared, **description.info[KEY], "variant": name,
                   "source": _source(sources[name], content, original)}
         write_bytes(targets[name], embed_in_tflite(content, description.with_info(**{KEY: record})))
-    return SiteCalibration({name: read_tflite(targets[name])[1] for name in sources},
+    return SiteCalibration({name: read_tflite_file(targets[name])[1] for name in sources},
                            targets, tuple(unreadable))
 
 
@@ -402,7 +402,7 @@ def _variant_name(path: Path) -> str:
     if path.suffix == ".keras":
         raise ModelFileError(str(path), "calibrate writes .tflite files: give this model's "
                                         ".tflite export (or its run folder)")
-    return read_tflite(path)[1].info.get("quantization") or path.stem
+    return read_tflite_file(path)[1].info.get("quantization") or path.stem
 
 
 def _targets(sources: dict[str, Path], out: Path, into_folder: bool) -> dict[str, Path]:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from pneumocnn import __version__
 from pneumocnn.core.dicom import IDENTIFIERS
+from pneumocnn.core.durable_files import atomic_write, resume_csv, write_text
 from pneumocnn.core.errors import PneumocnnError
-from pneumocnn.core.files import atomic_write, resume_csv, write_text
-from pneumocnn.core.folders import expand_inputs
+from pneumocnn.core.inputs import expand_inputs
 from pneumocnn.core.preprocessing import load_gray, load_pixels
 from pneumocnn.core.progress import progress_bar
 from pneumocnn.runtime.explain import occlusion, overlay, save_png
@@ -156,7 +156,7 @@ def _stem(name: str) -> str:
 
 
 def read_scores(scores: Path) -> list[dict[str, str]]:
-    """The rows of ``scores.csv``, by the resume rule of :func:`~pneumocnn.core.files.resume_csv`
+    """The rows of ``scores.csv``, by the resume rule of :func:`~pneumocnn.core.durable_files.resume_csv`
     (a row a kill cut short is dropped); the last row of a file wins."""
     rows = [row for row in resume_csv(scores, COLUMNS, "triage scores.csv") if row["file"]]
     return list({row["file"]: row for row in rows}.values())

@@ -6,7 +6,7 @@ size, preprocessing, labels, threshold and calibration from it and hard-codes no
 
 Integrity. A ``.tflite`` file written by :func:`embed_in_tflite` is *stamped*: its description
 ends with ``"sha256": "<64 hex digits>"``, the SHA-256 of the whole file as written with those
-64 digits set to ``0``. :func:`read_from_tflite` puts the zeros back in a copy, hashes it and
+64 digits set to ``0``. :func:`read_tflite_description` puts the zeros back in a copy, hashes it and
 refuses a mismatch (``model file is damaged (digest mismatch ...)``) before LiteRT sees the
 bytes, so every byte is covered: header, weights, graph and the description itself. Files
 without a digest (pneumocnn 0.1.0's, other tools') load as before. The digest does not raise
@@ -172,7 +172,7 @@ def embed_in_tflite(model: bytes, description: ModelDescription) -> bytes:
 
     A description already in the file is replaced, in the same buffer when nothing else uses
     it; the tensors, their buffers and other metadata are copied unchanged. Re-stamping a file
-    is ``embed_in_tflite(content, read_from_tflite(content, name))``.
+    is ``embed_in_tflite(content, read_tflite_description(content, name))``.
     """
     import flatbuffers
 
@@ -205,7 +205,7 @@ def embed_in_tflite(model: bytes, description: ModelDescription) -> bytes:
     return bytes(output)
 
 
-def read_from_tflite(model: bytes, source: str, verify: bool = True) -> ModelDescription:
+def read_tflite_description(model: bytes, source: str, verify: bool = True) -> ModelDescription:
     """Read the description from ``.tflite`` bytes; ``source`` names the file in errors.
 
     With ``verify`` (the default), a stamped file whose bytes do not match its digest is

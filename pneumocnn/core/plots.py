@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumocnn.core.durable_files import atomic_write
 from pneumocnn.core.errors import MissingDependencyError
-from pneumocnn.core.files import atomic_write
 from pneumocnn.core.metrics import reliability_bins
 
 

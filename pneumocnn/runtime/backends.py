@@ -24,8 +24,8 @@ from pneumocnn.core.errors import MissingDependencyError, ModelFileError
 from pneumocnn.core.modelfile import (
     ModelDescription,
     positive_probability,
-    read_from_tflite,
     read_keras_description,
+    read_tflite_description,
 )
 from pneumocnn.core.preprocessing import to_model_input, to_model_inputs
 
@@ -287,18 +287,18 @@ def open_backend(path: Path, threads: int | None = None) -> tuple[Backend, Model
         _check_is_file(path)
         description = read_keras_description(path)
         return KerasBackend(path, description), description
-    content, description = read_tflite(path)
+    content, description = read_tflite_file(path)
     return TFLiteBackend(content, description, str(path), threads), description
 
 
-def read_tflite(path: Path) -> tuple[bytes, ModelDescription]:
+def read_tflite_file(path: Path) -> tuple[bytes, ModelDescription]:
     """The bytes and the description of a ``.tflite`` file; raises
     :class:`~pneumocnn.ModelFileError` for anything that is not a described model file."""
     _check_is_file(path)
     if path.stat().st_size >= 2**31:
         raise ModelFileError(str(path), "not a TFLite model (over the 2 GiB FlatBuffer limit)")
     content = path.read_bytes()
-    return content, read_from_tflite(content, str(path))
+    return content, read_tflite_description(content, str(path))
 
 
 def _check_is_file(path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn.core import strictjson
-from pneumocnn.core.files import write_text
-from pneumocnn.core.folders import LabelledImages, index_folder
+from pneumocnn.core.durable_files import write_text
+from pneumocnn.core.labelled_data import LabelledImages, index_folder
 from pneumocnn.core.metrics import binary_metrics, roc_curve
 from pneumocnn.runtime.model import Model, Prediction, load
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumocnn.core.files import atomic_write
+from pneumocnn.core.durable_files import atomic_write
 from pneumocnn.core.metrics import logit
 from pneumocnn.core.preprocessing import ImageInput, Preprocessing, load_pixels, source_name
 from pneumocnn.runtime.backends import GRAD_CAM_NEEDS, ClassActivationBackend

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn.core.errors import InputError, ModelFileError, PneumocnnError
-from pneumocnn.core.folders import expand_inputs, is_single
 from pneumocnn.core.guard import PREFIX as GUARD_PREFIX
+from pneumocnn.core.inputs import expand_inputs, is_single
 from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.core.preprocessing import ImageInput, load_pixels, source_name
 from pneumocnn.runtime.backends import Backend, open_backend

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumocnn.core.durable_files import write_text
 from pneumocnn.core.errors import ModelFileError
-from pneumocnn.core.files import write_text
 from pneumocnn.core.modelfile import ModelDescription
-from pneumocnn.runtime.backends import TFLiteBackend, read_tflite
+from pneumocnn.runtime.backends import TFLiteBackend, read_tflite_file
 
 log = logging.getLogger("pneumocnn")
 
@@ -108,7 +108,7 @@ def _candidates(folder: Path) -> dict[str, _Candidate]:
     :func:`_model_of`)."""
     found: dict[str, _Candidate] = {}
     for path in sorted(folder.glob("*.tflite")):
-        candidate = _Candidate(path, *read_tflite(path))
+        candidate = _Candidate(path, *read_tflite_file(path))
         name = candidate.description.info.get("quantization") or path.stem
         if name in found:
             raise ModelFileError(str(folder), f"holds two {name} models: "

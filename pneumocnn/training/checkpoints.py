@@ -14,8 +14,8 @@ from pathlib import Path
 
 import keras
 
+from pneumocnn.core.durable_files import remove_temporaries, write_text
 from pneumocnn.core.errors import DatasetError
-from pneumocnn.core.files import remove_temporaries, write_text
 from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.training.export import save_keras
 from pneumocnn.training.settings import TrainingConfig, saved_config

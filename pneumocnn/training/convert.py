@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumocnn.core.durable_files import write_bytes
 from pneumocnn.core.errors import InputError, ModelFileError
-from pneumocnn.core.files import write_bytes
-from pneumocnn.core.folders import walk_images
+from pneumocnn.core.inputs import walk_images
 from pneumocnn.core.modelfile import (
     ModelDescription,
     embed_in_tflite,
-    read_from_tflite,
     read_keras_description,
+    read_tflite_description,
 )
 from pneumocnn.core.preprocessing import Preprocessing, preprocess
 
@@ -95,7 +95,7 @@ def _restamp(source: Path, out: Path, quantization: str | None, overrides: dict)
         raise ModelFileError(str(source), "does not exist" if not source.exists()
                              else "is not a regular file")
     content = source.read_bytes()
-    description = read_from_tflite(content, str(source))  # refuses a damaged stamped file
+    description = read_tflite_description(content, str(source))  # refuses a damaged stamped file
     own = description.info.get("quantization")
     if quantization is not None and quantization != own:
         raise ValueError(f"{source} is {own or 'of unknown'} quantization; a .tflite file is "

@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from pneumocnn import __version__
+from pneumocnn.core.durable_files import atomic_write
 from pneumocnn.core.errors import DatasetError, InputError
-from pneumocnn.core.files import atomic_write
-from pneumocnn.core.folders import LabelledImages
+from pneumocnn.core.labelled_data import LabelledImages
 from pneumocnn.core.preprocessing import Preprocessing, load_pixels
 from pneumocnn.training.augmentations import Augmentation
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from pneumocnn.core.durable_files import write_text
 from pneumocnn.core.errors import DatasetError
-from pneumocnn.core.files import write_text
 from pneumocnn.core.preprocessing import Preprocessing
 from pneumocnn.runtime.backends import open_backend
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn.core.files import TEMPORARY, atomic_write, write_bytes
+from pneumocnn.core.durable_files import TEMPORARY, atomic_write, write_bytes
 from pneumocnn.core.modelfile import ModelDescription, embed_in_keras, embed_in_tflite
 
 QUANTIZATIONS = ("float32", "float16", "dynamic-int8", "int8")

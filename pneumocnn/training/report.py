@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn.core import strictjson
-from pneumocnn.core.files import write_text
-from pneumocnn.core.folders import LabelledImages
+from pneumocnn.core.durable_files import write_text
+from pneumocnn.core.labelled_data import LabelledImages
 from pneumocnn.core.metrics import binary_metrics
 from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.core.plots import plot_history, plot_reliability

@@ -58,11 +58,11 @@ class TrainingConfig:
     augmentation: str = "shift-zoom"  # a name in pneumocnn.training.augmentations.AUGMENTATIONS
     class_weight: str | None = None  # None or "balanced"
     # "patients": split train by patient at random; "earliest": the lowest-numbered patients
-    # (acquisition order, see pneumocnn.core.folders.split_earliest_patients); "folder": ROOT/val
+    # (acquisition order, see pneumocnn.core.labelled_data.split_earliest_patients); "folder": ROOT/val
     validation: str = "patients"
     validation_fraction: float = 0.1
     fold: int | None = None  # with validation="patients": validate on this patient fold ...
-    folds: int = 5  # ... of this many (see pneumocnn.core.folders.patient_folds)
+    folds: int = 5  # ... of this many (see pneumocnn.core.labelled_data.patient_folds)
     early_stopping: int | None = None  # patience in epochs on validation loss
     keep_best: bool = False  # export the epoch of lowest validation loss, not the last one
     # re-estimate batch-norm statistics on un-augmented training images before export

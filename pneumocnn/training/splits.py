@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from pneumocnn.core.errors import DatasetError
-from pneumocnn.core.folders import (
+from pneumocnn.core.labelled_data import (
     LabelledImages,
     find_splits,
     patient_folds,

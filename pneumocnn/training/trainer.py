@@ -21,8 +21,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pneumocnn.core.files import exclusive_lock, write_text
-from pneumocnn.core.folders import LabelledImages
+from pneumocnn.core.durable_files import exclusive_lock, write_text
+from pneumocnn.core.labelled_data import LabelledImages
 from pneumocnn.core.modelfile import ModelDescription, positive_probability
 from pneumocnn.core.preprocessing import to_model_inputs
 from pneumocnn.training import export

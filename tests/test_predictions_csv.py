@@ -1,4 +1,4 @@
-"""pneumocnn.runtime.results: the CSV of ``predict --csv`` (written a row at a time, resumed by
+"""pneumocnn.runtime.predictions_csv: the CSV of ``predict --csv`` (written a row at a time, resumed by
 streaming the rows already in it) and the set of names already done, as 8-byte digests."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import tracemalloc
 
 from test_cli import cut_last_row, read_csv
 
-from pneumocnn.core.files import resume_rows
+from pneumocnn.core.durable_files import resume_rows
 from pneumocnn.runtime.model import Prediction
-from pneumocnn.runtime.results import COLUMNS, NameSet, PredictionsCSV
+from pneumocnn.runtime.predictions_csv import COLUMNS, NameSet, PredictionsCSV
 
 
 def test_name_set_membership():

@@ -1,4 +1,4 @@
-"""pneumocnn.core.files: atomic writes (a full disk leaves the previous file intact; files
+"""pneumocnn.core.durable_files: atomic writes (a full disk leaves the previous file intact; files
 get the usual permissions), the temporaries of killed writers, the one CSV resume rule."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pneumocnn
-from pneumocnn.core.files import resume_csv
+from pneumocnn.core.durable_files import resume_csv
 
 # ---------------------------------------------------------------------------------------------
 # atomic writes: a full disk, permissions, temporaries
@@ -48,7 +48,7 @@ def test_full_disk_while_writing_a_model_keeps_the_previous_file(tiny_run, tmp_p
                                                                   failing):
     """The OS layer fails as on a full disk while a .keras and a .tflite file are replaced:
     a clear error naming the file, the previous file intact and loadable, nothing left over."""
-    from pneumocnn.core.files import write_bytes
+    from pneumocnn.core.durable_files import write_bytes
     from pneumocnn.training.export import save_keras
 
     keras_path, tflite_path = tmp_path / "model.keras", tmp_path / "model-int8.tflite"
@@ -84,7 +84,7 @@ def test_full_disk_while_writing_a_model_keeps_the_previous_file(tiny_run, tmp_p
 def test_really_full_disk_keeps_the_previous_model(tiny_run, tmp_path):
     """The same on a real 768 KiB tmpfs: a 0.2 MB int8 model is there, a 0.8 MB float32 model
     does not fit beside it while it is being replaced."""
-    from pneumocnn.core.files import write_bytes
+    from pneumocnn.core.durable_files import write_bytes
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -116,7 +116,7 @@ def test_model_files_get_the_usual_permissions(tiny_run):
 
 
 def test_temporaries_of_killed_writers_are_removed(tmp_path):
-    from pneumocnn.core.files import remove_temporaries
+    from pneumocnn.core.durable_files import remove_temporaries
 
     (tmp_path / ".model.keras.x1y2.tmp").write_bytes(b"half a model")
     (tmp_path / ".epoch-0003.keras.a1b2.tmp").mkdir()

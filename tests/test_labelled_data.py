@@ -1,4 +1,5 @@
-"""pneumocnn.core.folders: patient ids, folder indexing and patient-level splits on the real data."""
+"""pneumocnn.core.labelled_data and pneumocnn.core.inputs: patient ids, folder indexing,
+patient-level splits and finding inputs, on the real data."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from conftest import FULL_DATA, XRAYS, real_images
 
 from pneumocnn.core.errors import DatasetError
-from pneumocnn.core.folders import (
+from pneumocnn.core.labelled_data import (
     LabelledImages,
     find_splits,
     index_folder,
@@ -441,7 +442,7 @@ def test_splits_with_different_class_names(tmp_path):
 
 
 def test_text_manifest_relative_paths_comments_blank_lines(tmp_path):
-    from pneumocnn.core.folders import expand_inputs, is_manifest, is_single
+    from pneumocnn.core.inputs import expand_inputs, is_manifest, is_single
 
     (tmp_path / "lists").mkdir()
     manifest = tmp_path / "lists" / "archive.TXT"
@@ -458,7 +459,7 @@ def test_text_manifest_relative_paths_comments_blank_lines(tmp_path):
 
 
 def test_csv_manifest_takes_the_path_column(tmp_path):
-    from pneumocnn.core.folders import read_manifest
+    from pneumocnn.core.inputs import read_manifest
 
     manifest = tmp_path / "studies.csv"
     manifest.write_text('patient, Path ,note\nP1,x/1.jpeg,"a, b"\nP2,,empty\nP3,"/y/2,3.png",\n'
@@ -468,7 +469,7 @@ def test_csv_manifest_takes_the_path_column(tmp_path):
 
 def test_manifests_that_cannot_be_read_are_errors_in_place_of_inputs(tmp_path):
     from pneumocnn.core.errors import InputError
-    from pneumocnn.core.folders import expand_inputs
+    from pneumocnn.core.inputs import expand_inputs
 
     no_column = tmp_path / "foreign.csv"
     no_column.write_text("patient,finding\nA,none\n")
@@ -484,7 +485,7 @@ def test_a_manifest_is_read_as_it_is_consumed(tmp_path):
     import itertools
     import tracemalloc
 
-    from pneumocnn.core.folders import expand_inputs
+    from pneumocnn.core.inputs import expand_inputs
 
     manifest = tmp_path / "million.txt"
     with manifest.open("w") as stream:

@@ -2,7 +2,7 @@
 written and flushed as each arrives (one process or a Dask cluster), resumed after a kill.
 
 Resuming keeps the rows already in the file (by the rule of
-:func:`~pneumocnn.core.files.resume_rows`) and remembers which inputs they name as a
+:func:`~pneumocnn.core.durable_files.resume_rows`) and remembers which inputs they name as a
 :class:`NameSet`: 8 bytes a name, so a file of a million rows costs 8 MB to resume, not the
 ~100 MB of a Python set of the path strings.
 """
@@ -19,7 +19,7 @@ from types import TracebackType
 
 import numpy as np
 
-from pneumocnn.core.files import resume_rows
+from pneumocnn.core.durable_files import resume_rows
 from pneumocnn.runtime.model import Prediction
 
 COLUMNS = [field.name for field in dataclasses.fields(Prediction)]
