@@ -1,0 +1,202 @@
+"""``python -m studies.site_b MODEL [MODEL ...]``: how models trained on ``chest_xray/train``
+transfer to a second site, measured on ``../shared/data/site-b`` (208 labelled X-rays of 143
+patients from the official test split; see that folder's README).
+
+Each MODEL is a model file (``.tflite``, ``.keras``) or a finished training run folder (its
+``model-int8.tflite``). Each is scored on site B as it ships, at its own threshold: ROC AUC,
+accuracy, sensitivity, specificity and ECE, clean and under the two alterations that moved
+the hidden rest most (zoom in 1.2x, blur 1.5 px; :mod:`studies.shifts`). Intervals are 95 %
+percentile intervals over resamples of whole patients (a patient's X-rays are not
+independent); each model's AUC is also compared with the first model's on the same resamples
+(paired). With ``--recipe NAME MODEL...`` (repeated) the models are grouped into recipes (seeds
+of one training recipe) and each recipe's mean AUC is compared with the first recipe's.
+
+Site B chooses between recipes; it never enters a fit, a threshold or a calibration of a model
+scored here. The table is a development measurement, not the verdict (the hidden rest is).
+
+    python -m studies.site_b pneumocnn/models/pneumonia-int8.tflite runs/site-b/*-s0
+    python -m studies.site_b runs/a0 runs/a1 runs/b0 runs/b1 --recipe a runs/a0 runs/a1 \\
+        --recipe b runs/b0 runs/b1 --out studies/results/site-b/ab
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pneumocnn  # noqa: E402
+from benchmarks import SHARED_DATA  # noqa: E402
+from benchmarks.report import cpu_features, cpu_name  # noqa: E402
+from pneumocnn.core.durable_files import write_text  # noqa: E402
+from pneumocnn.core.labelled_data import index_folder  # noqa: E402
+from pneumocnn.core.metrics import (  # noqa: E402
+    binary_metrics,
+    roc_auc,
+    threshold_for_sensitivity,
+)
+from pneumocnn.core.preprocessing import load_gray  # noqa: E402
+from studies import RESULTS  # noqa: E402
+from studies.shifts import SHIFTS, model_probabilities  # noqa: E402
+
+SITE_B = SHARED_DATA / "site-b"
+ALTERATIONS = ("zoom in 1.2x", "blur r=1.5")
+RESAMPLES = 2000
+TARGET_SENSITIVITY = 0.97
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model's calibrated probabilities on site B, clean and under each alteration."""
+
+    name: str
+    threshold: float
+    probabilities: dict[str, np.ndarray]
+
+
+def model_file(path: Path) -> Path:
+    """``path`` itself, or a run folder's int8 model."""
+    return path / "model-int8.tflite" if path.is_dir() else path
+
+
+def score(path: Path, grays: list) -> Scored:
+    """The model at ``path`` on the site's images, clean and altered."""
+    model = pneumocnn.load(model_file(path))
+    conditions = {"clean": grays, **{name: [SHIFTS[name](g) for g in grays] for name in ALTERATIONS}}
+    return Scored(str(path), model.threshold,
+                  {name: model_probabilities(model, images) for name, images in conditions.items()})
+
+
+def patient_resamples(patients: list[str], resamples: int = RESAMPLES, seed: int = 0) -> list[np.ndarray]:
+    """Image indices of ``resamples`` draws of whole patients with replacement."""
+    _, patient_of = np.unique(patients, return_inverse=True)
+    images_of = [np.flatnonzero(patient_of == k) for k in range(patient_of.max() + 1)]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([images_of[k] for k in rng.integers(0, len(images_of), len(images_of))])
+            for _ in range(resamples)]
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
+
+
+def figures(scored: Scored, labels: np.ndarray, draws: list[np.ndarray]) -> dict:
+    """Metrics at the model's threshold, clean and altered, with patient-bootstrap intervals
+    for the clean AUC, sensitivity and specificity."""
+    clean = scored.probabilities["clean"]
+    called = clean >= scored.threshold
+    resampled = np.array([(roc_auc(labels[d], clean[d]), called[d][labels[d] == 1].mean(),
+                           1 - called[d][labels[d] == 0].mean()) for d in draws])
+    hindsight = threshold_for_sensitivity(labels, clean, TARGET_SENSITIVITY)
+    return {
+        "threshold": scored.threshold,
+        "clean": binary_metrics(labels, clean, scored.threshold),
+        "intervals": {name: _interval(resampled[:, k])
+                      for k, name in enumerate(("roc_auc", "sensitivity", "specificity"))},
+        "hindsight_specificity": binary_metrics(labels, clean, hindsight)["specificity"],
+        "altered": {name: binary_metrics(labels, scored.probabilities[name], scored.threshold)
+                    for name in ALTERATIONS},
+    }
+
+
+def auc_differences(groups: dict[str, list[Scored]], labels: np.ndarray,
+                    draws: list[np.ndarray]) -> dict[str, dict]:
+    """Each group's mean clean AUC over its models and its difference to the first group's,
+    with a paired interval over the same patient resamples."""
+
+    def mean_aucs(images: np.ndarray) -> np.ndarray:
+        return np.array([np.mean([roc_auc(labels[images], s.probabilities["clean"][images])
+                                  for s in members]) for members in groups.values()])
+
+    observed = mean_aucs(np.arange(len(labels)))
+    resampled = np.array([mean_aucs(d) for d in draws])
+    differences = resampled - resampled[:, :1]
+    return {name: {"models": len(members), "mean_auc": float(observed[i]),
+                   "difference": float(observed[i] - observed[0]),
+                   "interval": _interval(differences[:, i])}
+            for i, (name, members) in enumerate(groups.items())}
+
+
+def _pair(metrics: dict) -> str:
+    return f"{metrics['sensitivity']:.3f} / {metrics['specificity']:.3f}"
+
+
+def markdown(results: dict) -> str:
+    """The results as a Markdown page."""
+    cpu = results["cpu_features"]
+    lines = ["# Transfer to a second site (site B)", "",
+             f"`{results['command']}`, {results['written']}; CPU: {results['cpu']} "
+             f"({cpu['class']}; flags {', '.join(cpu['flags'] or [])}); "
+             f"{results['images']} X-rays of {results['patients']} patients "
+             f"({results['positives']} PNEUMONIA). Each model at its own threshold; 95 % intervals "
+             f"from {RESAMPLES} resamples of whole patients. A development measurement on the "
+             "site that chooses recipes, not the verdict.", "",
+             "| model | threshold | AUC [95 %] | AUC - first [95 %] | accuracy | sensitivity / "
+             "specificity [95 %] | ECE | spec. at sens >= 0.97 in hindsight | "
+             + " | ".join(ALTERATIONS) + " |",
+             "|---" * (8 + len(ALTERATIONS)) + "|"]
+    for name, f in results["models"].items():
+        c, i = f["clean"], f["intervals"]
+        d = results["differences"][name]
+        lines.append(
+            f"| {name} | {f['threshold']:.3f} | {c['roc_auc']:.4f} [{i['roc_auc'][0]:.4f}, "
+            f"{i['roc_auc'][1]:.4f}] | {d['difference']:+.4f} [{d['interval'][0]:+.4f}, "
+            f"{d['interval'][1]:+.4f}] | {c['accuracy']:.3f} | {_pair(c)} "
+            f"[{i['sensitivity'][0]:.3f}-{i['sensitivity'][1]:.3f} / {i['specificity'][0]:.3f}-"
+            f"{i['specificity'][1]:.3f}] | {c['ece']:.3f} | {f['hindsight_specificity']:.3f} | "
+            + " | ".join(_pair(f["altered"][a]) for a in ALTERATIONS) + " |")
+    if results.get("recipes"):
+        first = next(iter(results["recipes"]))
+        lines += ["", f"Recipes: mean AUC over each recipe's models and the difference to {first}'s "
+                  "(paired, the same patient resamples):", "",
+                  "| recipe | models | mean AUC | difference [95 %] |", "|---|---|---|---|"]
+        for name, r in results["recipes"].items():
+            lines.append(f"| {name} | {r['models']} | {r['mean_auc']:.4f} | {r['difference']:+.4f} "
+                         f"[{r['interval'][0]:+.4f}, {r['interval'][1]:+.4f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m studies.site_b", description=__doc__.split("\n")[0])
+    parser.add_argument("models", nargs="+", type=Path, help="model files or training run folders")
+    parser.add_argument("--recipe", nargs="+", action="append", default=[], metavar=("NAME", "MODEL"),
+                        help="a recipe's name and its models (seeds); repeat for each recipe")
+    parser.add_argument("--data", type=Path, default=SITE_B, help="the site's NORMAL/ and PNEUMONIA/")
+    parser.add_argument("--out", type=Path, default=RESULTS / "site-b")
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        parser.error(f"{args.data} does not exist: site B is in ../shared/data (see its README)")
+    images = index_folder(args.data)
+    labels, patients = images.labels, images.patients()
+    grays = [load_gray(path) for path in images.paths]
+    draws = patient_resamples(patients)
+    scored = {str(path): score(path, grays) for path in args.models}
+    recipes = {spec[0]: [scored.get(str(Path(p))) or score(Path(p), grays) for p in spec[1:]]
+               for spec in args.recipe}
+    results = {
+        "command": "python -m studies.site_b " + " ".join(sys.argv[1:] if argv is None else argv),
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_name(), "cpu_features": cpu_features(), "python": platform.python_version(),
+        "images": len(labels), "patients": len(set(patients)), "positives": int(labels.sum()),
+        "models": {name: figures(s, labels, draws) for name, s in scored.items()},
+        "differences": auc_differences({name: [s] for name, s in scored.items()}, labels, draws),
+        "recipes": auc_differences(recipes, labels, draws) if recipes else {},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text(args.out / "results.json", json.dumps(results, indent=1))
+    write_text(args.out / "results.md", markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
