@@ -104,8 +104,8 @@ def test_two_workers_match_one_process_with_the_same_global_batch(two_worker_run
     both = [np.array([p.probability for p in pneumocnn.load(run / "model-float32.tflite")
                       .uncalibrated().predict(images)]) for run in (out, single.run_dir)]
     # the tolerance docs/training.md states ("Training across workers"): batch norm over 4
-    # images instead of 8 and
-    # dropout masks drawn per replica move single answers by up to ~0.3 after one epoch
+    # images instead of 8 and dropout masks drawn per replica move single answers by up to ~0.3
+    # after one epoch
     print("mean |difference|", np.abs(both[0] - both[1]).mean(), "correlation",
           np.corrcoef(both[0], both[1])[0, 1])
     assert np.abs(both[0] - both[1]).mean() < 0.1
