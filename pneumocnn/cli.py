@@ -401,11 +401,11 @@ def _listen(args) -> int:
 
 
 def _info(args) -> int:
-    from pneumocnn.clinic.site_calibration import describe
+    from pneumocnn.clinic.site_calibration import calibration_report
 
     model = _load(args)
     print(model)
-    for line in describe(model.description):
+    for line in calibration_report(model.description):
         print(line)
     if model.description.sha256:
         print(f"digest: sha256 {model.description.sha256}, checked at load")

@@ -23,7 +23,7 @@ import pneumocnn
 from pneumocnn.cli import main
 from pneumocnn.clinic.site_calibration import (
     calibration_prior,
-    describe,
+    calibration_report,
     fit_unlabelled,
     required_images,
 )
@@ -163,7 +163,7 @@ def test_the_report_and_info_say_what_was_done(calibrated):
     assert len(result.unreadable) == 1 and "scanner-error.jpeg" in result.unreadable[0]
     assert f"skipped {result.unreadable[0]}" in report
     assert len(result.written) == 2 and all(str(p) in report for p in result.written.values())
-    lines = describe(result.descriptions["int8"])
+    lines = calibration_report(result.descriptions["int8"])
     assert len(lines) == 2 and lines[0].startswith("site calibration: labelled, 20 NORMAL, 24 "
                                                    "PNEUMONIA")
 
@@ -259,7 +259,7 @@ def test_unlabelled_mode_moves_the_estimated_share_toward_the_truth(tmp_path):
     assert [p.label for p in before] == [p.label for p in after]
     assert all(a.probability <= b.probability for a, b in zip(after, before, strict=True))
     assert np.mean([p.probability for p in after]) < np.mean([p.probability for p in before]) - 0.05
-    assert describe(result.descriptions["int8"])[0].startswith(
+    assert calibration_report(result.descriptions["int8"])[0].startswith(
         "site calibration: unlabelled, 30 images")
 
 

@@ -91,7 +91,7 @@ class SiteCalibration:
         for name, description in self.descriptions.items():
             if len(self.descriptions) > 1:
                 lines.append(f"{name} variant:")
-            lines += describe(description, detailed=True)
+            lines += calibration_report(description, detailed=True)
         lines += [f"wrote {path}" for path in self.written.values()]
         lines += [f"skipped {entry}" for entry in self.unreadable]
         return "\n".join(lines)
@@ -232,7 +232,7 @@ def calibration_prior(description: ModelDescription) -> tuple[float, str]:
                          "calibration assumes; give it (training_prior=, --training-prior)")
 
 
-def describe(description: ModelDescription, detailed: bool = False) -> list[str]:
+def calibration_report(description: ModelDescription, detailed: bool = False) -> list[str]:
     """Readable lines about the site calibration a description records (``[]`` when none):
     two for ``pneumocnn info``; with ``detailed``, the report of :func:`calibrate`."""
     record = description.info.get(KEY)

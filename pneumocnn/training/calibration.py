@@ -49,7 +49,7 @@ class TrainedRun:
     teachers: dict[str, str] = field(default_factory=dict)  # distillation: path -> SHA-256
 
 
-def describe(run: TrainedRun, distribution: dict | None = None) -> tuple[ModelDescription, dict]:
+def describe_model(run: TrainedRun, distribution: dict | None = None) -> tuple[ModelDescription, dict]:
     """The model's description and the run's validation metrics (``distribution``: where it
     trained, recorded in the provenance): with ``config.calibrate``,
     temperature and bias fitted on validation (Platt scaling of the logit); the threshold fixed

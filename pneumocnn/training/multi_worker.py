@@ -52,7 +52,7 @@ class Cluster:
         """True when other processes train with this one."""
         return self.workers > 1
 
-    def describe(self, batch_size: int) -> dict:
+    def distribution(self, batch_size: int) -> dict:
         """The run's distribution, for its report and model description."""
         return {"strategy": self.name, "workers": self.workers, "replicas": self.replicas,
                 "global_batch": batch_size, "per_replica_batch": batch_size // self.replicas}

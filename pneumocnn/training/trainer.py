@@ -29,7 +29,7 @@ from pneumocnn.training import export
 from pneumocnn.training.architectures import compiled_model, get_architecture
 from pneumocnn.training.augmentations import AUGMENTATIONS
 from pneumocnn.training.averaging import KeepTrainingWeights, take_average
-from pneumocnn.training.calibration import TrainedRun, describe, recalibrate_batchnorm
+from pneumocnn.training.calibration import TrainedRun, describe_model, recalibrate_batchnorm
 from pneumocnn.training.checkpoints import Checkpoints, open_run
 from pneumocnn.training.data import DecodedImages, decode_all, make_dataset
 from pneumocnn.training.distillation import load_teachers, record_teachers, with_teacher_targets
@@ -141,7 +141,7 @@ def _finish(run_dir: Path, config: TrainingConfig, model: keras.Model, history: 
     run = TrainedRun(config, train_data.labels, val_data.labels,
                      _validation_probabilities(model, config, val_data), history, exported_epoch,
                      teacher_digests)
-    description, metrics = describe(run, cluster.describe(config.batch_size))
+    description, metrics = describe_model(run, cluster.distribution(config.batch_size))
     keras_path, tflite_paths = _export(run_dir, config, model, description, train_data)
     metrics["tflite"] = score_tflite(tflite_paths, val_data)
     write_reports(run_dir, run, description, metrics, images)
