@@ -86,16 +86,16 @@ def predict_on_dask(
         raise ValueError(f"{model.path}: scoring on Dask takes a .tflite model")
     if partition_size < 1:
         raise ValueError(f"partition_size must be at least 1, got {partition_size}")
-    cutoff = model.threshold if threshold is None else check_threshold(threshold)
+    threshold = model.threshold if threshold is None else check_threshold(threshold)
     plugin = ModelPlugin(Path(model.path).read_bytes(), model.path, threads)
-    work = _partitions(inputs, skip, partition_size, cutoff)
+    work = _partitions(inputs, skip, partition_size, threshold)
     first = next(work, None)
     if first is None:  # nothing to do (all done already): no cluster needed
         return
     client, owned = _connect(cluster)
     try:
         client.register_plugin(plugin)
-        yield from _score(client, plugin.name, (cutoff, guard), itertools.chain([first], work),
+        yield from _score(client, plugin.name, (threshold, guard), itertools.chain([first], work),
                           window)
     finally:
         if owned:
@@ -148,25 +148,25 @@ class ModelPlugin(distributed.WorkerPlugin):
         self.model = None
 
 
-def _score_partition(names: list[str], plugin: str, cutoff: float,
+def _score_partition(names: list[str], plugin: str, threshold: float,
                      guard: bool) -> list[Prediction]:
     """On a worker: score each file of a partition with the worker's model."""
     model = distributed.get_worker().plugins[plugin].model
-    return [_score_file(model, name, cutoff, guard) for name in names]
+    return [_score_file(model, name, threshold, guard) for name in names]
 
 
-def _score_file(model: Model, name: str, cutoff: float, guard: bool) -> Prediction:
+def _score_file(model: Model, name: str, threshold: float, guard: bool) -> Prediction:
     """One file, as one input even where its name looks like a folder or a manifest (``predict``
     would expand those): a manifest entry that is one gets an error row, as without Dask."""
     try:
         pixels = load_pixels(name, model.description.preprocessing, name, guard=guard)
-        return model.predict_pixels(pixels, name, cutoff)
+        return model.predict_pixels(pixels, name, threshold)
     except Exception as error:  # noqa: BLE001 -- one odd file must not fail its partition's task
-        return Prediction.failed(name, cutoff, error)
+        return Prediction.failed(name, threshold, error)
 
 
 def _partitions(inputs, skip: Container[str], size: int,
-                cutoff: float) -> Iterator[list[str] | Prediction]:
+                threshold: float) -> Iterator[list[str] | Prediction]:
     """The names to score in lists of up to ``size``, read lazily from ``inputs``; an input
     that is not a file path (a folder that cannot be listed, an in-memory image) as its error
     row instead."""
@@ -180,9 +180,9 @@ def _partitions(inputs, skip: Container[str], size: int,
                 yield batch
                 batch = []
         elif isinstance(item, PneumocnnError):
-            yield Prediction.failed(name, cutoff, item)
+            yield Prediction.failed(name, threshold, item)
         else:
-            yield Prediction(name or "(in-memory input)", None, math.nan, cutoff,
+            yield Prediction(name or "(in-memory input)", None, math.nan, threshold,
                              "not a file path: Dask workers read their inputs from files")
     if batch:
         yield batch
@@ -192,7 +192,7 @@ def _score(client: distributed.Client, plugin: str, scoring: tuple[float, bool],
            work: Iterator[list[str] | Prediction], window: int | None) -> Iterator[Prediction]:
     """Submit partitions, keeping at most ``window`` in flight, and yield each one's
     predictions once, when its future completes; ``scoring`` is ``(threshold, guard)``."""
-    cutoff = scoring[0]
+    threshold = scoring[0]
     run = uuid.uuid4().hex[:12]
     keys = itertools.count()
     futures = distributed.as_completed()
@@ -224,7 +224,7 @@ def _score(client: distributed.Client, plugin: str, scoring: tuple[float, bool],
                 yield from future.result()
             except distributed.KilledWorker:
                 if len(names) == 1:  # this file kills whichever worker reads it
-                    yield Prediction(names[0], None, math.nan, cutoff, KILLED)
+                    yield Prediction(names[0], None, math.nan, threshold, KILLED)
                 else:  # find the file: one task each
                     retry.extend([name] for name in names)
             except Exception as error:
