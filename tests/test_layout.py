@@ -66,7 +66,7 @@ def test_the_three_wings_exist_and_hold_modules():
     for wing in ("core", "runtime", "clinic", "training"):
         assert len(_modules(wing)) > 2, wing
     assert not [p.name for p in PACKAGE.glob("*.py")
-                if p.name not in ("__init__.py", "__main__.py", "cli.py")]
+                if p.name not in ("__init__.py", "__main__.py", "_version.py", "cli.py")]
 
 
 @pytest.mark.parametrize("path", _modules("core"), ids=lambda p: p.name)
@@ -86,6 +86,15 @@ def test_runtime_never_imports_training_or_the_clinic(path):
 def test_clinic_never_imports_training(path):
     wrong = [m for m, _ in _imports(path) if _is(m, "pneumocnn.training")]
     assert not wrong, f"{path.name} imports {wrong}"
+
+
+@pytest.mark.parametrize("path", sorted(set(PACKAGE.rglob("*.py")) - {PACKAGE / "__init__.py"}),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_the_package_root(path):
+    """The root imports the wings, never the other way round (``__version__`` comes from
+    ``pneumocnn._version``)."""
+    wrong = [m for m, _ in _imports(path) if m == "pneumocnn"]
+    assert not wrong, f"{path.relative_to(PACKAGE)} imports from the package root"
 
 
 @pytest.mark.parametrize("path", _modules("core") + _modules("runtime") + _modules("clinic")

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
 
-from pneumocnn import __version__
+from pneumocnn._version import __version__
 from pneumocnn.core.errors import MissingDependencyError
 from pneumocnn.runtime.model import Model
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pneumocnn import __version__
+from pneumocnn._version import __version__
 from pneumocnn.core.dicom import IDENTIFIERS
 from pneumocnn.core.durable_files import atomic_write, resume_csv, write_text
 from pneumocnn.core.errors import PneumocnnError

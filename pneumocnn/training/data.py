@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pneumocnn import __version__
+from pneumocnn._version import __version__
 from pneumocnn.core.durable_files import atomic_write
 from pneumocnn.core.errors import DatasetError, InputError
 from pneumocnn.core.labelled_data import LabelledImages
