@@ -46,7 +46,7 @@ from pneumocnn.clinic.forward import Destination, Forwarder, pynetdicom
 from pneumocnn.core.durable_files import exclusive_lock, remove_temporaries, write_durably
 from pneumocnn.runtime.model import Model, load
 
-LOG = logging.getLogger("pneumocnn.node")
+LOG = logging.getLogger(__name__)
 ACCEPTED = {
     "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
     "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",

@@ -17,7 +17,7 @@ from pneumocnn.core.labelled_data import LabelledImages, index_folder
 from pneumocnn.core.metrics import binary_metrics, roc_curve
 from pneumocnn.runtime.model import Model, Prediction, load
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from pneumocnn.core.errors import ModelFileError
 from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.runtime.backends import TFLiteBackend, read_tflite_file
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 # Candidates within this fraction of the fastest count as equally fast; the smallest file of
 # those is chosen (timings on a busy machine vary by a few percent from round to round).

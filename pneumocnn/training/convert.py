@@ -33,7 +33,7 @@ from pneumocnn.core.modelfile import (
 )
 from pneumocnn.core.preprocessing import Preprocessing, preprocess
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 
 def convert(

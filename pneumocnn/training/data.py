@@ -32,7 +32,7 @@ from pneumocnn.core.labelled_data import LabelledImages
 from pneumocnn.core.preprocessing import Preprocessing, load_pixels
 from pneumocnn.training.augmentations import Augmentation
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
