@@ -131,7 +131,7 @@ def test_command_line_parser_needs_no_training_code():
 def test_inference_path_works_with_tensorflow_absent(tmp_path):
     """``import pneumocnn``, ``load``, ``predict``, ``evaluate`` of a ``.tflite`` and the CLI
     parser, in a fresh interpreter where importing TensorFlow, Keras or Dask fails."""
-    from conftest import real_images
+    from helpers import real_images
 
     for label in ("NORMAL", "PNEUMONIA"):
         (tmp_path / label).mkdir()
@@ -160,7 +160,7 @@ def test_inference_path_works_with_tensorflow_absent(tmp_path):
 def test_without_dask_predict_dask_names_the_extra(blocked):
     """Where Dask is not installed, ``predict --dask`` exits 2 with an error naming
     ``pneumocnn[dask]``, and ``predict`` without it works."""
-    from conftest import TINY_INT8, real_images
+    from helpers import TINY_INT8, real_images
 
     image = str(real_images("NORMAL", 1)[0])
     code = textwrap.dedent(f"""

@@ -24,8 +24,8 @@ import pytest
 pytest.importorskip("pynetdicom", reason="the DICOM node needs pip install 'pneumocnn[dicom-net]'")
 
 import pydicom  # noqa: E402
-from conftest import REPO, TINY_INT8, real_images  # noqa: E402
 from dicomfiles import compressed, cut_codestream, dx_dataset  # noqa: E402
+from helpers import REPO, TINY_INT8, real_images  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydicom import uid  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
