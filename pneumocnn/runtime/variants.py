@@ -68,6 +68,7 @@ def open_variant(folder: Path, threads: int | None, variant: str | None
     files of different models, and ``ValueError`` when ``variant`` is not among them."""
     candidates = _candidates(folder)
     names = tuple(candidates)
+    choice: VariantChoice | None
     if variant is not None:
         if variant not in candidates:
             raise ValueError(f"{folder} has no {variant!r} variant; it has {', '.join(names)}")
