@@ -11,8 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0.dev0"
-
+from pneumocnn._version import __version__
 from pneumocnn.clinic.site_calibration import SiteCalibration, calibrate
 from pneumocnn.core.errors import (
     DatasetError,

@@ -77,7 +77,7 @@ def _load(args, threads: int | None = None):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pneumocnn import __version__
+    from pneumocnn._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="pneumocnn", description="Pneumonia triage on chest X-rays (a triage aid, not a "

@@ -33,7 +33,7 @@ from studies import RESULTS  # noqa: E402
 from studies.shifts import score_model  # noqa: E402
 from studies.study_report import write_report  # noqa: E402
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 FOLDS = 5
 SCREEN_EPOCHS = 15

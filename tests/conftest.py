@@ -1,5 +1,6 @@
 """Shared fixtures: the real X-rays and tiny models shipped in ``tests/data``, and one tiny model
-trained on them for the training tests.
+trained on them for the training tests (the constants and functions tests share are in
+``helpers.py``).
 
 Nothing here reads outside the repository, except for tests marked ``full_data``: they need the
 whole data set (``../shared/data`` beside the repository, or ``$PNEUMOCNN_DATA``) and are skipped,
@@ -18,55 +19,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import FULL_DATA, FULL_TRAIN, TINY_INT8, TINY_SETTINGS, XRAYS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-REPO = Path(__file__).resolve().parents[1]
-TEST_DATA = Path(__file__).resolve().parent / "data"
-XRAYS = TEST_DATA / "xrays"  # {NORMAL,PNEUMONIA}/: 24 + 24 of the 224 px training JPEGs
-FULL_RESOLUTION = TEST_DATA / "full_resolution"  # 3 original full-size files of the same images
-TINY_INT8 = TEST_DATA / "tiny-int8.tflite"  # the tiny recipe below, full-integer int8
-TINY_FLOAT = TEST_DATA / "tiny-dynamic-int8.tflite"  # the same run, float32 input and output
-TINY_SIZE = 64
-
-# the whole data set, for the few tests marked full_data
-FULL_DATA = Path(os.environ.get("PNEUMOCNN_DATA") or REPO.parent / "shared" / "data")
-FULL_TRAIN = FULL_DATA / "chest_xray" / "train"
-
-# the tiny recipe: the default recipe at 64 px for 2 epochs (tests/data/make_models.py made the
-# shipped tiny models with these settings from tests/data/xrays)
-TINY_SETTINGS = dict(
-    epochs=2, batch_size=8, input_size=TINY_SIZE, representative_images=16,
-    validation_fraction=0.25, verbose=0,
-)
-
 # fixtures that train (or exist only to train): a test using one must be marked `training`
 TRAINING_FIXTURES = ("tiny_run", "tiny_data")
-
-
-def real_images(label: str, count: int, start: int = 0) -> list[Path]:
-    """``count`` real 224x224 training X-rays of one class from ``tests/data/xrays``, in a fixed
-    order (24 per class: ``start + count`` must not exceed 24)."""
-    found = sorted((XRAYS / label).glob("*.jpeg"))[start : start + count]
-    if len(found) != count:
-        raise ValueError(f"tests/data/xrays/{label} holds no images {start}..{start + count - 1}")
-    return found
-
-
-def trained_and_averaged(checkpoint: Path) -> tuple[list, list]:
-    """A training checkpoint's trainable weights, and its optimizer's moving average of them
-    (runs with ``ema_momentum``), as numpy arrays."""
-    import keras
-
-    model = keras.saving.load_model(checkpoint)
-    trained = [variable.numpy() for variable in model.trainable_variables]
-    model.optimizer.finalize_variable_values(model.trainable_variables)
-    return trained, [variable.numpy() for variable in model.trainable_variables]
-
-
-def full_resolution_files() -> list[Path]:
-    """The shipped full-size originals (their 224 px copies are among ``XRAYS``)."""
-    return sorted(FULL_RESOLUTION.glob("*/*.jpeg"))
 
 
 @pytest.fixture(autouse=True)

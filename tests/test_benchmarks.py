@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FULL_RESOLUTION, REPO, TINY_FLOAT, TINY_INT8, full_resolution_files, real_images
+from helpers import FULL_RESOLUTION, REPO, TINY_FLOAT, TINY_INT8, full_resolution_files, real_images
 
 from benchmarks.coldstart import OURS
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_INT8, XRAYS, real_images
+from helpers import TINY_INT8, XRAYS, real_images
 from PIL import Image
 
 import pneumocnn

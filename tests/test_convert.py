@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import real_images
+from helpers import real_images
 
 import pneumocnn
 from pneumocnn.cli import main

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_INT8, XRAYS, real_images
+from helpers import TINY_INT8, XRAYS, real_images
 from test_cli import cut_last_row, read_csv
 
 import pneumocnn

@@ -14,7 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import TINY_INT8, real_images
+from helpers import TINY_INT8, real_images
 from PIL import Image
 
 import pneumocnn

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_SETTINGS, TINY_SIZE
+from helpers import TINY_SETTINGS, TINY_SIZE
 
 import pneumocnn
 from pneumocnn.core.errors import DatasetError

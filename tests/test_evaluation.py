@@ -4,7 +4,7 @@ predict() gives it."""
 from __future__ import annotations
 
 import pytest
-from conftest import TINY_INT8, XRAYS
+from helpers import TINY_INT8, XRAYS
 
 import pneumocnn
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY_SETTINGS
+from helpers import TINY_SETTINGS
 from PIL import Image
 
 import pneumocnn

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FULL_DATA, XRAYS, real_images
+from helpers import FULL_DATA, XRAYS, real_images
 
 from pneumocnn.core.errors import DatasetError
 from pneumocnn.core.labelled_data import (

@@ -66,7 +66,7 @@ def test_the_three_wings_exist_and_hold_modules():
     for wing in ("core", "runtime", "clinic", "training"):
         assert len(_modules(wing)) > 2, wing
     assert not [p.name for p in PACKAGE.glob("*.py")
-                if p.name not in ("__init__.py", "__main__.py", "cli.py")]
+                if p.name not in ("__init__.py", "__main__.py", "_version.py", "cli.py")]
 
 
 @pytest.mark.parametrize("path", _modules("core"), ids=lambda p: p.name)
@@ -86,6 +86,15 @@ def test_runtime_never_imports_training_or_the_clinic(path):
 def test_clinic_never_imports_training(path):
     wrong = [m for m, _ in _imports(path) if _is(m, "pneumocnn.training")]
     assert not wrong, f"{path.name} imports {wrong}"
+
+
+@pytest.mark.parametrize("path", sorted(set(PACKAGE.rglob("*.py")) - {PACKAGE / "__init__.py"}),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_the_package_root(path):
+    """The root imports the wings, never the other way round (``__version__`` comes from
+    ``pneumocnn._version``)."""
+    wrong = [m for m, _ in _imports(path) if m == "pneumocnn"]
+    assert not wrong, f"{path.relative_to(PACKAGE)} imports from the package root"
 
 
 @pytest.mark.parametrize("path", _modules("core") + _modules("runtime") + _modules("clinic")
@@ -122,7 +131,7 @@ def test_command_line_parser_needs_no_training_code():
 def test_inference_path_works_with_tensorflow_absent(tmp_path):
     """``import pneumocnn``, ``load``, ``predict``, ``evaluate`` of a ``.tflite`` and the CLI
     parser, in a fresh interpreter where importing TensorFlow, Keras or Dask fails."""
-    from conftest import real_images
+    from helpers import real_images
 
     for label in ("NORMAL", "PNEUMONIA"):
         (tmp_path / label).mkdir()
@@ -151,7 +160,7 @@ def test_inference_path_works_with_tensorflow_absent(tmp_path):
 def test_without_dask_predict_dask_names_the_extra(blocked):
     """Where Dask is not installed, ``predict --dask`` exits 2 with an error naming
     ``pneumocnn[dask]``, and ``predict`` without it works."""
-    from conftest import TINY_INT8, real_images
+    from helpers import TINY_INT8, real_images
 
     image = str(real_images("NORMAL", 1)[0])
     code = textwrap.dedent(f"""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FULL_DATA, FULL_RESOLUTION, real_images
+from helpers import FULL_DATA, FULL_RESOLUTION, real_images
 from PIL import Image
 
 import pneumocnn

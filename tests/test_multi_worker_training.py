@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_SIZE, trained_and_averaged
+from helpers import TINY_SIZE, trained_and_averaged
 
 import pneumocnn
 

@@ -24,8 +24,8 @@ import pytest
 pytest.importorskip("pynetdicom", reason="the DICOM node needs pip install 'pneumocnn[dicom-net]'")
 
 import pydicom  # noqa: E402
-from conftest import REPO, TINY_INT8, real_images  # noqa: E402
 from dicomfiles import compressed, cut_codestream, dx_dataset  # noqa: E402
+from helpers import REPO, TINY_INT8, real_images  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydicom import uid  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
@@ -151,7 +151,7 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
     the allow-list, a wrong called AE title, a CT (context rejected), an object over the size
     limit, a malformed one, one whose data set names another SOP class than it was sent as; a
     lateral view is stored and listed apart by the guard."""
-    caplog.set_level(logging.INFO, logger="pneumocnn.node")
+    caplog.set_level(logging.INFO, logger="pneumocnn")
     malformed = xray("NORMAL", 3, PatientID="HOSTILE")
     encode = association_module.encode
 
@@ -221,7 +221,7 @@ def test_a_cut_jpeg_is_stored_and_listed_as_an_error_with_no_report(tmp_path, ti
 
 
 def test_associations_beyond_the_limit_are_rejected(tmp_path, tiny, caplog):
-    caplog.set_level(logging.INFO, logger="pneumocnn.node")
+    caplog.set_level(logging.INFO, logger="pneumocnn")
     with node(tmp_path / "node", tiny, max_associations=1) as scp:
         ae = AE(ae_title="XRAY1")
         ae.add_requested_context(DigitalXRayImageStorageForPresentation)
@@ -319,7 +319,7 @@ class PACS:
 def test_reports_are_forwarded_and_kept_when_the_pacs_is_down(tmp_path, tiny, caplog):
     """The PACS down: the send is tried, the failure logged, the report kept in results/ and
     outbox/; the PACS up again: it receives the report, and the outbox empties."""
-    caplog.set_level(logging.INFO, logger="pneumocnn.node")
+    caplog.set_level(logging.INFO, logger="pneumocnn")
     port = free_port()
     dataset = xray("PNEUMONIA", 8)
     with node(tmp_path / "node", tiny, forward=f"PACS@{LOCAL}:{port}", forward_attempts=2,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FULL_DATA, FULL_TRAIN, XRAYS, full_resolution_files
+from helpers import FULL_DATA, FULL_TRAIN, XRAYS, full_resolution_files
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from pneumocnn.core.errors import InputError

@@ -14,7 +14,7 @@ import sys
 import termios
 import time
 
-from conftest import TINY_INT8, XRAYS, real_images
+from helpers import TINY_INT8, XRAYS, real_images
 
 from pneumocnn.cli import main
 from pneumocnn.core.progress import progress_bar

@@ -31,7 +31,7 @@ def test_runs_saved_before_a_setting_existed_keep_their_meaning(tmp_path):
 
 
 def test_split_seed_fixes_the_validation_images_while_the_random_seed_varies():
-    from conftest import XRAYS
+    from helpers import XRAYS
 
     from pneumocnn.training.settings import make_config
     from pneumocnn.training.splits import split
@@ -56,7 +56,7 @@ def test_teachers_are_kept_as_a_tuple_through_config_json(tmp_path):
 
 
 def test_earliest_validation_is_the_same_for_every_seed_and_refuses_unknown_modes():
-    from conftest import XRAYS
+    from helpers import XRAYS
 
     from pneumocnn.core.labelled_data import index_folder, split_earliest_patients
     from pneumocnn.training.settings import make_config

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_SETTINGS, real_images, trained_and_averaged
+from helpers import TINY_SETTINGS, real_images, trained_and_averaged
 from PIL import Image
 from test_durable_files import _no_space
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_INT8, real_images
+from helpers import TINY_INT8, real_images
 from PIL import Image
 from test_cli import EXAMPLES, cut_last_row, read_csv
 

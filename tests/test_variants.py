@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_FLOAT, TINY_INT8, real_images
+from helpers import REPO, TINY_FLOAT, TINY_INT8, real_images
 
 import pneumocnn
 from pneumocnn.runtime import variants

@@ -31,12 +31,12 @@ import math
 import os
 import uuid
 from collections import deque
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Generator, Iterable, Iterator
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from pneumocnn.core.errors import MissingDependencyError, PneumocnnError
+from pneumocnn.core.errors import InputError, MissingDependencyError, PneumocnnError
 
 try:
     import distributed
@@ -66,7 +66,7 @@ def predict_on_dask(
     partition_size: int = PARTITION_SIZE,
     window: int | None = None,
     guard: bool = True,
-) -> Iterator[Prediction]:
+) -> Generator[Prediction, None, None]:
     """Score files, folders and manifests on a Dask cluster, yielding each
     :class:`~pneumocnn.runtime.model.Prediction` as its partition completes (not in input
     order); the same rows, probabilities and error rows as :meth:`Model.predict_iter`.
@@ -151,8 +151,9 @@ class ModelPlugin(distributed.WorkerPlugin):
 def _score_partition(names: list[str], plugin: str, threshold: float,
                      guard: bool) -> list[Prediction]:
     """On a worker: score each file of a partition with the worker's model."""
-    model = distributed.get_worker().plugins[plugin].model
-    return [_score_file(model, name, threshold, guard) for name in names]
+    held = distributed.get_worker().plugins[plugin]
+    assert isinstance(held, ModelPlugin) and held.model is not None, f"{plugin} is not set up"
+    return [_score_file(held.model, name, threshold, guard) for name in names]
 
 
 def _score_file(model: Model, name: str, threshold: float, guard: bool) -> Prediction:
@@ -179,8 +180,8 @@ def _partitions(inputs, skip: Container[str], size: int,
             if len(batch) == size:
                 yield batch
                 batch = []
-        elif isinstance(item, PneumocnnError):
-            yield Prediction.failed(name, threshold, item)
+        elif isinstance(item, InputError):
+            yield Prediction.failed(item.source, threshold, item)
         else:
             yield Prediction(name or "(in-memory input)", None, math.nan, threshold,
                              "not a file path: Dask workers read their inputs from files")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pneumocnn.core.errors import MissingDependencyError, PneumocnnError
 
-LOG = logging.getLogger("pneumocnn.node")
+LOG = logging.getLogger(__name__)
 INSTALL = "pip install 'pneumocnn[dicom-net]'"
 _DESTINATION = re.compile(r"(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})")
 # Success, and the storage warnings (coercion of data elements, elements discarded, data set

@@ -46,7 +46,7 @@ from pneumocnn.clinic.forward import Destination, Forwarder, pynetdicom
 from pneumocnn.core.durable_files import exclusive_lock, remove_temporaries, write_durably
 from pneumocnn.runtime.model import Model, load
 
-LOG = logging.getLogger("pneumocnn.node")
+LOG = logging.getLogger(__name__)
 ACCEPTED = {
     "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
     "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
@@ -137,7 +137,12 @@ class Node:
         """Wait until every object received so far is scored and listed (and, with a
         forward, every report tried); True if that happened within ``timeout`` seconds."""
         done = threading.Event()
-        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
+
+        def signal_when_drained() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=signal_when_drained, daemon=True).start()
         if not done.wait(timeout):
             return False
         return self.forwarder is None or self.forwarder.wait_idle(timeout)
@@ -172,7 +177,8 @@ class Node:
         ae.require_calling_aet = self.allow
         for sop_class in ACCEPTED:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, _log_rejection)]
+        handlers: list[evt.EventHandlerType] = [(evt.EVT_C_STORE, self._on_store),
+                                                (evt.EVT_REJECTED, _log_rejection)]
         return ae.start_server((self.host, self._requested_port), block=False,
                                ssl_context=self.tls, evt_handlers=handlers)
 

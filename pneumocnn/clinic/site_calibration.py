@@ -354,7 +354,7 @@ def _unlabelled(models: dict[str, Model], folder: str | os.PathLike,
     if not Path(folder).is_dir():
         raise DatasetError(f"{folder}: folder does not exist")
     first, *others = models
-    predictions = models[first].predict(folder)
+    predictions = list(models[first].predict_iter(folder))
     unreadable = [f"{p.source}: {p.error}" for p in predictions if not p.ok]
     readable = [p.source for p in predictions if p.ok]
     if len(readable) < MIN_UNLABELLED:
@@ -378,7 +378,7 @@ def _unlabelled(models: dict[str, Model], folder: str | os.PathLike,
 
 def _probabilities(model: Model, paths: list[str]) -> np.ndarray:
     """A variant's probabilities for images another variant read; unreadable now, they fail."""
-    predictions = model.predict(paths)
+    predictions = list(model.predict_iter(paths))
     failed = [f"{p.source}: {p.error}" for p in predictions if not p.ok]
     if failed:
         raise DatasetError(f"{failed[0]} (it was read a moment before: has it changed?)")

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
 
-from pneumocnn import __version__
+from pneumocnn._version import __version__
 from pneumocnn.core.errors import MissingDependencyError
 from pneumocnn.runtime.model import Model
 
@@ -57,7 +57,7 @@ def structured_report(source, row: dict[str, str], model: Model):
     scored X-ray whose data set (pixels not needed) is ``source``."""
     try:
         from pydicom.dataset import Dataset, FileMetaDataset
-        from pydicom.uid import ExplicitVRLittleEndian
+        from pydicom.uid import UID, ExplicitVRLittleEndian
     except ImportError:
         raise MissingDependencyError("a DICOM report needs pydicom: "
                                      "pip install 'pneumocnn[dicom]'") from None
@@ -69,7 +69,7 @@ def structured_report(source, row: dict[str, str], model: Model):
     if not report.SpecificCharacterSet:
         del report.SpecificCharacterSet
     now = datetime.now(timezone.utc)
-    report.update({
+    for keyword, value in {
         "SOPClassUID": COMPREHENSIVE_SR,
         "SOPInstanceUID": report_uid(source.SOPInstanceUID),
         "StudyInstanceUID": study,
@@ -89,7 +89,8 @@ def structured_report(source, row: dict[str, str], model: Model):
         "VerificationFlag": "UNVERIFIED",
         "ValueType": "CONTAINER",
         "ContinuityOfContent": "SEPARATE",
-    })
+    }.items():
+        setattr(report, keyword, value)
     report.ReferencedPerformedProcedureStepSequence = []
     report.PerformedProcedureCodeSequence = []
     report.ConceptNameCodeSequence = [_code(TITLE)]
@@ -114,7 +115,7 @@ def structured_report(source, row: dict[str, str], model: Model):
             _reference(source.SOPClassUID, source.SOPInstanceUID)]),
     ]
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
+    meta.MediaStorageSOPClassUID = UID(COMPREHENSIVE_SR)
     meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     report.file_meta = meta

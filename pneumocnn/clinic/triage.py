@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pneumocnn import __version__
+from pneumocnn._version import __version__
 from pneumocnn.core.dicom import IDENTIFIERS
 from pneumocnn.core.durable_files import atomic_write, resume_csv, write_text
 from pneumocnn.core.errors import PneumocnnError
@@ -79,6 +79,7 @@ def triage(
     drawn = progress if isinstance(progress, bool) or progress is None else False
     with progress_bar(total, initial=len(done), enabled=drawn, description="triage") as bar:
         for count, (item, name) in enumerate(todo, start=1):
+            assert name is not None  # what a path expands to is named
             append_score(scores, score(model, item, name, out / "images", heatmaps, guard))
             bar.update()
             if callable(progress):
@@ -135,7 +136,7 @@ def score(model: Model, item, name: str, images: Path, heatmaps: bool = True,
     except PneumocnnError as error:
         row["error"] = getattr(error, "reason", str(error))
         return row
-    row.update(probability=f"{prediction.probability:.6f}", label=prediction.label,
+    row.update(probability=f"{prediction.probability:.6f}", label=prediction.label or "",
                threshold=f"{prediction.threshold:.6f}")
     return row
 

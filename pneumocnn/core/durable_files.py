@@ -7,6 +7,7 @@ import contextlib
 import csv
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Yield a binary stream whose content replaces ``path`` only if the block succeeds;
     on any error the previous file, if any, is left untouched. An ``OSError`` (a full disk, say)
     is raised again naming ``path``. A kill leaves at most a ``.NAME.*.tmp`` file beside it,
@@ -46,7 +47,7 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
         raise
 
 
-def remove_temporaries(folder: str | Path) -> None:
+def remove_temporaries(folder: str | os.PathLike) -> None:
     """Delete the ``.*.tmp`` files and folders a killed writer left in ``folder``; call it only
     while holding the folder's lock."""
     for leftover in Path(folder).glob(f".*{TEMPORARY}"):
@@ -57,13 +58,13 @@ def remove_temporaries(folder: str | Path) -> None:
                 leftover.unlink()
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Atomically replace ``path`` with ``data``."""
     with atomic_write(path) as stream:
         stream.write(data)
 
 
-def write_durably(path: str | Path, data: bytes) -> None:
+def write_durably(path: str | os.PathLike, data: bytes) -> None:
     """Atomically replace ``path`` with ``data`` and flush its folder to disk too, so that once
     this returns the file survives a crash or a power cut under its name (the rename itself is
     on disk; folders cannot be flushed on Windows, where the rename is left to the system)."""
@@ -77,19 +78,19 @@ def write_durably(path: str | Path, data: bytes) -> None:
             os.close(folder)
 
 
-def write_text(path: str | Path, text: str) -> None:
+def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically replace ``path`` with UTF-8 ``text``."""
     write_bytes(path, text.encode("utf-8", "surrogateescape"))  # non-UTF-8 file names as they are
 
 
-def resume_csv(path: str | Path, columns: Sequence[str], what: str) -> list[dict[str, str]]:
+def resume_csv(path: str | os.PathLike, columns: Sequence[str], what: str) -> list[dict[str, str]]:
     """The rows of a CSV file written a row at a time (``predict --csv``, triage's
     ``scores.csv``) by a run that may have been killed, ready to be appended to: the list
     :func:`resume_rows` streams."""
     return list(resume_rows(path, columns, what))
 
 
-def resume_rows(path: str | Path, columns: Sequence[str], what: str) -> Iterator[dict[str, str]]:
+def resume_rows(path: str | os.PathLike, columns: Sequence[str], what: str) -> Iterator[dict[str, str]]:
     """Stream the rows of a CSV file written a row at a time by a run that may have been
     killed (one row in memory at a time, however long the file), and make it ready to be
     appended to.
@@ -136,7 +137,7 @@ def _rows(path: Path) -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` for the block, or raise ``PneumocnnError`` at once
     naming ``what`` if another process holds it. The lock dies with its process."""
     path = Path(path)
@@ -152,22 +153,22 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
             _unlock(handle)
 
 
-if os.name == "nt":
+if sys.platform == "win32":  # the form type checkers read as a platform
     import msvcrt
 
-    def _lock(handle) -> None:
+    def _lock(handle: BinaryIO) -> None:
         handle.seek(0)
         msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
 
-    def _unlock(handle) -> None:
+    def _unlock(handle: BinaryIO) -> None:
         handle.seek(0)
         msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 else:
     import fcntl
 
-    def _lock(handle) -> None:
+    def _lock(handle: BinaryIO) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
-    def _unlock(handle) -> None:
+    def _unlock(handle: BinaryIO) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -11,6 +11,7 @@ import csv
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeGuard, cast
 
 import numpy as np
 from PIL import Image
@@ -31,7 +32,7 @@ def is_image_file(path: Path) -> bool:
     )
 
 
-def is_single(inputs: object) -> bool:
+def is_single(inputs: object) -> TypeGuard[ImageInput]:
     """True for one input (a file path, bytes, a binary file, a PIL image or an array);
     False for a folder, a manifest or an iterable of inputs."""
     if isinstance(inputs, (str, os.PathLike)):
@@ -61,8 +62,8 @@ def expand_inputs(
     elif is_single(inputs):
         name = getattr(inputs, "name", None)
         yield inputs, name if isinstance(name, str) else None
-    else:
-        for item in inputs:
+    else:  # not one input, so an iterable of them (which types cannot tell from ImageInput)
+        for item in cast("Iterable[ImageInput]", inputs):
             yield from expand_inputs(item)
 
 

@@ -8,6 +8,7 @@ NORMAL (any case) is the negative class, otherwise the first name in sorted orde
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import defaultdict
 from collections.abc import Callable
@@ -52,7 +53,7 @@ class LabelledImages:
         return [patient_id(path) for path in self.paths]
 
 
-def patient_id(path: str | Path) -> str:
+def patient_id(path: str | os.PathLike) -> str:
     """Read the patient id from a Kermany file name; other names are their own patient."""
     name = Path(path).name
     for pattern in _PATIENT_PATTERNS:
@@ -62,7 +63,7 @@ def patient_id(path: str | Path) -> str:
     return Path(name).stem
 
 
-def find_splits(root: str | Path) -> dict[str, LabelledImages]:
+def find_splits(root: str | os.PathLike) -> dict[str, LabelledImages]:
     """Index ``root``: ``{"train": ..., "val": ..., "test": ...}`` for the split layout (splits
     that exist), or ``{"train": ...}`` for a plain ``ROOT/{class}/`` folder."""
     root = Path(root)
@@ -78,7 +79,7 @@ def find_splits(root: str | Path) -> dict[str, LabelledImages]:
     return splits
 
 
-def index_folder(folder: str | Path) -> LabelledImages:
+def index_folder(folder: str | os.PathLike) -> LabelledImages:
     """Index ``folder/{negative,positive}/*`` into sorted paths and 0/1 labels."""
     folder = Path(folder)
     if not folder.is_dir():

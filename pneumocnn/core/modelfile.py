@@ -198,9 +198,11 @@ def embed_in_tflite(model: bytes, description: ModelDescription) -> bytes:
     builder = flatbuffers.Builder(len(model) + len(text) + 4096)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
     output = bytearray(builder.Output())
-    written, start = _find_description(schema, output)
-    assert written == text, "the description was not written verbatim"
-    at = start + _STAMP.search(text).start(1)
+    found = _find_description(schema, output)
+    assert found is not None and found[0] == text, "the description was not written verbatim"
+    stamp = _STAMP.search(text)
+    assert stamp is not None, "the description was written without its digest"
+    at = found[1] + stamp.start(1)
     output[at:at + len(_PLACEHOLDER)] = hashlib.sha256(output).hexdigest().encode()
     return bytes(output)
 

@@ -305,8 +305,8 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
             raise InputError(name, "array holds NaN or infinite values")
-        low, high = float(array.min()), float(array.max())
-        if low < 0.0 or high > 1.0:
-            raise InputError(name, f"float pixel values must lie in [0, 1], got [{low:g}, {high:g}]")
+        lowest, highest = float(array.min()), float(array.max())
+        if lowest < 0.0 or highest > 1.0:
+            raise InputError(name, f"float pixel values must lie in [0, 1], got [{lowest:g}, {highest:g}]")
         return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
     raise InputError(name, f"unsupported array dtype {array.dtype}; use uint8, uint16 or float")

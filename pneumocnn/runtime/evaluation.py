@@ -17,7 +17,7 @@ from pneumocnn.core.labelled_data import LabelledImages, index_folder
 from pneumocnn.core.metrics import binary_metrics, roc_curve
 from pneumocnn.runtime.model import Model, Prediction, load
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,7 +80,7 @@ def score_labelled(model: Model, folder: str | os.PathLike, threshold: float | N
     if [n.upper() for n in images.class_names] != [n.upper() for n in model.labels]:
         log.warning("folder classes %s are taken as the model's labels %s",
                     images.class_names, model.labels)
-    predictions = model.predict([str(p) for p in images.paths], threshold=threshold)
+    predictions = list(model.predict_iter([str(p) for p in images.paths], threshold=threshold))
     if not any(p.ok for p in predictions):
         raise ValueError(f"{folder}: none of the images could be read")
     return images, predictions

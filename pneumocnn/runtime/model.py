@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
@@ -137,7 +137,7 @@ class Model:
     def predict_iter(
         self, inputs: ImageInput | Iterable[ImageInput], threshold: float | None = None,
         *, skip: Container[str] = (), guard: bool = True,
-    ) -> Iterator[Prediction]:
+    ) -> Generator[Prediction, None, None]:
         """Like :meth:`predict` on many inputs, yielding each result in input order as soon as
         it is ready. Inputs are decoded on a few threads ahead of the one being yielded; inputs
         are listed as they are needed (a folder or manifest is never held whole). Inputs whose
@@ -213,6 +213,7 @@ def load(path: str | os.PathLike | None = None, *, threads: int | None = None,
     ``"float16"``, ...) when given; ``Model.variant`` says which and why. ``threads`` sets the
     interpreter's CPU threads (default: all cores)."""
     path = bundled_models() if path is None else Path(path)
+    backend: Backend
     if path.is_dir():
         backend, description, file, choice = open_variant(path, threads, variant)
         return Model(backend, description, str(file), choice)

@@ -31,7 +31,7 @@ from pneumocnn.core.errors import ModelFileError
 from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.runtime.backends import TFLiteBackend, read_tflite_file
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 # Candidates within this fraction of the fastest count as equally fast; the smallest file of
 # those is chosen (timings on a busy machine vary by a few percent from round to round).
@@ -68,6 +68,7 @@ def open_variant(folder: Path, threads: int | None, variant: str | None
     files of different models, and ``ValueError`` when ``variant`` is not among them."""
     candidates = _candidates(folder)
     names = tuple(candidates)
+    choice: VariantChoice | None
     if variant is not None:
         if variant not in candidates:
             raise ValueError(f"{folder} has no {variant!r} variant; it has {', '.join(names)}")

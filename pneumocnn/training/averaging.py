@@ -17,9 +17,11 @@ class KeepTrainingWeights(keras.callbacks.Callback):
     moving average."""
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Keep a copy of the training weights, before ``fit`` replaces them."""
         self._weights = [variable.numpy() for variable in self.model.trainable_variables]
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        """Put the kept training weights back over the average ``fit`` wrote."""
         for variable, value in zip(self.model.trainable_variables, self._weights, strict=True):
             variable.assign(value)
 

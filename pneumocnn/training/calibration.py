@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pneumocnn import __version__
+from pneumocnn._version import __version__
 from pneumocnn.core.metrics import binary_metrics, fit_calibration, threshold_for_sensitivity
 from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.core.preprocessing import Preprocessing, to_model_inputs

@@ -20,7 +20,7 @@ from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.training.export import save_keras
 from pneumocnn.training.settings import TrainingConfig, saved_config
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 CHECKPOINTS_KEPT = 2
 

@@ -33,7 +33,7 @@ from pneumocnn.core.modelfile import (
 )
 from pneumocnn.core.preprocessing import Preprocessing, preprocess
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 
 def convert(
@@ -59,7 +59,7 @@ def convert(
     names the model a weights-only ``.h5`` file belongs to.
     """
     source = Path(source)
-    overrides = {}
+    overrides: dict[str, object] = {}
     if threshold is not None:
         overrides["threshold"] = threshold
     if labels is not None:
@@ -132,7 +132,7 @@ def _from_weights(source: Path, architecture: str):
 
     recipe = get_architecture(architecture)
     spec = Preprocessing()
-    model = recipe.build(spec.input_shape)
+    model = recipe.build(spec.input_shape, recipe.outputs)
     try:
         model.load_weights(source)
     except (ValueError, KeyError, OSError) as error:

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pneumocnn import __version__
+from pneumocnn._version import __version__
 from pneumocnn.core.durable_files import atomic_write
 from pneumocnn.core.errors import DatasetError, InputError
 from pneumocnn.core.labelled_data import LabelledImages
 from pneumocnn.core.preprocessing import Preprocessing, load_pixels
 from pneumocnn.training.augmentations import Augmentation
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import tensorflow as tf
 from pneumocnn.core.durable_files import write_text
 from pneumocnn.core.errors import DatasetError
 from pneumocnn.core.preprocessing import Preprocessing
-from pneumocnn.runtime.backends import open_backend
+from pneumocnn.runtime.backends import KerasBackend, open_backend
 
 
 def load_teachers(paths: Sequence[str], spec: Preprocessing) -> list[keras.Model]:
@@ -37,6 +37,7 @@ def load_teachers(paths: Sequence[str], spec: Preprocessing) -> list[keras.Model
             raise ValueError(f"{path}: the teacher's preprocessing "
                              f"{description.preprocessing.to_dict()} differs from the "
                              f"student's {spec.to_dict()}")
+        assert isinstance(backend, KerasBackend)  # what a .keras file opens as
         teachers.append(backend.keras_model)
     return teachers
 

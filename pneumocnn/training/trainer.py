@@ -49,7 +49,7 @@ from pneumocnn.training.splits import split, summary
 __all__ = ["RECIPES", "TrainingConfig", "TrainingResult", "make_config", "saved_config", "split",
            "train"]
 
-log = logging.getLogger("pneumocnn")
+log = logging.getLogger(__name__)
 
 
 @dataclass

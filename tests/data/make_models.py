@@ -1,7 +1,7 @@
 """Make the tiny models shipped in tests/data for the runtime's tests.
 
 Trains the tiny recipe (the default recipe at 64 px for 2 epochs: ``TINY_SETTINGS`` in
-tests/conftest.py) on ``tests/data/xrays`` and copies two of its model files here:
+tests/helpers.py) on ``tests/data/xrays`` and copies two of its model files here:
 
 - ``tiny-int8.tflite``: int8;
 - ``tiny-dynamic-int8.tflite``: dynamic-range int8 weights with float32 input and output, the
@@ -25,9 +25,9 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests/, for conftest's settings
+sys.path.insert(0, str(HERE.parent))  # tests/, for the helpers' settings
 
-from conftest import TINY_SETTINGS, XRAYS  # noqa: E402
+from helpers import TINY_SETTINGS, XRAYS  # noqa: E402
 
 import pneumocnn  # noqa: E402
 
