@@ -148,9 +148,10 @@ def test_stores_scores_lists_and_reports_what_arrives(tmp_path, tiny):
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the sender's own bad UID
 def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
     """Refused with a logged reason, and the node goes on storing: a calling AE title not on
-    the allow-list, a wrong called AE title, a CT (context rejected), an object over the size
-    limit, a malformed one, one whose data set names another SOP class than it was sent as; a
-    lateral view is stored and listed apart by the guard."""
+    the allow-list, a wrong called AE title, a CT (context rejected), a malformed object, one
+    whose data set names another SOP class than it was sent as, one whose SOP Instance UID would
+    be a path; an object over the size limit aborts its own association as the limit is
+    crossed; a lateral view is stored and listed apart by the guard."""
     caplog.set_level(logging.INFO, logger="pneumocnn.node")
     malformed = xray("NORMAL", 3, PatientID="HOSTILE")
     encode = association_module.encode
@@ -179,21 +180,22 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
         assert not association.is_established  # nothing left to send: the sender aborts
         big = xray("NORMAL", 4)  # 50 kB of pixels and 100 kB of a private element
         big.private_block(0x0009, "TEST", create=True).add_new(0x10, "OB", bytes(100_000))
-        statuses = send(scp.port, [big, malformed, xray("NORMAL", 2, PatientID="CT"),
+        assert send(scp.port, [big], calling="XRAY2") == [-1]  # aborted: no answer
+        statuses = send(scp.port, [malformed, xray("NORMAL", 2, PatientID="CT"),
                                    xray("NORMAL", 1, PatientID="PATH"),
                                    xray("NORMAL", 5, ViewPosition="LL"), xray("NORMAL", 6)],
                         calling="XRAY2")
-        assert statuses == [0xA700, 0xC000, 0xA900, 0xC000, 0, 0]
+        assert statuses == [0xC000, 0xA900, 0xC000, 0, 0]
         assert scp.wait_idle(60)
     listed = rows(tmp_path / "node")
     assert len(listed) == 2 and listed[0]["label"] and "lateral view" in listed[1]["error"]
     assert len(list((tmp_path / "node" / "received").iterdir())) == 2
     assert len(list((tmp_path / "node" / "results").iterdir())) == 1  # no report unscored
     logged = caplog.text
-    assert "rejected an association from INTRUDER@127.0.0.1: calling AE title not allowed" in logged
-    assert "rejected an association from XRAY1@127.0.0.1: it called 'SOMEONE'" in logged
-    assert "status 0xA700" in logged and "over the limit" in logged
-    assert "status 0xC000" in logged and "cannot parse" in logged
+    assert "refused INTRUDER@127.0.0.1: calling AE title 'INTRUDER' is not allowed" in logged
+    assert "refused XRAY1@127.0.0.1: it called 'SOMEONE', not this node's AE title" in logged
+    assert "dropped: an object over the limit of 104,857 bytes" in logged
+    assert "status 0xC000" in logged and "cannot read it whole" in logged
     assert "invalid or mismatched SOP Instance UID '../../escaped'" in logged
     assert not list(tmp_path.rglob("escaped*"))
     assert "status 0xA900" in logged and f"SOP class {CTImageStorage} sent as" in logged
@@ -434,7 +436,8 @@ def test_listen_command_runs_until_sigterm(tmp_path):
         _, errors = process.communicate(timeout=60)
     assert process.returncode == 0, errors
     assert len(rows(tmp_path / "node")) == 1
-    assert "rejected an association from XRAY2@" in errors and "stopped" in errors
+    assert "refused XRAY2@127.0.0.1: calling AE title 'XRAY2' is not allowed" in errors
+    assert "stopped" in errors
 
 
 def test_importing_pneumocnn_does_not_import_pynetdicom():

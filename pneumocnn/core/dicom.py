@@ -46,8 +46,8 @@ _BARE_STARTS = (b"\x02\x00", b"\x08\x00")
 _BARE_BIG_ENDIAN_START = b"\x00\x08"
 # JPEG's EOI and JPEG 2000's EOC marker: the last two bytes of every whole codestream
 _END_OF_IMAGE = b"\xff\xd9"
-# the loggers of pydicom and its decoder plugins (top-level names)
-_LIBRARIES = frozenset({"pydicom", "pylibjpeg", "libjpeg", "openjpeg", "rle", "jpeg_ls"})
+# the loggers of pydicom and its decoder plugins (top-level names), and Python's py.warnings
+_LIBRARIES = frozenset({"pydicom", "pylibjpeg", "libjpeg", "openjpeg", "rle", "jpeg_ls", "py"})
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def read_identifiers(path: str | os.PathLike) -> dict[str, str]:
         import pydicom
     except ImportError:
         return {}
-    with _holding_library_logs():
+    with holding_library_logs():
         try:
             return _identifiers(pydicom.dcmread(path, stop_before_pixels=True, force=True))
         except Exception:  # a file that cannot be read has no identifiers to show
@@ -119,7 +119,7 @@ def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True) -> DicomIma
         raise MissingDependencyError(f"{name}: DICOM input needs pydicom: {INSTALL}") from None
     # pydicom and its decoders, given damaged or hostile bytes, raise errors of many kinds
     # (struct.error, NotImplementedError, their own...): every one is the file's fault here
-    with _holding_library_logs() as logged:
+    with holding_library_logs() as logged:
         try:
             dataset = pydicom.dcmread(stream, force=True)
             flagged = guard.reason(_guard_tags(dataset)) if guard_tags else None
@@ -138,6 +138,22 @@ def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True) -> DicomIma
             raise
         except Exception as error:
             raise InputError(name, f"cannot decode DICOM pixel data ({one_line(error)})") from error
+
+
+def decodable_transfer_syntaxes() -> list[str]:
+    """The transfer syntaxes whose pixel data pneumocnn can decode here: the uncompressed ones,
+    and the compressed ones an installed pydicom decoder plugin handles (needs pydicom)."""
+    from pydicom import uid
+    from pydicom.pixels.decoders.base import get_decoder
+
+    syntaxes = [uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian,
+                uid.DeflatedExplicitVRLittleEndian, uid.ExplicitVRBigEndian]
+    for syntax in uid.AllTransferSyntaxes:
+        if syntax.is_compressed:
+            with contextlib.suppress(NotImplementedError):
+                if get_decoder(syntax).is_available:
+                    syntaxes.append(syntax)
+    return [str(syntax) for syntax in syntaxes]
 
 
 def one_line(message: object) -> str:
@@ -171,9 +187,10 @@ _HELD_LOGS = _HeldLogs()
 
 
 @contextlib.contextmanager
-def _holding_library_logs() -> Iterator[list[str]]:
-    """Hold back the libraries' log records made in this thread within the block; yield the
-    list of their messages."""
+def holding_library_logs() -> Iterator[list[str]]:
+    """Hold back the warnings and errors pydicom and its decoders log in this thread within
+    the block (and Python warnings, where ``logging.captureWarnings`` routes them to the log);
+    yield the list of their messages."""
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
         if isinstance(logger, logging.Logger) and name.split(".")[0] in _LIBRARIES:
             logger.addFilter(_HELD_LOGS)  # once per logger: a filter is added only once
