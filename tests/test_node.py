@@ -5,12 +5,10 @@ sending DICOM files made from the real X-rays in tests/data, to nodes on free lo
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,15 +22,14 @@ import pytest
 pytest.importorskip("pynetdicom", reason="the DICOM node needs pip install 'pneumocnn[dicom-net]'")
 
 import pydicom  # noqa: E402
-from conftest import REPO, TINY_INT8, real_images  # noqa: E402
-from dicomfiles import compressed, cut_codestream, dx_dataset  # noqa: E402
-from PIL import Image  # noqa: E402
+from conftest import REPO, TINY_INT8  # noqa: E402
+from dicomfiles import compressed, cut_codestream  # noqa: E402
+from dicomnet import LOCAL, free_port, rows, send, xray  # noqa: E402
 from pydicom import uid  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom import association as association_module  # noqa: E402
 from pynetdicom.sop_class import (  # noqa: E402
     ComprehensiveSRStorage,
-    ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
 )
@@ -42,55 +39,10 @@ from pneumocnn.clinic import structured_report  # noqa: E402
 from pneumocnn.clinic.forward import Destination  # noqa: E402
 from pneumocnn.clinic.node import Node  # noqa: E402
 
-LOCAL = "127.0.0.1"
-CONTEXTS = (DigitalXRayImageStorageForPresentation, ComputedRadiographyImageStorage)
-
 
 @pytest.fixture(scope="module")
 def tiny():
     return pneumocnn.load(TINY_INT8)
-
-
-def xray(label: str = "PNEUMONIA", index: int = 0, cr: bool = False, **tags) -> pydicom.Dataset:
-    """A frontal chest DX (or CR) data set of one of the real X-rays, in a study of its own."""
-    with Image.open(real_images(label, 1, start=index)[0]) as image:
-        pixels = np.asarray(image.convert("L"))
-    tags = {"StudyInstanceUID": uid.generate_uid(), "SeriesInstanceUID": uid.generate_uid(),
-            "PatientID": f"P{label[0]}{index}", "AccessionNumber": f"A{index}",
-            "BodyPartExamined": "CHEST", "ViewPosition": "PA", **tags}
-    dataset = dx_dataset(pixels, **tags)
-    if cr:
-        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = \
-            ComputedRadiographyImageStorage
-        dataset.Modality = "CR"
-    return dataset
-
-
-def send(port: int, datasets, calling: str = "XRAY1", called: str = "PNEUMOCNN",
-         contexts=CONTEXTS) -> list[int] | None:
-    """C-STORE ``datasets`` in one association; the statuses (-1: no answer), or None if it
-    was rejected."""
-    ae = AE(ae_title=calling)
-    for context in contexts:  # an SOP class, or (SOP class, transfer syntaxes)
-        ae.add_requested_context(*(context if isinstance(context, tuple) else (context,)))
-    association = ae.associate(LOCAL, port, ae_title=called)
-    if not association.is_established:
-        return None
-    try:
-        return [int(association.send_c_store(dataset).get("Status", -1)) for dataset in datasets]
-    finally:
-        association.release()
-
-
-def rows(folder: Path, name: str = "worklist.csv") -> list[dict[str, str]]:
-    with (folder / name).open(newline="") as stream:
-        return list(csv.DictReader(stream))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOCAL, 0))
-        return probe.getsockname()[1]
 
 
 def node(out: Path, model, **options) -> Node:

@@ -382,8 +382,8 @@ class RefusalLog:
 
 
 class _LibraryFold(logging.Filter):
-    """Holds what pynetdicom (and Python warnings) log on an admitted association's threads;
-    it reaches the log folded into that association's summary line."""
+    """Holds what pynetdicom logs on an admitted association's threads; it reaches the log
+    folded into that association's summary line."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -405,8 +405,8 @@ _FOLD = _LibraryFold()
 
 
 def _fold_library_logs() -> None:
-    for name in ("pynetdicom", "py.warnings", *logging.Logger.manager.loggerDict):
-        if name.split(".")[0] in ("pynetdicom", "py"):
+    for name in ("pynetdicom", *logging.Logger.manager.loggerDict):
+        if name.split(".")[0] == "pynetdicom":
             logging.getLogger(name).addFilter(_FOLD)  # once: a filter is added only once
 
 
@@ -545,24 +545,31 @@ class Gate:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            for key, _ in self._selector.select(self._next_timeout()):
-                if key.fileobj is self._wake_read:
-                    with contextlib.suppress(OSError):
-                        self._wake_read.recv(4096)
-                    self._take_arrivals()
-                else:
-                    self._advance(key.data)
-            now = time.monotonic()
-            for descriptor in list(self._polled):
-                if (waiting := self._waiting.get(descriptor)) is not None:
-                    self._advance(waiting)
-            for waiting in [w for w in self._waiting.values() if w.deadline <= now]:
-                unfinished = waiting.tls and not waiting.handshaken
-                self._refuse(waiting, _Refused(
-                    "slow", f"no whole A-ASSOCIATE-RQ within {self.limits.request_seconds:g} s "
-                            f"of connecting{' (its TLS handshake unfinished)' if unfinished else ''}"))
-            self._sweep()
-            self.refusals.flush()
+            try:
+                self._turn()
+            except Exception:  # a bug in the gate must not close the node's door for good
+                LOG.exception("the gate's loop failed; it goes on")
+
+    def _turn(self) -> None:
+        """One turn of the waiting room: arrivals, reads, deadlines, dead slots, log sums."""
+        for key, _ in self._selector.select(self._next_timeout()):
+            if key.fileobj is self._wake_read:
+                with contextlib.suppress(OSError):
+                    self._wake_read.recv(4096)
+                self._take_arrivals()
+            else:
+                self._advance_safely(key.data)
+        for descriptor in list(self._polled):
+            if (waiting := self._waiting.get(descriptor)) is not None:
+                self._advance_safely(waiting)
+        now = time.monotonic()
+        for waiting in [w for w in self._waiting.values() if w.deadline <= now]:
+            unfinished = " (its TLS handshake unfinished)" if waiting.tls and not waiting.handshaken else ""
+            self._refuse(waiting, _Refused(
+                "slow", f"no whole A-ASSOCIATE-RQ within {self.limits.request_seconds:g} s "
+                        f"of connecting{unfinished}"))
+        self._sweep()
+        self.refusals.flush()
 
     def _next_timeout(self) -> float:
         if self._polled:
@@ -595,6 +602,15 @@ class Gate:
                                time.monotonic() + self.limits.request_seconds, self.tls is not None)
             self._waiting[sock.fileno()] = waiting
             self._selector.register(sock, selectors.EVENT_READ, waiting)
+
+    def _advance_safely(self, waiting: _Waiting) -> None:
+        """:meth:`_advance`; a fault in the gate's own code closes that connection, never the
+        gate (logged with its traceback: it is a bug)."""
+        try:
+            self._advance(waiting)
+        except Exception:
+            LOG.exception("the gate failed on a connection from %s; closed it", waiting.host)
+            self._close(waiting)
 
     def _advance(self, waiting: _Waiting) -> None:
         """Read on: the TLS handshake, then the A-ASSOCIATE-RQ; admit or refuse when it is whole."""
@@ -641,6 +657,8 @@ class Gate:
             data = waiting.sock.recv(MAX_REQUEST + 6, socket.MSG_PEEK)
             if not data:
                 raise _Refused("closed", "closed the connection before its request")
+        if not data:  # TLS: the handshake is done, the request not yet here
+            return None
         if data[0] != A_ASSOCIATE_RQ:
             raise _Refused("protocol", f"its first bytes are not an A-ASSOCIATE-RQ ({_what(data)})")
         if len(data) < 6:
@@ -669,11 +687,11 @@ class Gate:
         calling = request[26:42].decode("latin-1").strip()
         try:
             if called != self.ae_title:
-                raise _Refused("called", f"it called {printable(called)!r}, not this node's AE "
+                raise _Refused("called", f"it called '{printable(called)}', not this node's AE "
                                          f"title {self.ae_title!r}", CALLED_NOT_RECOGNISED,
                                detail=called)
             if self.allow and calling not in self.allow:
-                raise _Refused("calling", f"calling AE title {printable(calling)!r} is not "
+                raise _Refused("calling", f"calling AE title '{printable(calling)}' is not "
                                           "allowed (--allow)", CALLING_NOT_RECOGNISED,
                                detail=calling)
             if not self._free_slot():

@@ -179,7 +179,8 @@ class _HeldLogs(logging.Filter):
         held = getattr(self.reading, "held", None)
         if held is None or record.levelno < logging.WARNING:
             return True
-        held.append(record.getMessage())
+        if record.name != "py.warnings":  # pydicom warns what it logs: one is enough
+            held.append(record.getMessage())
         return False
 
 
@@ -191,9 +192,10 @@ def holding_library_logs() -> Iterator[list[str]]:
     """Hold back the warnings and errors pydicom and its decoders log in this thread within
     the block (and Python warnings, where ``logging.captureWarnings`` routes them to the log);
     yield the list of their messages."""
-    for name, logger in list(logging.Logger.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and name.split(".")[0] in _LIBRARIES:
-            logger.addFilter(_HELD_LOGS)  # once per logger: a filter is added only once
+    names = ["py.warnings", *logging.Logger.manager.loggerDict]  # py.warnings: made on first use
+    for name in names:
+        if name.split(".")[0] in _LIBRARIES:
+            logging.getLogger(name).addFilter(_HELD_LOGS)  # once: a filter is added only once
     held: list[str] = []
     _HELD_LOGS.reading.held = held
     try:
