@@ -32,6 +32,10 @@ from pynetdicom.sop_class import (  # noqa: E402
     ComprehensiveSRStorage,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    Verification,
 )
 
 import pneumocnn  # noqa: E402
@@ -228,6 +232,139 @@ def test_a_duplicate_is_acknowledged_and_listed_once(tmp_path, tiny):
             node(tmp_path / "node", tiny).start()  # one node per folder
     assert len(rows(tmp_path / "node")) == 1
     assert len(rows(tmp_path / "node", "scores.csv")) == 1  # scored once
+
+
+def test_echo_and_the_sop_classes_chest_radiographs_come_in(tmp_path, tiny):
+    """C-ECHO is answered; Secondary Capture (single frame, and multi-frame grayscale byte)
+    stating a radiographic Modality is scored as CR and DX are; the guard holds back a
+    secondary capture that does not say it is a radiograph and a DX for processing, which are
+    stored and listed with the failures."""
+    secondary = xray("PNEUMONIA", 16, SOPClassUID=SecondaryCaptureImageStorage, Modality="CR")
+    frames = xray("NORMAL", 17, SOPClassUID=MultiFrameGrayscaleByteSecondaryCaptureImageStorage)
+    frames.NumberOfFrames = 2
+    frames.PixelData = frames.PixelData * 2
+    unstated = xray("NORMAL", 18, SOPClassUID=SecondaryCaptureImageStorage)
+    del unstated.Modality
+    raw = xray("NORMAL", 19, SOPClassUID=DigitalXRayImageStorageForProcessing,
+               PresentationIntentType="FOR PROCESSING")
+    sent = [secondary, frames, unstated, raw]
+    contexts = [SecondaryCaptureImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+                DigitalXRayImageStorageForProcessing]
+    with node(tmp_path / "node", tiny) as scp:
+        ae = AE(ae_title="XRAY1")
+        ae.add_requested_context(Verification)
+        association = ae.associate(LOCAL, scp.port, ae_title="PNEUMOCNN")
+        assert association.send_c_echo().Status == 0
+        association.release()
+        assert send(scp.port, sent, contexts=contexts) == [0, 0, 0, 0]
+        assert scp.wait_idle(60)
+    listed = {row["SOPInstanceUID"]: row for row in rows(tmp_path / "node")}
+    assert listed[secondary.SOPInstanceUID]["label"] and listed[frames.SOPInstanceUID]["label"]
+    assert float(listed[frames.SOPInstanceUID]["probability"]) == pytest.approx(
+        tiny.predict(tmp_path / "node" / "received" / f"{frames.SOPInstanceUID}.dcm").probability)
+    assert "secondary capture that does not say" in listed[unstated.SOPInstanceUID]["error"]
+    assert "DX for processing" in listed[raw.SOPInstanceUID]["error"]
+
+
+def test_same_uid_other_pixels_is_kept_apart_and_listed_as_a_conflict(tmp_path, tiny, caplog):
+    """An object sent again with the same SOP Instance UID: in another transfer syntax with the
+    same pixels it is a repeat (listed once); with other pixels the first is kept and scored,
+    the other kept in conflicts/, logged and listed as a conflict, never scored."""
+    caplog.set_level(logging.INFO, logger="pneumocnn.node")
+    first = xray("PNEUMONIA", 21)
+    again = compressed(copy.deepcopy(first), uid.JPEGLosslessSV1)
+    other = xray("NORMAL", 22)
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    contexts = [(DigitalXRayImageStorageForPresentation,
+                 [uid.ExplicitVRLittleEndian, uid.JPEGLosslessSV1])]
+    with node(tmp_path / "node", tiny) as scp:
+        assert send(scp.port, [first]) == [0]
+        assert send(scp.port, [again], contexts=[(DigitalXRayImageStorageForPresentation,
+                                                  [uid.JPEGLosslessSV1])]) == [0]
+        assert send(scp.port, [other, other], contexts=contexts) == [0, 0]
+        assert scp.wait_idle(60)
+    listed = rows(tmp_path / "node")
+    assert len(listed) == 2 and {row["SOPInstanceUID"] for row in listed} == {first.SOPInstanceUID}
+    kept, conflict = listed
+    assert kept["label"] and kept["file"].endswith(f"received/{first.SOPInstanceUID}.dcm")
+    assert not conflict["label"] and conflict["error"].startswith("conflict: same SOP Instance UID")
+    assert conflict["PatientID"] == other.PatientID
+    stored = pydicom.dcmread(conflict["file"])
+    assert np.array_equal(stored.pixel_array, other.pixel_array)
+    assert len(list((tmp_path / "node" / "conflicts").iterdir())) == 1
+    assert len(list((tmp_path / "node" / "results").iterdir())) == 1
+    assert caplog.text.count(f"conflict: {first.SOPInstanceUID} is stored already") == 1
+    assert f"already stored: {first.SOPInstanceUID}" in caplog.text
+
+
+def test_csv_cells_never_start_a_formula(tmp_path, tiny):
+    """PatientID and AccessionNumber holding spreadsheet formulas (and a NUL) reach
+    worklist.csv and scores.csv as text: a leading quote, no NUL."""
+    hostile = [("=HYPERLINK(\"http://x\")", "+1+1"), ("-2+3", "@SUM(A1)"), ("\t=cmd", "A\0B")]
+    sent = [xray("NORMAL", 23 - k, PatientID=patient, AccessionNumber=accession)
+            for k, (patient, accession) in enumerate(hostile)]
+    with node(tmp_path / "node", tiny) as scp:
+        assert send(scp.port, sent) == [0, 0, 0]
+        assert scp.wait_idle(60)
+    for name in ("worklist.csv", "scores.csv"):
+        text = (tmp_path / "node" / name).read_text(encoding="utf-8")
+        assert "\0" not in text
+        listed = {row["SOPInstanceUID"]: row for row in rows(tmp_path / "node", name)}
+        cells = [listed[d.SOPInstanceUID][key] for d in sent
+                 for key in ("PatientID", "AccessionNumber")]
+        assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in cells), cells
+        assert cells[:4] == ["'=HYPERLINK(\"http://x\")", "'+1+1", "'-2+3", "'@SUM(A1)"]
+        assert cells[4] == "'\t=cmd" and cells[5] == "AB"
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the sender's own bad values
+def test_what_cannot_be_read_or_copied_is_refused_before_success(tmp_path, tiny, monkeypatch,
+                                                                  caplog):
+    """Answered with 0xC000 and never stored: Study or Series Instance UIDs that are paths,
+    65 characters long, hold a NUL or a <script>; pixel data claiming 2,000,000,000 bytes and
+    carrying 50 kB; data sets cut short at 11 points. A <script> StudyDate is stored and scored,
+    and left out of the report."""
+    caplog.set_level(logging.INFO, logger="pneumocnn.node")
+    cuts = {f"CUT{k}": at for k, at in enumerate((7, 60, 150, 0.2, 0.4, 0.5, 0.6, 0.8, 0.95,
+                                                   -2, -1))}
+    encode = association_module.encode
+
+    def hostile_encode(dataset, *args):
+        encoded = encode(dataset, *args)
+        patient = str(dataset.get("PatientID", ""))
+        if patient == "LIAR":  # PixelData (OB, explicit VR): claims 2e9 bytes
+            at = encoded.rfind(b"\xe0\x7f\x10\x00OB")
+            encoded = encoded[: at + 8] + (2_000_000_000).to_bytes(4, "little") + encoded[at + 12:]
+        if patient in cuts:
+            at = cuts[patient]
+            encoded = encoded[: int(len(encoded) * at) if isinstance(at, float) else at]
+        return encoded
+
+    monkeypatch.setattr(association_module, "encode", hostile_encode)
+    bad_uids = ["../../etc/x", "1." + "2" * 63, "1.2\0.3", "<script>alert(1)</script>"]
+    refused = ([xray("NORMAL", 1, StudyInstanceUID=bad) for bad in bad_uids]
+               + [xray("NORMAL", 2, SeriesInstanceUID=bad_uids[0]), xray("NORMAL", 3, PatientID="LIAR")]
+               + [xray("NORMAL", 4, PatientID=name) for name in cuts])
+    scripted = xray("PNEUMONIA", 5, StudyDate="<script>")
+    with node(tmp_path / "node", tiny) as scp:
+        statuses = send(scp.port, refused, contexts=[(DigitalXRayImageStorageForPresentation,
+                                                      [uid.ExplicitVRLittleEndian])])
+        # a cut that happens to end between elements leaves a data set without its SOP class
+        assert all(status in (0xC000, 0xA900) for status in statuses), statuses
+        assert statuses[:6] == [0xC000] * 6
+        assert send(scp.port, [scripted]) == [0]
+        assert scp.wait_idle(60)
+    assert [path.name for path in (tmp_path / "node" / "received").iterdir()] == [
+        f"{scripted.SOPInstanceUID}.dcm"]
+    (report,) = (tmp_path / "node" / "results").iterdir()
+    assert "StudyDate" not in pydicom.dcmread(report) or not pydicom.dcmread(report).StudyDate
+    logged = caplog.text
+    assert "invalid StudyInstanceUID '../../etc/x'" in logged
+    assert "invalid SeriesInstanceUID '../../etc/x'" in logged
+    assert "invalid StudyInstanceUID '1.2\\x00.3'" in logged
+    assert "(7FE0,0010) claims 2,000,000,000 bytes" in logged
+    assert logged.count("cut short") >= 8
+    assert f"StudyDate of {scripted.SOPInstanceUID} not copied into its report" in logged
 
 
 def test_concurrent_associations_from_several_senders(tmp_path, tiny):

@@ -246,12 +246,12 @@ class Node:
                     f"{context.abstract_syntax}; accepted: {', '.join(ACCEPTED.values())}")
             if not (valid_uid(instance) and instance == str(event.request.AffectedSOPInstanceUID)):
                 return CANNOT_UNDERSTAND, logging.WARNING, (
-                    f"invalid or mismatched SOP Instance UID {printable(instance)[:80]!r}")
+                    f"invalid or mismatched SOP Instance UID '{printable(instance)[:80]}'")
             for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
                 value = str(dataset.get(keyword, ""))
                 if keyword in dataset and not valid_uid(value):
                     return CANNOT_UNDERSTAND, logging.WARNING, (
-                        f"invalid {keyword} {printable(value)[:80]!r}")
+                        f"invalid {keyword} '{printable(value)[:80]}'")
             from pynetdicom.dsutils import encode_file_meta
 
             file_meta = encode_file_meta(event.file_meta)
