@@ -317,7 +317,7 @@ def test_csv_cells_never_start_a_formula(tmp_path, tiny):
         assert cells[4] == "'\t=cmd" and cells[5] == "AB"
 
 
-@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the sender's own bad values
+@pytest.mark.filterwarnings("ignore:Invalid value for VR", "ignore:The value length")  # the sender's
 def test_what_cannot_be_read_or_copied_is_refused_before_success(tmp_path, tiny, monkeypatch,
                                                                   caplog):
     """Answered with 0xC000 and never stored: Study or Series Instance UIDs that are paths,

@@ -44,6 +44,8 @@ INSTALL = "pip install 'pneumocnn[dicom]'"
 # group; no image format pneumocnn reads starts like that
 _BARE_STARTS = (b"\x02\x00", b"\x08\x00")
 _BARE_BIG_ENDIAN_START = b"\x00\x08"
+# the display transform works on bands of rows of about this many pixels (8 MiB a float copy)
+_BAND_PIXELS = 1 << 20
 # JPEG's EOI and JPEG 2000's EOC marker: the last two bytes of every whole codestream
 _END_OF_IMAGE = b"\xff\xd9"
 # the loggers of pydicom and its decoder plugins (top-level names), and Python's py.warnings
@@ -262,13 +264,11 @@ def _stored_pixels(dataset, name: str) -> np.ndarray:
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if _frames_end_with_a_marker(syntax):
         _check_first_frame_whole(dataset, frames, name)
+    dataset.pixel_array_options(index=0)  # of several frames, only the first is decoded
     pixels = dataset.pixel_array
-    if frames > 1:
-        pixels = pixels[0]
-    if int(dataset.get("SamplesPerPixel", 1)) == 3:
-        rgb = pixels.astype(np.float64)
-        pixels = rgb @ np.array([0.299, 0.587, 0.114])
-    if pixels.ndim != 2 or pixels.size == 0:
+    del dataset.PixelData  # the encoded bytes are not needed once decoded: free them now
+    colour = int(dataset.get("SamplesPerPixel", 1)) == 3
+    if pixels.ndim != 2 + colour or pixels.size == 0:
         raise InputError(name, f"DICOM pixel array of shape {pixels.shape} is not one 2-D image")
     return pixels
 
@@ -297,26 +297,39 @@ def _check_first_frame_whole(dataset, frames: int, name: str) -> None:
 
 
 def _display(stored: np.ndarray, dataset, name: str) -> np.ndarray:
-    """Modality LUT, VOI window or full stored range, MONOCHROME1 inversion -> uint8."""
+    """Luminance of colour pixels, modality LUT, VOI window or full stored range, MONOCHROME1
+    inversion -> uint8; computed a band of rows at a time, so that the floating-point copies
+    of a very large image (8 bytes a pixel, several of them) never exist whole."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
+    voi_lut = "VOILUTSequence" in dataset and not (
+        "WindowCenter" in dataset and "WindowWidth" in dataset)
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
         centre = float(_first(dataset.WindowCenter))
         width = max(float(_first(dataset.WindowWidth)), 1.0)
         low, high = centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
-    elif "VOILUTSequence" in dataset:
-        values = np.asarray(apply_voi_lut(stored, dataset, index=0), dtype=np.float64)
-        bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
-        low, high = 0.0, float(2**bits - 1)
+    elif voi_lut:
+        low, high = 0.0, float(2 ** int(dataset.VOILUTSequence[0].LUTDescriptor[2]) - 1)
     else:
         low, high = _stored_range(dataset)
-    if not np.isfinite(values).all():
-        raise InputError(name, "DICOM pixel values are not finite")
-    scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
-    if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return np.rint(scaled * 255.0).astype(np.uint8)
+    inverted = str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    shown = np.empty(stored.shape[:2], dtype=np.uint8)
+    band = max(1, _BAND_PIXELS // max(1, stored.shape[1]))
+    for top in range(0, stored.shape[0], band):
+        rows = stored[top : top + band]
+        if rows.ndim == 3:
+            rows = rows.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        if voi_lut:
+            values = np.asarray(apply_voi_lut(rows, dataset, index=0), dtype=np.float64)
+        else:
+            values = np.asarray(apply_modality_lut(rows, dataset), dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise InputError(name, "DICOM pixel values are not finite")
+        scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+        if inverted:
+            scaled = 1.0 - scaled
+        shown[top : top + band] = np.rint(scaled * 255.0)
+    return shown
 
 
 def _stored_range(dataset) -> tuple[float, float]:
