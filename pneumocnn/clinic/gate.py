@@ -1,16 +1,17 @@
 """The DICOM node's front door: who gets a connection, a thread and a buffer, and for how long.
 
-pynetdicom gives every TCP connection a thread (two, once associated) before it has said
-anything, and reads each PDU whole, however long the peer takes and however long it says the
-PDU is. Left alone, a few hundred silent or slow sockets exhaust the node's association slots
-and threads, and a sender that streams a huge object fills its memory. The gate sits between
-the listening socket and pynetdicom:
+pynetdicom gives every TCP connection its threads before the peer has said anything, and reads
+each PDU whole, however long the peer takes and however long it says the PDU is. Left alone, a
+few hundred silent or slow sockets exhaust the node's association slots and threads, and a
+sender that streams a huge object fills its memory. The gate sits between the listening socket
+and pynetdicom:
 
 - **Waiting room** (one thread for all): each accepted connection waits here, without a thread
   of its own, for its TLS handshake (on a TLS node) and its whole A-ASSOCIATE-RQ, within
   ``Limits.request_seconds`` of being accepted. At most ``Limits.max_waiting`` wait at once: a
-  newcomer beyond that closes the connection that has waited longest, so a flood can delay a
-  sender by at most the time it takes to fill the room, never lock it out. A first PDU that is
+  newcomer beyond that closes the connection that has waited longest, so that a flood pushes a
+  sender out only by opening ``max_waiting`` connections in the moment the sender takes to send
+  its request (milliseconds), and never holds the room for long. A first PDU that is
   not an A-ASSOCIATE-RQ (or one over ``MAX_REQUEST`` bytes), a failed TLS handshake and a
   request not complete in time close the connection at once.
 - **Admission**: the request's called AE title must be the node's, its calling AE title on the
@@ -62,6 +63,7 @@ _ABORT_INVALID_PARAMETER = (2, 6)
 _ABORT_UNRECOGNISED_PDU = (2, 1)
 _POLL_SECONDS = 0.05  # how often a connection whose request has partly arrived is looked at again
 _SUMMARY_SECONDS = 60.0  # repeated refusals from one host are summed up this often
+_DETAILS = 10  # refusals of one kind from one host logged apart (one per AE title), at most
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ class Limits:
 
 def printable(text: str | bytes) -> str:
     """``text`` (an AE title, a UID, anything a peer chose) safe for one log line: stripped,
-    with every character outside printable ASCII written as ``\\xNN`` (or ``\\uNNNN``)."""
+    with every character outside printable ASCII, and the backslash, written as ``\\xNN`` (or
+    ``\\uNNNN``)."""
     if isinstance(text, bytes):
         text = text.decode("latin-1")
     return "".join(c if " " <= c <= "~" and c != "\\" else
@@ -148,10 +151,18 @@ class Connection:
         return level, f"association with {self.peer}, {seconds:.1f} s, {done}: {ending}{said}"
 
 
+@dataclass(frozen=True)
+class _Breach:
+    """A limit the stream broke: why, and the A-ABORT (source, reason) that says so."""
+
+    reason: str
+    abort: tuple[int, int]
+
+
 class _Frames:
     """Follows a byte stream PDU by PDU (and the PDV items of each P-DATA-TF) as it is read:
     where each PDU began, how many data set bytes the current message has, whether the peer
-    waits for an answer. :meth:`feed` returns why the stream breaks a limit, or None."""
+    waits for an answer. :meth:`feed` returns a :class:`_Breach` of a limit, or None."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -164,7 +175,7 @@ class _Frames:
         self.object_bytes = 0  # data set bytes of the message under way
         self.awaiting_reply = False
 
-    def feed(self, data: bytes, now: float) -> str | None:
+    def feed(self, data: bytes, now: float) -> _Breach | None:
         view, at = memoryview(data), 0
         while at < len(view):
             if len(self.header) < 6:
@@ -187,19 +198,21 @@ class _Frames:
             at += take
             if self.left == 0:
                 if self.item_header or self.item_left:
-                    return "a PDV item runs past the end of its P-DATA-TF PDU"
+                    return _Breach("a PDV item runs past the end of its P-DATA-TF PDU",
+                                   _ABORT_INVALID_PARAMETER)
                 self._pdu_done()
         return None
 
-    def _check_pdu(self) -> str | None:
+    def _check_pdu(self) -> _Breach | None:
         if not 1 <= self.kind <= 7:
-            return f"not a DICOM PDU (type 0x{self.kind:02X})"
+            return _Breach(f"not a DICOM PDU (type 0x{self.kind:02X})", _ABORT_UNRECOGNISED_PDU)
         limit = self.limits.max_pdu_bytes if self.kind == P_DATA_TF else MAX_REQUEST
         if self.left > limit:
-            return f"a PDU of {self.left:,} bytes, over the {limit:,} this node takes"
+            return _Breach(f"a PDU of {self.left:,} bytes, over the {limit:,} this node takes",
+                           _ABORT_INVALID_PARAMETER)
         return None
 
-    def _items(self, body: memoryview) -> str | None:
+    def _items(self, body: memoryview) -> _Breach | None:
         at = 0
         while at < len(body):
             if len(self.item_header) < 6:
@@ -209,7 +222,7 @@ class _Frames:
                 if len(self.item_header) == 6:
                     length = int.from_bytes(self.item_header[:4], "big")
                     if length < 2:
-                        return f"a PDV item of length {length}"
+                        return _Breach(f"a PDV item of length {length}", _ABORT_INVALID_PARAMETER)
                     self.item_left = length - 2
                     if self.item_left == 0:
                         self._item_done()
@@ -218,8 +231,9 @@ class _Frames:
             if not self.item_header[5] & 1:  # a data set fragment
                 self.object_bytes += take
                 if self.object_bytes > self.limits.max_object_bytes:
-                    return (f"an object over the limit of {self.limits.max_object_bytes:,} "
-                            f"bytes ({self.object_bytes:,} received)")
+                    return _Breach(f"an object over the limit of "
+                                   f"{self.limits.max_object_bytes:,} bytes "
+                                   f"({self.object_bytes:,} received)", _ABORT_BY_USER)
             self.item_left -= take
             at += take
             if self.item_left == 0:
@@ -280,11 +294,8 @@ class _Metered:
                 self._break(f"no whole PDU within {limits.pdu_seconds:g} s", _ABORT_BY_USER)
         now = time.monotonic()
         connection.last_active = now
-        if broken := connection.frames.feed(data, now):
-            abort = (_ABORT_BY_USER if broken.startswith("an object") else
-                     _ABORT_UNRECOGNISED_PDU if broken.startswith("not a DICOM")
-                     else _ABORT_INVALID_PARAMETER)
-            self._break(broken, abort)
+        if breach := connection.frames.feed(data, now):
+            self._break(breach.reason, breach.abort)
         return data
 
     def send(self, data, flags: int = 0) -> int:
@@ -346,7 +357,7 @@ class _Refused(Exception):
         self.kind, self.reason, self.reject, self.detail = kind, reason, reject, detail
 
 
-class RefusalLog:
+class _Refusals:
     """Logs a refusal the first time a host gets it in a minute, and then, once the minute is
     over, how many more of the same the host got: a flood makes two lines, not thousands."""
 
@@ -358,8 +369,11 @@ class RefusalLog:
     def refuse(self, host: str, kind: str, message: str, detail: str = "") -> None:
         """Log (or count) one refusal of ``kind`` from ``host`` (``detail``: what tells refusals
         of a kind apart, such as the calling AE title); ``message`` says who and why."""
-        key, now = (host, kind, detail), time.monotonic()
+        now = time.monotonic()
         with self._lock:
+            if detail and sum(k[:2] == (host, kind) for k in self._repeats) >= _DETAILS:
+                detail = "..."  # a host trying many AE titles: the rest counted together
+            key = (host, kind, detail)
             seen = self._repeats.get(key)
             if seen is not None:
                 seen[1] += 1
@@ -437,8 +451,9 @@ def _server_class():
                         client_address[0], printable(str(sys.exc_info()[1])))
 
         def shutdown(self) -> None:
-            socketserver.BaseServer.shutdown(self)  # stop serving (pynetdicom's also unlists
-            self.server_close()  # the server from an AE list this one was never put on)
+            # socketserver's own: pynetdicom's also takes the server off an AE list it is not on
+            socketserver.BaseServer.shutdown(self)
+            self.server_close()
 
     return GatedServer
 
@@ -456,7 +471,7 @@ class Gate:
 
         self.limits, self.allow, self.tls = limits, set(allow), tls
         self.ae_title = ae.ae_title.strip()
-        self.refusals = RefusalLog()
+        self.refusals = _Refusals()
         ae.acse_timeout = limits.request_seconds
         ae.network_timeout = limits.idle_seconds
         ae.maximum_pdu_size = limits.max_pdu_bytes
@@ -501,7 +516,10 @@ class Gate:
 
     def stop(self) -> None:
         """Stop accepting, close the waiting room, abort the working associations."""
-        self.server.shutdown()
+        if self._threads:
+            self.server.shutdown()
+        else:
+            self.server.server_close()
         self._stopping.set()
         self._wake()
         for thread in self._threads:
@@ -509,11 +527,16 @@ class Gate:
         for waiting in list(self._waiting.values()):
             self._close(waiting)
         with self._lock:
-            working = list(self._working.values())
+            working = [c for c in self._working.values() if c.association is not None]
         for connection in working:
             connection.ended_by = connection.ended_by or "the node is stopping"
-            if connection.association is not None:
-                connection.association.abort()
+            connection.association.abort(block=False)
+        for connection in working:  # a peer that does not close after the A-ABORT: closed
+            with contextlib.suppress(RuntimeError):  # a thread a moment from starting
+                connection.association.join(1.0)
+                if connection.association.is_alive():
+                    connection.stream.shutdown(socket.SHUT_RDWR)
+                    connection.association.join(1.0)
         self._selector.close()
         self._wake_read.close()
         self._wake_write.close()

@@ -303,9 +303,10 @@ class Node:
         if not row["error"]:
             import pydicom
 
-            source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
             try:
-                report = structured_report.structured_report(source, row, self.model)
+                with holding_library_logs():  # what it says is in the report's own warnings
+                    source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                    report = structured_report.structured_report(source, row, self.model)
             except ValueError as error:  # what the report would copy is not valid DICOM
                 row.update(probability="", label="", threshold="", error=f"no report: {error}")
             else:
@@ -315,7 +316,8 @@ class Node:
                     write_durably(self.forwarder.outbox / report_name, b"")
         triage.append_score(self.out / triage.SCORES, row)
         self._scored.add(name)
-        LOG.info("%s: %s", path.name, row["error"] or f"{row['label']} ({row['probability']})")
+        LOG.info("%s: %s", path.name,
+                 printable(row["error"]) or f"{row['label']} ({row['probability']})")
         if self.forwarder and not row["error"]:
             self.forwarder.wake()
 
