@@ -26,6 +26,8 @@ from pynetdicom.sop_class import (
     DigitalXRayImageStorageForPresentation,
 )
 
+from benchmarks.node_flood import association_request  # noqa: F401 (the tests' too)
+
 LOCAL = "127.0.0.1"
 CONTEXTS = (DigitalXRayImageStorageForPresentation, ComputedRadiographyImageStorage)
 
@@ -70,22 +72,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((LOCAL, 0))
         return probe.getsockname()[1]
-
-
-def association_request(calling: bytes = b"XRAY1", called: bytes = b"PNEUMOCNN",
-                        sop_class: str = DigitalXRayImageStorageForPresentation,
-                        syntax: str = uid.ExplicitVRLittleEndian) -> bytes:
-    """The bytes of an A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) proposing one presentation context;
-    AE titles as raw bytes (a hostile peer's may hold anything)."""
-    def item(kind: int, body: bytes) -> bytes:
-        return bytes([kind, 0]) + len(body).to_bytes(2, "big") + body
-
-    context = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, sop_class.encode())
-                   + item(0x40, syntax.encode()))
-    user = item(0x50, item(0x51, (16384).to_bytes(4, "big")) + item(0x52, b"1.2.3.4"))
-    body = ((1).to_bytes(2, "big") + b"\0\0" + called.ljust(16)[:16] + calling.ljust(16)[:16]
-            + bytes(32) + item(0x10, b"1.2.840.10008.3.1.1.1") + context + user)
-    return bytes([1, 0]) + len(body).to_bytes(4, "big") + body
 
 
 # a node in its own process: started with the options given as JSON, logging to stderr, stopped
