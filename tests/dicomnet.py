@@ -74,6 +74,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def store_command(sop_class: str = DigitalXRayImageStorageForPresentation,
+                  instance: str = "1.2.3.4") -> bytes:
+    """A P-DATA-TF PDU holding the whole command set of a C-STORE-RQ (presentation context 1):
+    what a sender sends before the object's data set."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import encode
+
+    command = Dataset()
+    command.AffectedSOPClassUID, command.AffectedSOPInstanceUID = sop_class, instance
+    command.CommandField, command.MessageID, command.Priority = 0x0001, 1, 0
+    command.CommandDataSetType = 0x0000
+    body = encode(command, True, True)
+    body = b"\0\0\0\0" + (4).to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
+    item = (len(body) + 2).to_bytes(4, "big") + bytes([1, 0x03]) + body
+    return bytes([4, 0]) + len(item).to_bytes(4, "big") + item
+
+
 # a node in its own process: started with the options given as JSON, logging to stderr, stopped
 # by SIGTERM
 _NODE = """

@@ -25,7 +25,16 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="reads the node's threads and memory from /proc (Linux)")
 
 from conftest import TINY_INT8  # noqa: E402
-from dicomnet import LOCAL, NodeProcess, association_request, rows, send, wait_for, xray  # noqa: E402
+from dicomnet import (  # noqa: E402
+    LOCAL,
+    NodeProcess,
+    association_request,
+    rows,
+    send,
+    store_command,
+    wait_for,
+    xray,
+)
 
 MIB = 1024 * 1024
 
@@ -186,6 +195,7 @@ def test_objects_streamed_past_the_limit_are_dropped_as_they_arrive(tmp_path):
 
         def stream(index: int) -> None:
             with associate(scp.port) as sock:
+                sock.sendall(store_command())
                 pdu = data_pdu()
                 with contextlib.suppress(OSError):
                     while sent[index] < 200 * MIB:
@@ -223,7 +233,7 @@ def test_each_phase_times_out_on_its_own_clock(tmp_path):
         assert closed_by_node(silent, 5) == b"" and closed_by_node(half, 5) == b""
         assert time.monotonic() - started < 4
         stalled = associate(scp.port)
-        stalled.sendall(data_pdu()[:1000])  # a PDU of 16 kB, of which 1,000 bytes come
+        stalled.sendall(store_command() + data_pdu()[:1000])  # a PDU of 16 kB, 1,000 bytes come
         started = time.monotonic()
         assert closed_by_node(stalled, 5)[:1] == b"\x07"  # A-ABORT
         assert time.monotonic() - started < 3
@@ -242,9 +252,12 @@ def test_each_phase_times_out_on_its_own_clock(tmp_path):
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the sender's own bad UID
 def test_refused_peers_are_logged_once_escaped_and_library_noise_is_folded(tmp_path):
     """AE titles holding a newline and a terminal escape are logged escaped; 100 connections of
-    random bytes and an association sending a PDU of an unknown type leave a line or two, no
-    traceback; an object whose Study Instance UID is invalid is refused with one line."""
-    with NodeProcess(tmp_path / "node", TINY_INT8, allow=["XRAY1"]) as scp:
+    random bytes leave a line or two; an association sending a PDU of an unknown type and 60
+    going on with random bytes after their A-ASSOCIATE-AC leave a line each, no traceback and
+    no thread killed; an object whose Study Instance UID is invalid is refused with one
+    line."""
+    with NodeProcess(tmp_path / "node", TINY_INT8, allow=["XRAY1"],
+                     limits={"idle_seconds": 2.0, "pdu_seconds": 2.0}) as scp:
         for calling, called in ((b"EVIL\nFORGED LINE", b"PNEUMOCNN"), (b"XRAY1", b"X\x1b[2J")):
             sock = connect(scp.port)
             sock.sendall(association_request(calling, called))
@@ -256,6 +269,14 @@ def test_refused_peers_are_logged_once_escaped_and_library_noise_is_folded(tmp_p
         garbage = associate(scp.port)
         garbage.sendall(b"\x09\x00\x00\x00\x00\x10" + bytes(16))
         assert closed_by_node(garbage, 5)[:1] == b"\x07"
+        for index in range(60):  # associations that go on with random bytes, some framed as
+            with associate(scp.port) as fuzzed:  # P-DATA-TF PDUs holding one PDV each
+                body = rng.randbytes(rng.randrange(2, 400))
+                if index % 2:
+                    body = (bytes([4, 0]) + (len(body) + 4).to_bytes(4, "big")
+                            + len(body).to_bytes(4, "big") + body)
+                fuzzed.sendall(body)
+                closed_by_node(fuzzed, 10)
         assert send(scp.port, [xray("NORMAL", 2, StudyInstanceUID="1.2.abc")]) == [0xC000]
         log = scp.stop()
     lines = log.splitlines()
@@ -263,7 +284,9 @@ def test_refused_peers_are_logged_once_escaped_and_library_noise_is_folded(tmp_p
     assert not any(line.startswith("FORGED") for line in lines)
     assert "\x1b" not in log, [line for line in lines if "\x1b" in line]
     assert "it called 'X\\x1b[2J'" in log
-    assert "Traceback" not in log and "pynetdicom" not in log.replace("pynetdicom said", "")
+    assert "Traceback" not in log and "Exception in thread" not in log
+    assert "pynetdicom" not in log.replace("pynetdicom said", "")
+    assert sum("association with XRAY1@" in line for line in lines) == 62  # one line each
     assert len([line for line in lines if "127.0.0.1: its first bytes" in line]) <= 2
     assert "dropped: not a DICOM PDU (type 0x09)" in log
     study = [line for line in lines if "1.2.abc" in line]

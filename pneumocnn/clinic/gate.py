@@ -173,6 +173,7 @@ class _Frames:
         self.item_header = bytearray()  # of the PDV item under way (length, context, control)
         self.item_left = 0
         self.object_bytes = 0  # data set bytes of the message under way
+        self.command_done = False  # a whole command set came, its data set may follow
         self.awaiting_reply = False
 
     def feed(self, data: bytes, now: float) -> _Breach | None:
@@ -224,6 +225,9 @@ class _Frames:
                     if length < 2:
                         return _Breach(f"a PDV item of length {length}", _ABORT_INVALID_PARAMETER)
                     self.item_left = length - 2
+                    if not self.item_header[5] & 1 and not self.command_done:
+                        return _Breach("a data set fragment with no command before it",
+                                       _ABORT_INVALID_PARAMETER)
                     if self.item_left == 0:
                         self._item_done()
                 continue
@@ -244,6 +248,7 @@ class _Frames:
         control = self.item_header[5]
         if control & 2:  # the last fragment of a command or data set: the peer awaits an answer
             self.awaiting_reply = True
+            self.command_done = bool(control & 1)
             if not control & 1:
                 self.object_bytes = 0
         self.item_header.clear()
@@ -422,6 +427,23 @@ def _fold_library_logs() -> None:
     for name in ("pynetdicom", *logging.Logger.manager.loggerDict):
         if name.split(".")[0] == "pynetdicom":
             logging.getLogger(name).addFilter(_FOLD)  # once: a filter is added only once
+    if threading.excepthook is not _fold_thread_exception:
+        _fold_thread_exception.previous = threading.excepthook
+        threading.excepthook = _fold_thread_exception
+
+
+def _fold_thread_exception(args) -> None:
+    """An exception pynetdicom lets out of an association's thread (a malformed message can
+    kill its DUL thread; the association then ends) goes into the association's line instead
+    of a traceback on stderr; other threads' go where they went."""
+    connection = _FOLD.threads.get(args.thread.name) if args.thread is not None else None
+    if connection is None:
+        _fold_thread_exception.previous(args)
+        return
+    connection.note(printable(f"{args.exc_type.__name__}: {args.exc_value}")[:300])
+
+
+_fold_thread_exception.previous = threading.excepthook
 
 
 def _server_class():
