@@ -367,6 +367,27 @@ def test_what_cannot_be_read_or_copied_is_refused_before_success(tmp_path, tiny,
     assert f"StudyDate of {scripted.SOPInstanceUID} not copied into its report" in logged
 
 
+def test_a_full_disk_is_answered_out_of_resources(tmp_path, tiny, monkeypatch, caplog):
+    """An object the node cannot write (no space left) gets 0xA700, so that the sender keeps
+    it and tries again; once there is space, it is stored."""
+    from pneumocnn.clinic import node as node_module
+
+    written = node_module.write_object
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    dataset = xray("NORMAL", 10)
+    with node(tmp_path / "node", tiny) as scp:
+        monkeypatch.setattr(node_module, "write_object", full)
+        assert send(scp.port, [dataset]) == [0xA700]
+        monkeypatch.setattr(node_module, "write_object", written)
+        assert send(scp.port, [dataset]) == [0]
+        assert scp.wait_idle(60)
+    assert len(rows(tmp_path / "node")) == 1
+    assert "(status 0xA700): cannot store it ([Errno 28] No space left on device)" in caplog.text
+
+
 def test_concurrent_associations_from_several_senders(tmp_path, tiny):
     """Four senders at once, three X-rays each, one of them sent by two senders."""
     shared = xray("NORMAL", 20)

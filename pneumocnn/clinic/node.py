@@ -36,8 +36,8 @@ enforced while an object arrives. Refused, each with one logged line: a calling 
 ``allow`` or a called AE title other than the node's (the association is rejected); an object
 over ``max_object_mb`` (the association is aborted as the limit is crossed); one whose data set
 names another SOP class than it was sent as (status 0xA900); one that cannot be read whole, or
-whose SOP Instance, Study Instance or Series Instance UID is not a valid UID (0xC000). Needs the
-``dicom-net`` extra.
+whose SOP Instance, Study Instance or Series Instance UID is not a valid UID (0xC000); one the
+node cannot write (a full disk: 0xA700, out of resources). Needs the ``dicom-net`` extra.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ ACCEPTED = {
     "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
     "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
 }
-SUCCESS, NOT_MATCHING, CANNOT_UNDERSTAND = 0x0000, 0xA900, 0xC000
+SUCCESS, OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
 _STOP = None
 
 
@@ -218,6 +218,9 @@ class Node:
         with holding_library_logs() as said:
             try:
                 status, level, message = self._store(event)
+            except OSError as error:  # a full disk, say: the sender may try again later
+                status, level = OUT_OF_RESOURCES, logging.ERROR
+                message = f"cannot store it ({printable(str(error))[:300]})"
             except Exception as error:  # whatever a hostile object makes pydicom raise
                 status, level = CANNOT_UNDERSTAND, logging.WARNING
                 message = f"cannot read it whole ({printable(one_line(error) or type(error).__name__)[:300]})"
@@ -227,7 +230,8 @@ class Node:
             more = f" (+{len(said) - 1} more)" if len(said) > 1 else ""
             message += f"; pydicom said: {printable(one_line(said[0]))[:200]}{more}"
         if status != SUCCESS:
-            LOG.warning("refused an object from %s (status 0x%04X): %s", sender, status, message)
+            LOG.log(max(level, logging.WARNING), "refused an object from %s (status 0x%04X): %s",
+                    sender, status, message)
         else:
             LOG.log(level, "%s from %s", message, sender)
         return status
