@@ -7,7 +7,8 @@ it by DCMTK's ``storescu`` (or, where DCMTK is absent, a pynetdicom SCU in this 
 the node's peak RSS (``VmHWM`` of ``/proc/PID/status``, Linux) is read once the object is
 scored and listed, beside its RSS when idle before the send. Printed as JSON.
 
-    python -m benchmarks.node_memory            # from the repository root
+    python -m benchmarks.node_memory                    # from the repository root
+    python -m benchmarks.node_memory --repo ../main     # another checkout's node
 """
 
 from __future__ import annotations
@@ -91,14 +92,15 @@ def _send(path: Path, port: int) -> None:
         raise RuntimeError(f"the node answered {status}")
 
 
-def measure(side: int = SIDE) -> dict:
-    """Start a node, send it the large X-ray, wait for its row; the node's memory figures."""
+def measure(side: int = SIDE, repo: Path = REPO) -> dict:
+    """Start a node of the checkout ``repo``, send it the large X-ray, wait for its row; the
+    node's memory figures."""
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         xray = large_xray(folder / "large.dcm", side)
         out = folder / "node"
         node = subprocess.Popen([sys.executable, "-c", _NODE, str(out)], stdout=subprocess.PIPE,
-                                text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                                text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
         try:
             port = int(node.stdout.readline())
             time.sleep(1.0)
@@ -117,7 +119,7 @@ def measure(side: int = SIDE) -> dict:
         finally:
             node.terminate()
             node.wait(60)
-        return {"object_mib": round(xray.stat().st_size / 2**20, 1), "side": side,
+        return {"repo": str(repo), "object_mib": round(xray.stat().st_size / 2**20, 1), "side": side,
                 "node_idle_rss_mib": round(idle, 1), "node_peak_rss_mib": round(peak, 1),
                 "seconds_to_acknowledge": round(acknowledged, 2),
                 "seconds_to_score": round(scored, 2), "worklist_row": row,
@@ -127,7 +129,9 @@ def measure(side: int = SIDE) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=SIDE, help="rows = columns of the X-ray")
-    print(json.dumps(measure(parser.parse_args().side), indent=2))
+    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose node to run")
+    arguments = parser.parse_args()
+    print(json.dumps(measure(arguments.side, arguments.repo.resolve()), indent=2))
 
 
 if __name__ == "__main__":
