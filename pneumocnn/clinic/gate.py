@@ -483,8 +483,10 @@ def _server_class():
 class Gate:
     """The waiting room and the slots of one node (see the module's docstring).
 
-    ``ae``: the pynetdicom AE the node serves with (its supported contexts set); ``allow``: the
-    calling AE titles admitted (empty: any); ``tls``: a server SSL context or None.
+    ``ae``: the pynetdicom AE the node serves with (its supported contexts set; its timeouts,
+    maximum PDU length and association count are set here from ``limits``); ``allow``: the
+    calling AE titles admitted (empty: any); ``tls``: a server SSL context or None (its
+    ``sslsocket_class`` becomes the gate's own, which meters what pynetdicom reads).
     """
 
     def __init__(self, ae, address: tuple[str, int], evt_handlers: list, limits: Limits,
