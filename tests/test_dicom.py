@@ -84,6 +84,26 @@ def test_dicom_window_is_applied(tmp_path):
     assert 120 <= middle <= 135
 
 
+@pytest.mark.parametrize("monochrome1", [False, True])
+def test_a_large_image_is_shown_band_by_band_as_a_whole(xray, tmp_path, monochrome1):
+    """A 16-bit X-ray of 2,000 x 1,400 pixels (three bands of the display transform) with a
+    rescale and a window shows exactly what the transform computed on the whole image gives;
+    of a two-frame file, only the first frame is shown."""
+    gray = np.asarray(Image.fromarray(xray[1]).resize((1400, 2000), Image.Resampling.BILINEAR))
+    stored = gray.astype(np.uint16) * 16 + 100
+    centre, width, slope, intercept = 2100.0, 3000.0, 2.0, -1024.0
+    values = stored * slope + intercept
+    low, high = centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
+    scaled = np.clip((values - low) / (high - low), 0.0, 1.0)
+    expected = np.rint((1.0 - scaled if monochrome1 else scaled) * 255.0).astype(np.uint8)
+    dataset = dx_dataset(stored, 16, monochrome1=monochrome1, window=(centre, width),
+                         RescaleSlope=slope, RescaleIntercept=intercept)
+    dataset.NumberOfFrames = 2
+    dataset.PixelData = stored.tobytes() + (65535 - stored).tobytes()
+    dataset.save_as(tmp_path / "large.dcm", enforce_file_format=True)
+    assert np.array_equal(np.asarray(load_gray(tmp_path / "large.dcm")), expected)
+
+
 # ---------------------------------------------------------------------------------------------
 # transfer syntaxes: a real X-ray compressed in each, decoded by the `dicom` extra's decoders
 

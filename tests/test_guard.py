@@ -20,6 +20,8 @@ SCORED = [
     {"PatientSpeciesDescription": "Homo sapiens"},
     {"PatientSpeciesDescription": "HUMAN", SPECIES_CODE: "337915000"},
     {"Modality": "", "BodyPartExamined": "", "PatientSpeciesDescription": ""},  # empty: unknown
+    {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7", "Modality": "CR"},  # RSNA challenge files
+    {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.3", "Modality": "DX", "BodyPartExamined": "CHEST"},
 ]
 
 HELD = [
@@ -27,6 +29,9 @@ HELD = [
     ({"Modality": "CT", "BodyPartExamined": "CHEST"}, "Modality is CT"),
     ({"Modality": "MG"}, "Modality is MG"),
     ({"Modality": "DX", "PresentationIntentType": "FOR PROCESSING"}, "DX for processing"),
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.1.1"}, "DX for processing"),
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, "secondary capture that does not say"),
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.2", "Modality": "OT"}, "Modality is OT"),
     ({"BodyPartExamined": "HAND"}, "BodyPartExamined is HAND"),
     ({"BodyPartExamined": "THORAX"}, "BodyPartExamined is THORAX"),
     ({"BodyPartExamined": "CHESTABDOMEN"}, "BodyPartExamined is CHESTABDOMEN"),

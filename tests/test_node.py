@@ -5,12 +5,10 @@ sending DICOM files made from the real X-rays in tests/data, to nodes on free lo
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,17 +22,20 @@ import pytest
 pytest.importorskip("pynetdicom", reason="the DICOM node needs pip install 'pneumocnn[dicom-net]'")
 
 import pydicom  # noqa: E402
-from dicomfiles import compressed, cut_codestream, dx_dataset  # noqa: E402
-from helpers import REPO, TINY_INT8, real_images  # noqa: E402
-from PIL import Image  # noqa: E402
+from dicomfiles import compressed, cut_codestream  # noqa: E402
+from dicomnet import LOCAL, free_port, rows, send, xray  # noqa: E402
+from helpers import REPO, TINY_INT8  # noqa: E402
 from pydicom import uid  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom import association as association_module  # noqa: E402
 from pynetdicom.sop_class import (  # noqa: E402
     ComprehensiveSRStorage,
-    ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    Verification,
 )
 
 import pneumocnn  # noqa: E402
@@ -42,55 +43,10 @@ from pneumocnn.clinic import structured_report  # noqa: E402
 from pneumocnn.clinic.forward import Destination  # noqa: E402
 from pneumocnn.clinic.node import Node  # noqa: E402
 
-LOCAL = "127.0.0.1"
-CONTEXTS = (DigitalXRayImageStorageForPresentation, ComputedRadiographyImageStorage)
-
 
 @pytest.fixture(scope="module")
 def tiny():
     return pneumocnn.load(TINY_INT8)
-
-
-def xray(label: str = "PNEUMONIA", index: int = 0, cr: bool = False, **tags) -> pydicom.Dataset:
-    """A frontal chest DX (or CR) data set of one of the real X-rays, in a study of its own."""
-    with Image.open(real_images(label, 1, start=index)[0]) as image:
-        pixels = np.asarray(image.convert("L"))
-    tags = {"StudyInstanceUID": uid.generate_uid(), "SeriesInstanceUID": uid.generate_uid(),
-            "PatientID": f"P{label[0]}{index}", "AccessionNumber": f"A{index}",
-            "BodyPartExamined": "CHEST", "ViewPosition": "PA", **tags}
-    dataset = dx_dataset(pixels, **tags)
-    if cr:
-        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = \
-            ComputedRadiographyImageStorage
-        dataset.Modality = "CR"
-    return dataset
-
-
-def send(port: int, datasets, calling: str = "XRAY1", called: str = "PNEUMOCNN",
-         contexts=CONTEXTS) -> list[int] | None:
-    """C-STORE ``datasets`` in one association; the statuses (-1: no answer), or None if it
-    was rejected."""
-    ae = AE(ae_title=calling)
-    for context in contexts:  # an SOP class, or (SOP class, transfer syntaxes)
-        ae.add_requested_context(*(context if isinstance(context, tuple) else (context,)))
-    association = ae.associate(LOCAL, port, ae_title=called)
-    if not association.is_established:
-        return None
-    try:
-        return [int(association.send_c_store(dataset).get("Status", -1)) for dataset in datasets]
-    finally:
-        association.release()
-
-
-def rows(folder: Path, name: str = "worklist.csv") -> list[dict[str, str]]:
-    with (folder / name).open(newline="") as stream:
-        return list(csv.DictReader(stream))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOCAL, 0))
-        return probe.getsockname()[1]
 
 
 def node(out: Path, model, **options) -> Node:
@@ -148,9 +104,10 @@ def test_stores_scores_lists_and_reports_what_arrives(tmp_path, tiny):
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the sender's own bad UID
 def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
     """Refused with a logged reason, and the node goes on storing: a calling AE title not on
-    the allow-list, a wrong called AE title, a CT (context rejected), an object over the size
-    limit, a malformed one, one whose data set names another SOP class than it was sent as; a
-    lateral view is stored and listed apart by the guard."""
+    the allow-list, a wrong called AE title, a CT (context rejected), a malformed object, one
+    whose data set names another SOP class than it was sent as, one whose SOP Instance UID would
+    be a path; an object over the size limit aborts its own association as the limit is
+    crossed; a lateral view is stored and listed apart by the guard."""
     caplog.set_level(logging.INFO, logger="pneumocnn")
     malformed = xray("NORMAL", 3, PatientID="HOSTILE")
     encode = association_module.encode
@@ -179,21 +136,22 @@ def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
         assert not association.is_established  # nothing left to send: the sender aborts
         big = xray("NORMAL", 4)  # 50 kB of pixels and 100 kB of a private element
         big.private_block(0x0009, "TEST", create=True).add_new(0x10, "OB", bytes(100_000))
-        statuses = send(scp.port, [big, malformed, xray("NORMAL", 2, PatientID="CT"),
+        assert send(scp.port, [big], calling="XRAY2") == [-1]  # aborted: no answer
+        statuses = send(scp.port, [malformed, xray("NORMAL", 2, PatientID="CT"),
                                    xray("NORMAL", 1, PatientID="PATH"),
                                    xray("NORMAL", 5, ViewPosition="LL"), xray("NORMAL", 6)],
                         calling="XRAY2")
-        assert statuses == [0xA700, 0xC000, 0xA900, 0xC000, 0, 0]
+        assert statuses == [0xC000, 0xA900, 0xC000, 0, 0]
         assert scp.wait_idle(60)
     listed = rows(tmp_path / "node")
     assert len(listed) == 2 and listed[0]["label"] and "lateral view" in listed[1]["error"]
     assert len(list((tmp_path / "node" / "received").iterdir())) == 2
     assert len(list((tmp_path / "node" / "results").iterdir())) == 1  # no report unscored
     logged = caplog.text
-    assert "rejected an association from INTRUDER@127.0.0.1: calling AE title not allowed" in logged
-    assert "rejected an association from XRAY1@127.0.0.1: it called 'SOMEONE'" in logged
-    assert "status 0xA700" in logged and "over the limit" in logged
-    assert "status 0xC000" in logged and "cannot parse" in logged
+    assert "refused INTRUDER@127.0.0.1: calling AE title 'INTRUDER' is not allowed" in logged
+    assert "refused XRAY1@127.0.0.1: it called 'SOMEONE', not this node's AE title" in logged
+    assert "dropped: an object over the limit of 104,857 bytes" in logged
+    assert "status 0xC000" in logged and "cannot read it whole" in logged
     assert "invalid or mismatched SOP Instance UID '../../escaped'" in logged
     assert not list(tmp_path.rglob("escaped*"))
     assert "status 0xA900" in logged and f"SOP class {CTImageStorage} sent as" in logged
@@ -274,6 +232,160 @@ def test_a_duplicate_is_acknowledged_and_listed_once(tmp_path, tiny):
             node(tmp_path / "node", tiny).start()  # one node per folder
     assert len(rows(tmp_path / "node")) == 1
     assert len(rows(tmp_path / "node", "scores.csv")) == 1  # scored once
+
+
+def test_echo_and_the_sop_classes_chest_radiographs_come_in(tmp_path, tiny):
+    """C-ECHO is answered; Secondary Capture (single frame, and multi-frame grayscale byte)
+    stating a radiographic Modality is scored as CR and DX are; the guard holds back a
+    secondary capture that does not say it is a radiograph and a DX for processing, which are
+    stored and listed with the failures."""
+    secondary = xray("PNEUMONIA", 16, SOPClassUID=SecondaryCaptureImageStorage, Modality="CR")
+    frames = xray("NORMAL", 17, SOPClassUID=MultiFrameGrayscaleByteSecondaryCaptureImageStorage)
+    frames.NumberOfFrames = 2
+    frames.PixelData = frames.PixelData * 2
+    unstated = xray("NORMAL", 18, SOPClassUID=SecondaryCaptureImageStorage)
+    del unstated.Modality
+    raw = xray("NORMAL", 19, SOPClassUID=DigitalXRayImageStorageForProcessing,
+               PresentationIntentType="FOR PROCESSING")
+    sent = [secondary, frames, unstated, raw]
+    contexts = [SecondaryCaptureImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+                DigitalXRayImageStorageForProcessing]
+    with node(tmp_path / "node", tiny) as scp:
+        ae = AE(ae_title="XRAY1")
+        ae.add_requested_context(Verification)
+        association = ae.associate(LOCAL, scp.port, ae_title="PNEUMOCNN")
+        assert association.send_c_echo().Status == 0
+        association.release()
+        assert send(scp.port, sent, contexts=contexts) == [0, 0, 0, 0]
+        assert scp.wait_idle(60)
+    listed = {row["SOPInstanceUID"]: row for row in rows(tmp_path / "node")}
+    assert listed[secondary.SOPInstanceUID]["label"] and listed[frames.SOPInstanceUID]["label"]
+    assert float(listed[frames.SOPInstanceUID]["probability"]) == pytest.approx(
+        tiny.predict(tmp_path / "node" / "received" / f"{frames.SOPInstanceUID}.dcm").probability)
+    assert "secondary capture that does not say" in listed[unstated.SOPInstanceUID]["error"]
+    assert "DX for processing" in listed[raw.SOPInstanceUID]["error"]
+
+
+def test_same_uid_other_pixels_is_kept_apart_and_listed_as_a_conflict(tmp_path, tiny, caplog):
+    """An object sent again with the same SOP Instance UID: in another transfer syntax with the
+    same pixels it is a repeat (listed once); with other pixels the first is kept and scored,
+    the other kept in conflicts/, logged and listed as a conflict, never scored."""
+    caplog.set_level(logging.INFO, logger="pneumocnn")
+    first = xray("PNEUMONIA", 21)
+    again = compressed(copy.deepcopy(first), uid.JPEGLosslessSV1)
+    other = xray("NORMAL", 22)
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    contexts = [(DigitalXRayImageStorageForPresentation,
+                 [uid.ExplicitVRLittleEndian, uid.JPEGLosslessSV1])]
+    with node(tmp_path / "node", tiny) as scp:
+        assert send(scp.port, [first]) == [0]
+        assert send(scp.port, [again], contexts=[(DigitalXRayImageStorageForPresentation,
+                                                  [uid.JPEGLosslessSV1])]) == [0]
+        assert send(scp.port, [other, other], contexts=contexts) == [0, 0]
+        assert scp.wait_idle(60)
+    listed = rows(tmp_path / "node")
+    assert len(listed) == 2 and {row["SOPInstanceUID"] for row in listed} == {first.SOPInstanceUID}
+    kept, conflict = listed
+    assert kept["label"] and kept["file"].endswith(f"received/{first.SOPInstanceUID}.dcm")
+    assert not conflict["label"] and conflict["error"].startswith("conflict: same SOP Instance UID")
+    assert conflict["PatientID"] == other.PatientID
+    stored = pydicom.dcmread(conflict["file"])
+    assert np.array_equal(stored.pixel_array, other.pixel_array)
+    assert len(list((tmp_path / "node" / "conflicts").iterdir())) == 1
+    assert len(list((tmp_path / "node" / "results").iterdir())) == 1
+    assert caplog.text.count(f"conflict: {first.SOPInstanceUID} is stored already") == 1
+    assert f"already stored: {first.SOPInstanceUID}" in caplog.text
+
+
+def test_csv_cells_never_start_a_formula(tmp_path, tiny):
+    """PatientID and AccessionNumber holding spreadsheet formulas (and a NUL) reach
+    worklist.csv and scores.csv as text: a leading quote, no NUL."""
+    hostile = [("=HYPERLINK(\"http://x\")", "+1+1"), ("-2+3", "@SUM(A1)"), ("\t=cmd", "A\0B")]
+    sent = [xray("NORMAL", 23 - k, PatientID=patient, AccessionNumber=accession)
+            for k, (patient, accession) in enumerate(hostile)]
+    with node(tmp_path / "node", tiny) as scp:
+        assert send(scp.port, sent) == [0, 0, 0]
+        assert scp.wait_idle(60)
+    for name in ("worklist.csv", "scores.csv"):
+        text = (tmp_path / "node" / name).read_text(encoding="utf-8")
+        assert "\0" not in text
+        listed = {row["SOPInstanceUID"]: row for row in rows(tmp_path / "node", name)}
+        cells = [listed[d.SOPInstanceUID][key] for d in sent
+                 for key in ("PatientID", "AccessionNumber")]
+        assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in cells), cells
+        assert cells[:4] == ["'=HYPERLINK(\"http://x\")", "'+1+1", "'-2+3", "'@SUM(A1)"]
+        assert cells[4] == "'\t=cmd" and cells[5] == "AB"
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR", "ignore:The value length")  # the sender's
+def test_what_cannot_be_read_or_copied_is_refused_before_success(tmp_path, tiny, monkeypatch,
+                                                                  caplog):
+    """Answered with 0xC000 and never stored: Study or Series Instance UIDs that are paths,
+    65 characters long, hold a NUL or a <script>; pixel data claiming 2,000,000,000 bytes and
+    carrying 50 kB; data sets cut short at 11 points. A <script> StudyDate is stored and scored,
+    and left out of the report."""
+    caplog.set_level(logging.INFO, logger="pneumocnn")
+    cuts = {f"CUT{k}": at for k, at in enumerate((7, 60, 150, 0.2, 0.4, 0.5, 0.6, 0.8, 0.95,
+                                                   -2, -1))}
+    encode = association_module.encode
+
+    def hostile_encode(dataset, *args):
+        encoded = encode(dataset, *args)
+        patient = str(dataset.get("PatientID", ""))
+        if patient == "LIAR":  # PixelData (OB, explicit VR): claims 2e9 bytes
+            at = encoded.rfind(b"\xe0\x7f\x10\x00OB")
+            encoded = encoded[: at + 8] + (2_000_000_000).to_bytes(4, "little") + encoded[at + 12:]
+        if patient in cuts:
+            at = cuts[patient]
+            encoded = encoded[: int(len(encoded) * at) if isinstance(at, float) else at]
+        return encoded
+
+    monkeypatch.setattr(association_module, "encode", hostile_encode)
+    bad_uids = ["../../etc/x", "1." + "2" * 63, "1.2\0.3", "<script>alert(1)</script>"]
+    refused = ([xray("NORMAL", 1, StudyInstanceUID=bad) for bad in bad_uids]
+               + [xray("NORMAL", 2, SeriesInstanceUID=bad_uids[0]), xray("NORMAL", 3, PatientID="LIAR")]
+               + [xray("NORMAL", 4, PatientID=name) for name in cuts])
+    scripted = xray("PNEUMONIA", 5, StudyDate="<script>")
+    with node(tmp_path / "node", tiny) as scp:
+        statuses = send(scp.port, refused, contexts=[(DigitalXRayImageStorageForPresentation,
+                                                      [uid.ExplicitVRLittleEndian])])
+        # a cut that happens to end between elements leaves a data set without its SOP class
+        assert all(status in (0xC000, 0xA900) for status in statuses), statuses
+        assert statuses[:6] == [0xC000] * 6
+        assert send(scp.port, [scripted]) == [0]
+        assert scp.wait_idle(60)
+    assert [path.name for path in (tmp_path / "node" / "received").iterdir()] == [
+        f"{scripted.SOPInstanceUID}.dcm"]
+    (report,) = (tmp_path / "node" / "results").iterdir()
+    assert "StudyDate" not in pydicom.dcmread(report) or not pydicom.dcmread(report).StudyDate
+    logged = caplog.text
+    assert "invalid StudyInstanceUID '../../etc/x'" in logged
+    assert "invalid SeriesInstanceUID '../../etc/x'" in logged
+    assert "invalid StudyInstanceUID '1.2\\x00.3'" in logged
+    assert "(7FE0,0010) claims 2,000,000,000 bytes" in logged
+    assert logged.count("cut short") >= 8
+    assert f"StudyDate of {scripted.SOPInstanceUID} not copied into its report" in logged
+
+
+def test_a_full_disk_is_answered_out_of_resources(tmp_path, tiny, monkeypatch, caplog):
+    """An object the node cannot write (no space left) gets 0xA700, so that the sender keeps
+    it and tries again; once there is space, it is stored."""
+    from pneumocnn.clinic import node as node_module
+
+    written = node_module.write_object
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    dataset = xray("NORMAL", 10)
+    with node(tmp_path / "node", tiny) as scp:
+        monkeypatch.setattr(node_module, "write_object", full)
+        assert send(scp.port, [dataset]) == [0xA700]
+        monkeypatch.setattr(node_module, "write_object", written)
+        assert send(scp.port, [dataset]) == [0]
+        assert scp.wait_idle(60)
+    assert len(rows(tmp_path / "node")) == 1
+    assert "(status 0xA700): cannot store it ([Errno 28] No space left on device)" in caplog.text
 
 
 def test_concurrent_associations_from_several_senders(tmp_path, tiny):
@@ -434,7 +546,8 @@ def test_listen_command_runs_until_sigterm(tmp_path):
         _, errors = process.communicate(timeout=60)
     assert process.returncode == 0, errors
     assert len(rows(tmp_path / "node")) == 1
-    assert "rejected an association from XRAY2@" in errors and "stopped" in errors
+    assert "refused XRAY2@127.0.0.1: calling AE title 'XRAY2' is not allowed" in errors
+    assert "stopped" in errors
 
 
 def test_importing_pneumocnn_does_not_import_pynetdicom():

@@ -1,5 +1,7 @@
 """Clinic services built on the runtime: the triage worklist (:mod:`~pneumocnn.clinic.triage`),
-the DICOM node (:mod:`~pneumocnn.clinic.node`) with its Structured Reports
+the DICOM node (:mod:`~pneumocnn.clinic.node`) with its gate for connections
+(:mod:`~pneumocnn.clinic.gate`), its checks of what it receives
+(:mod:`~pneumocnn.clinic.received`), its Structured Reports
 (:mod:`~pneumocnn.clinic.structured_report`) and forwarding to a PACS
 (:mod:`~pneumocnn.clinic.forward`), site calibration (:mod:`~pneumocnn.clinic.site_calibration`)
 and scoring on a Dask cluster (:mod:`~pneumocnn.clinic.dask_scoring`).

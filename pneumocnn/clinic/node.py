@@ -1,7 +1,13 @@
 """The DICOM node: a storage SCP that triages the chest X-rays an X-ray unit or PACS sends it.
 
-``Node(out, ...).start()`` (or ``pneumocnn listen``) accepts Computed Radiography and Digital
-X-Ray (for presentation) images by C-STORE and, in the folder ``out``:
+``Node(out, ...).start()`` (or ``pneumocnn listen``) answers C-ECHO (the Verification SOP class:
+an administrator's first test of a new node) and accepts by C-STORE the image SOP classes chest
+radiographs come in (:data:`ACCEPTED`: Computed Radiography, Digital X-Ray for presentation and
+for processing, Secondary Capture and its multi-frame grayscale kinds) in every transfer syntax
+it can decode (:func:`~pneumocnn.core.dicom.decodable_transfer_syntaxes`); the input guard
+(:mod:`pneumocnn.core.guard`) then decides from the tags which are scored. Every other SOP class
+(CT, MR, Structured Reports, presentation states...) is refused at association: its
+presentation context is rejected, and the sender reports it as not sent. In the folder ``out``:
 
 - ``received/SOP_INSTANCE_UID.dcm``: each object as it was sent, written atomically and flushed
   to disk (file and folder) **before** the C-STORE is answered with success, so that an object
@@ -11,30 +17,36 @@ X-Ray (for presentation) images by C-STORE and, in the folder ``out``:
   association's thread); the worklist and report are rewritten whenever the queue empties;
 - ``results/REPORT_UID.dcm``: a DICOM Structured Report per X-ray scored
   (:mod:`pneumocnn.clinic.structured_report`), and with ``forward`` a marker in ``outbox/``
-  until the PACS has stored it (:mod:`pneumocnn.clinic.forward`).
+  until the PACS has stored it (:mod:`pneumocnn.clinic.forward`);
+- ``conflicts/SOP_INSTANCE_UID.DIGEST.dcm``: an object sent with the SOP Instance UID of one
+  already stored but other pixel data. The first is kept (and scored), as DICOM intends; the
+  other is kept here, not scored, and listed with the failures of the worklist, and the
+  conflict is logged.
 
-The journal is the folder itself: an object is stored when its file is in ``received/``, and
-scored when its row is in ``scores.csv`` (appended and flushed after its report was written).
-At start, every stored object without a row is scored: after ``kill -9``, nothing the node
-acknowledged is lost and nothing already scored is scored again. An object whose SOP Instance
-UID is already stored is answered with success and not stored or scored again: it is listed
-once. The folder is locked: one node per folder.
+The journal is the folder itself: an object is stored when its file is in ``received/`` (or
+``conflicts/``), and scored when its row is in ``scores.csv`` (appended and flushed after its
+report was written). At start, every stored object without a row is scored: after ``kill -9``,
+nothing the node acknowledged is lost and nothing already scored is scored again. An object
+sent again (same SOP Instance UID, same pixels) is answered with success and not stored or
+scored again: it is listed once. The folder is locked: one node per folder.
 
-Refused, each with a logged reason: a calling AE title not on ``allow`` (the association is
-rejected); SOP classes other than CR and DX for presentation (their presentation contexts are
-rejected; a data set that says another class gets status 0xA900); an object over
-``max_object_mb`` (0xA700, checked once received); one that cannot be parsed or carries an
-invalid SOP Instance UID (0xC000). Beyond ``max_associations`` at once, an association is
-rejected (transient). Needs the ``dicom-net`` extra.
+Connections go through the gate (:mod:`pneumocnn.clinic.gate`): bounded waiting, the
+allow-list and the association slots, per-PDU and idle timeouts, the object size limit
+enforced while an object arrives. Refused, each with one logged line: a calling AE title not on
+``allow`` or a called AE title other than the node's (the association is rejected); an object
+over ``max_object_mb`` (the association is aborted as the limit is crossed); one whose data set
+names another SOP class than it was sent as (status 0xA900); one that cannot be read whole, or
+whose SOP Instance, Study Instance or Series Instance UID is not a valid UID (0xC000); one the
+node cannot write (a full disk: 0xA700, out of resources). Needs the ``dicom-net`` extra.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
-import re
 import signal
 import ssl
 import threading
@@ -43,16 +55,23 @@ from pathlib import Path
 
 from pneumocnn.clinic import structured_report, triage
 from pneumocnn.clinic.forward import Destination, Forwarder, pynetdicom
+from pneumocnn.clinic.gate import Gate, Limits, printable
+from pneumocnn.clinic.received import read_received, same_pixels, valid_uid, write_object
+from pneumocnn.core.dicom import decodable_transfer_syntaxes, holding_library_logs, one_line
 from pneumocnn.core.durable_files import exclusive_lock, remove_temporaries, write_durably
 from pneumocnn.runtime.model import Model, load
 
 LOG = logging.getLogger(__name__)
+VERIFICATION = "1.2.840.10008.1.1"
 ACCEPTED = {
     "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
     "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
 }
 SUCCESS, OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _STOP = None
 
 
@@ -60,10 +79,13 @@ class Node:
     """A DICOM storage SCP writing the triage of what it receives into ``out``.
 
     ``model``: a :class:`Model`, a model path, or None for the bundled model. ``allow``: the
-    calling AE titles that may store (None: any). ``forward``: ``AE@HOST:PORT`` (or a
-    :class:`~pneumocnn.clinic.forward.Destination`) to send each report to. ``tls``: a server
-    SSL context (see :func:`tls_context`); ``forward_tls`` a client SSL context for the
-    forward. ``port=0`` takes a free port (see :attr:`port`).
+    calling AE titles that may store (None: any; a calling AE title is what the sender says it
+    is: only a TLS CA, ``tls_context(..., ca=...)``, controls who may send). ``forward``:
+    ``AE@HOST:PORT`` (or a :class:`~pneumocnn.clinic.forward.Destination`) to send each report
+    to. ``tls``: a server SSL context (see :func:`tls_context`); ``forward_tls`` a client SSL
+    context for the forward. ``limits``: the gate's timeouts and bounds
+    (:class:`~pneumocnn.clinic.gate.Limits`; ``max_associations`` and ``max_object_mb`` set
+    theirs). ``port=0`` takes a free port (see :attr:`port`).
     """
 
     def __init__(self, out: str | os.PathLike, model: Model | str | os.PathLike | None = None, *,
@@ -73,7 +95,7 @@ class Node:
                  max_object_mb: float = 100.0, tls: ssl.SSLContext | None = None,
                  forward_tls: ssl.SSLContext | None = None, heatmaps: bool = True,
                  guard: bool = True, forward_attempts: int = 3, forward_pause: float = 2.0,
-                 retry_seconds: float = 300.0) -> None:
+                 retry_seconds: float = 300.0, limits: Limits | None = None) -> None:
         pynetdicom()
         if not 1 <= len(ae_title.strip()) <= 16:
             raise ValueError(f"AE title {ae_title!r}: 1 to 16 characters")
@@ -83,11 +105,12 @@ class Node:
         self.model = model if isinstance(model, Model) else load(model)
         self.host, self.ae_title = host, ae_title.strip()
         self.allow = [title.strip() for title in allow] if allow else []
-        self.max_associations = max_associations
-        self.max_object_bytes = int(max_object_mb * 1024 * 1024)
+        self.limits = dataclasses.replace(limits or Limits(), max_associations=max_associations,
+                                          max_object_bytes=int(max_object_mb * 1024 * 1024))
         self.tls, self.heatmaps, self.guard = tls, heatmaps, guard
         self._requested_port = port
         self.received, self.results = self.out / "received", self.out / "results"
+        self.conflicts = self.out / "conflicts"
         self.forwarder = None
         if forward is not None:
             destination = forward if isinstance(forward, Destination) else Destination.parse(forward)
@@ -98,36 +121,37 @@ class Node:
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._store_lock = threading.Lock()
         self._scored: set[str] = set()
-        self._server = None
+        self._gate: Gate | None = None
         self._worker: threading.Thread | None = None
         self._held = contextlib.ExitStack()
 
     @property
     def port(self) -> int:
         """The port the node listens on (the one bound, when started with ``port=0``)."""
-        return self._server.server_address[1] if self._server else self._requested_port
+        return self._gate.port if self._gate else self._requested_port
 
     def start(self) -> Node:
         """Lock ``out``, listen, queue what an earlier run stored but did not score, start the
         worker (and the forwarder); return at once. A node starts once."""
         with self._held as held:
             held.enter_context(exclusive_lock(self.out / ".lock", f"the node folder {self.out}"))
-            for folder in (self.received, self.results, self.out / "images"):
+            for folder in (self.received, self.conflicts, self.results, self.out / "images"):
                 folder.mkdir(parents=True, exist_ok=True)
                 remove_temporaries(folder)
             self._scored = {row["file"] for row in triage.read_scores(self.out / triage.SCORES)}
-            pending = [path for path in sorted(self.received.glob("*.dcm"))
-                       if str(path) not in self._scored]
+            pending = [path for folder in (self.received, self.conflicts)
+                       for path in sorted(folder.glob("*.dcm")) if str(path) not in self._scored]
             if pending:
                 LOG.info("%d object(s) stored by an earlier run but not scored: scoring them",
                          len(pending))
-            self._server = self._listen()  # a port in use raises here, before any thread
+            self._gate = self._listen()  # a port in use raises here, before any thread
             for path in pending:
                 self._queue.put(path)
             self._worker = threading.Thread(target=self._work, name="pneumocnn-score", daemon=True)
             self._worker.start()
             if self.forwarder:
                 self.forwarder.start()
+            self._gate.start()
             self._held = held.pop_all()
         LOG.info("%s listening on %s:%d%s; writing to %s", self.ae_title, self.host, self.port,
                  " (TLS)" if self.tls else "", self.out)
@@ -148,10 +172,11 @@ class Node:
         return self.forwarder is None or self.forwarder.wait_idle(timeout)
 
     def stop(self) -> None:
-        """Stop listening, finish scoring what was received, stop forwarding, unlock ``out``."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        """Stop listening (aborting the associations under way), finish scoring what was
+        received, stop forwarding, unlock ``out``."""
+        if self._gate is not None:
+            self._gate.stop()
+            self._gate = None
         if self._worker is not None:
             self._queue.put(_STOP)
             self._worker.join()
@@ -168,57 +193,95 @@ class Node:
 
     # the SCP
 
-    def _listen(self):
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+    def _listen(self) -> Gate:
+        from pynetdicom import AE, evt
 
         ae = AE(ae_title=self.ae_title)
-        ae.maximum_associations = self.max_associations
-        ae.require_called_aet = True
+        ae.require_called_aet = True  # the gate checks both first; pynetdicom checks again
         ae.require_calling_aet = self.allow
+        syntaxes = decodable_transfer_syntaxes()
         for sop_class in ACCEPTED:
-            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-        handlers: list[evt.EventHandlerType] = [(evt.EVT_C_STORE, self._on_store),
-                                                (evt.EVT_REJECTED, _log_rejection)]
-        return ae.start_server((self.host, self._requested_port), block=False,
-                               ssl_context=self.tls, evt_handlers=handlers)
+            ae.add_supported_context(sop_class, syntaxes)
+        ae.add_supported_context(VERIFICATION)
+        handlers: list[evt.EventHandlerType] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
+        return Gate(ae, (self.host, self._requested_port), handlers, self.limits,
+                    allow=self.allow, tls=self.tls)
+
+    def _on_echo(self, event) -> int:
+        """Answer a C-ECHO with success (the association says who asked, when it ends)."""
+        gate = self._gate
+        if gate and (connection := gate.connection(event.assoc)) is not None:
+            connection.count("echo")
+        return SUCCESS
 
     def _on_store(self, event) -> int:
-        """Store one object durably, queue it for scoring, and answer; never raises."""
-        sender = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
-        try:
-            status, reason = self._store(event)
-        except Exception as error:  # whatever a hostile object makes pydicom raise
-            status, reason = CANNOT_UNDERSTAND, f"cannot parse it ({_one_line(error)})"
+        """Store one object durably, queue it for scoring, and answer; never raises. Logs one
+        line per object refused (what the libraries said folded into it)."""
+        gate = self._gate
+        connection = gate.connection(event.assoc) if gate else None
+        sender = connection.peer if connection else printable(event.assoc.requestor.ae_title)
+        with holding_library_logs() as said:
+            try:
+                status, level, message = self._store(event)
+            except OSError as error:  # a full disk, say: the sender may try again later
+                status, level = OUT_OF_RESOURCES, logging.ERROR
+                message = f"cannot store it ({printable(str(error))[:300]})"
+            except Exception as error:  # whatever a hostile object makes pydicom raise
+                status, level = CANNOT_UNDERSTAND, logging.WARNING
+                message = f"cannot read it whole ({printable(one_line(error) or type(error).__name__)[:300]})"
+        if connection is not None:
+            connection.count("stored" if status == SUCCESS else "refused")
+        if said and status != SUCCESS:
+            more = f" (+{len(said) - 1} more)" if len(said) > 1 else ""
+            message += f"; pydicom said: {printable(one_line(said[0]))[:200]}{more}"
         if status != SUCCESS:
-            LOG.warning("refused an object from %s (status 0x%04X): %s", sender, status, reason)
-        elif reason:
-            LOG.info("%s from %s", reason, sender)
+            LOG.log(max(level, logging.WARNING), "refused an object from %s (status 0x%04X): %s",
+                    sender, status, message)
+        else:
+            LOG.log(level, "%s from %s", message, sender)
         return status
 
-    def _store(self, event) -> tuple[int, str]:
-        encoded = event.encoded_dataset(include_meta=False)
-        if len(encoded) > self.max_object_bytes:
-            return OUT_OF_RESOURCES, (f"{len(encoded):,} bytes, over the limit of "
-                                      f"{self.max_object_bytes:,}")
-        context = str(event.context.abstract_syntax)
-        dataset = event.dataset
-        for _ in dataset.iterall():  # parse every element now: a broken one is refused here
-            pass
-        sop_class = str(dataset.get("SOPClassUID", ""))
-        instance = str(dataset.get("SOPInstanceUID", ""))
-        if context not in ACCEPTED or sop_class != context:
-            return NOT_MATCHING, (f"SOP class {sop_class or 'missing'} sent as {context}; "
-                                  f"accepted: {', '.join(ACCEPTED.values())}")
-        if not (_UID.fullmatch(instance) and len(instance) <= 64
-                and instance == str(event.request.AffectedSOPInstanceUID)):
-            return CANNOT_UNDERSTAND, f"invalid or mismatched SOP Instance UID {instance[:80]!r}"
-        path = self.received / f"{instance}.dcm"
-        with self._store_lock:
-            if path.exists():
-                return SUCCESS, f"already stored: {instance} (not stored or listed again)"
-            write_durably(path, event.encoded_dataset())
-        self._queue.put(path)
-        return SUCCESS, f"stored {path.name}"
+    def _store(self, event) -> tuple[int, int, str]:
+        """The status, log level and log message of one C-STORE."""
+        context = event.context
+        with read_received(event.request.DataSet, context.transfer_syntax,
+                           self.limits.max_object_bytes) as received:
+            dataset = received.dataset
+            sop_class = str(dataset.get("SOPClassUID", ""))
+            instance = str(dataset.get("SOPInstanceUID", ""))
+            if sop_class != str(context.abstract_syntax):
+                return NOT_MATCHING, logging.WARNING, (
+                    f"SOP class {printable(sop_class)[:80] or 'missing'} sent as "
+                    f"{context.abstract_syntax}; accepted: {', '.join(ACCEPTED.values())}")
+            if not (valid_uid(instance) and instance == str(event.request.AffectedSOPInstanceUID)):
+                return CANNOT_UNDERSTAND, logging.WARNING, (
+                    f"invalid or mismatched SOP Instance UID '{printable(instance)[:80]}'")
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+                value = str(dataset.get(keyword, ""))
+                if keyword in dataset and not valid_uid(value):
+                    return CANNOT_UNDERSTAND, logging.WARNING, (
+                        f"invalid {keyword} '{printable(value)[:80]}'")
+            from pynetdicom.dsutils import encode_file_meta
+
+            file_meta = encode_file_meta(event.file_meta)
+            path = self.received / f"{instance}.dcm"
+            with self._store_lock:
+                if not path.exists():
+                    write_object(path, file_meta, received)
+                    self._queue.put(path)
+                    return SUCCESS, logging.INFO, f"stored {path.name}"
+                if same_pixels(path, received, file_meta):
+                    return SUCCESS, logging.INFO, (f"already stored: {instance} (not stored or "
+                                                   "listed again)")
+                conflict = self.conflicts / f"{instance}.{received.digest[:16]}.dcm"
+                if conflict.exists():
+                    return SUCCESS, logging.INFO, f"conflict already recorded: {conflict.name}"
+                write_object(conflict, file_meta, received)
+                self._queue.put(conflict)
+                return SUCCESS, logging.WARNING, (
+                    f"conflict: {instance} is stored already with other pixel data; the first "
+                    f"is kept and scored, this one kept as {conflict.relative_to(self.out)}, "
+                    "not scored, and listed with the failures")
 
     # the worker
 
@@ -241,21 +304,42 @@ class Node:
         name = str(path)
         if name in self._scored:
             return
-        row = triage.score(self.model, path, name, self.out / "images", self.heatmaps, self.guard)
+        if path.parent == self.conflicts:
+            row = _conflict_row(path, self.received / f"{path.stem.rsplit('.', 1)[0]}.dcm")
+        else:
+            row = triage.score(self.model, path, name, self.out / "images", self.heatmaps,
+                               self.guard)
         if not row["error"]:
             import pydicom
 
-            source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-            report = structured_report.structured_report(source, row, self.model)
-            report_name = f"{report.SOPInstanceUID}.dcm"
-            write_durably(self.results / report_name, structured_report.encode(report))
-            if self.forwarder:
-                write_durably(self.forwarder.outbox / report_name, b"")
+            try:
+                with holding_library_logs():  # what it says is in the report's own warnings
+                    source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                    report = structured_report.structured_report(source, row, self.model)
+            except ValueError as error:  # what the report would copy is not valid DICOM
+                row.update(probability="", label="", threshold="", error=f"no report: {error}")
+            else:
+                report_name = f"{report.SOPInstanceUID}.dcm"
+                write_durably(self.results / report_name, structured_report.encode(report))
+                if self.forwarder:
+                    write_durably(self.forwarder.outbox / report_name, b"")
         triage.append_score(self.out / triage.SCORES, row)
         self._scored.add(name)
-        LOG.info("%s: %s", path.name, row["error"] or f"{row['label']} ({row['probability']})")
+        LOG.info("%s: %s", path.name,
+                 printable(row["error"]) or f"{row['label']} ({row['probability']})")
         if self.forwarder and not row["error"]:
             self.forwarder.wake()
+
+
+def _conflict_row(path: Path, first: Path) -> dict[str, str]:
+    """The worklist row of an object kept in ``conflicts/``: never scored."""
+    from pneumocnn.core.dicom import read_identifiers
+
+    row = dict.fromkeys(triage.COLUMNS, "")
+    row.update(read_identifiers(path), file=str(path),
+               error=f"conflict: same SOP Instance UID as {first} but other pixel data; not "
+                     "scored (the first received is kept and scored)")
+    return row
 
 
 def tls_context(cert: str | os.PathLike, key: str | os.PathLike,
@@ -273,33 +357,15 @@ def tls_context(cert: str | os.PathLike, key: str | os.PathLike,
 def serve(out: str | os.PathLike, model: Model | str | os.PathLike | None = None,
           **options) -> None:
     """Run a :class:`Node` (``options`` as it takes them) until SIGINT or SIGTERM, then stop
-    it cleanly."""
+    it cleanly. Python warnings go to the log, where those made while reading an object or on
+    an association's threads are folded into its line."""
+    logging.captureWarnings(True)
     stopping = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     with Node(out, model, **options), contextlib.suppress(KeyboardInterrupt):
         stopping.wait()
     LOG.info("stopped")
-
-
-def _log_rejection(event) -> None:
-    """Log why an association was rejected, by the checks pynetdicom made, in its order."""
-    requestor, ae = event.assoc.requestor, event.assoc.ae
-    called = str(requestor.primitive.called_ae_title).strip()
-    if ae.require_calling_aet and requestor.ae_title.strip() not in ae.require_calling_aet:
-        reason = f"calling AE title not allowed (allowed: {', '.join(ae.require_calling_aet)})"
-    elif called != event.assoc.acceptor.ae_title.strip():
-        reason = f"it called {called!r}, not this node's AE title"
-    else:
-        reason = f"{ae.maximum_associations} associations at once already"
-    LOG.warning("rejected an association from %s@%s: %s", requestor.ae_title,
-                requestor.address, reason)
-
-
-def _one_line(error: Exception) -> str:
-    from pneumocnn.core.dicom import one_line
-
-    return one_line(error) or type(error).__name__
 
 
 __all__ = ["ACCEPTED", "Destination", "Node", "serve", "tls_context"]

@@ -9,18 +9,24 @@ scored (also listed as the evidence of the report). Concepts that no public codi
 are coded in the private scheme ``99PNEUMOCNN``.
 
 The report's UIDs are derived from the X-ray's: writing it again for the same X-ray (after a
-restart, say) gives the same SOP Instance UID, which a PACS takes as the same report. Needs
-pydicom (the ``dicom`` extra).
+restart, say) gives the same SOP Instance UID, which a PACS takes as the same report. What is
+copied from the X-ray is checked first: a study, series, SOP class or SOP instance UID that is
+not a valid UID raises ``ValueError`` (no report is better than one filed wrongly); a patient or
+study element whose value is not valid for its VR (a ``<script>`` StudyDate, control
+characters in a PatientID) is left empty, with a warning. Needs pydicom (the ``dicom`` extra).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
 
 from pneumocnn._version import __version__
+from pneumocnn.clinic.received import valid_uid
 from pneumocnn.core.errors import MissingDependencyError
 from pneumocnn.runtime.model import Model
 
@@ -40,6 +46,9 @@ SOURCE = ("260753009", "SCT", "Source")
 NOTICE = ("A triage aid, not a diagnosis: it suggests which X-rays to read first; every X-ray "
           "still needs a radiologist's reading.")
 SERIES_NUMBER = 9901
+LOG = logging.getLogger(__name__)
+# C0 controls but ESC (ISO 2022 code extensions in names): never valid in the elements copied
+_CONTROLS = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
 _NAMESPACE = uuid.UUID("7a0c5e52-3d55-4a39-9a55-2f1b0c6e7d01")  # pneumocnn's, for derived UIDs
 # copied from the X-ray so that the report files under the same patient and study
 _PATIENT_AND_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate",
@@ -61,11 +70,15 @@ def structured_report(source, row: dict[str, str], model: Model):
     except ImportError:
         raise MissingDependencyError("a DICOM report needs pydicom: "
                                      "pip install 'pneumocnn[dicom]'") from None
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if keyword in source and not valid_uid(str(source[keyword].value)):
+            raise ValueError(f"the X-ray's {keyword} {str(source[keyword].value)[:80]!r} is not "
+                             "a valid UID")
     study = str(source.get("StudyInstanceUID", "")) or _derived_uid("study", source.SOPInstanceUID)
     series = str(source.get("SeriesInstanceUID", "")) or _derived_uid("series", source.SOPInstanceUID)
     report = Dataset()
     for keyword in _PATIENT_AND_STUDY:
-        setattr(report, keyword, source.get(keyword, ""))
+        setattr(report, keyword, _valid_value(source, keyword))
     if not report.SpecificCharacterSet:
         del report.SpecificCharacterSet
     now = datetime.now(timezone.utc)
@@ -120,6 +133,28 @@ def structured_report(source, row: dict[str, str], model: Model):
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     report.file_meta = meta
     return report
+
+
+def _valid_value(source, keyword: str):
+    """The value of ``keyword`` in ``source`` if it is valid for its VR, else ``""`` (logged)."""
+    from pydicom import config
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import validate_value
+
+    if keyword not in source or source[keyword].value in (None, ""):
+        return ""
+    element = source[keyword]
+    values = element.value if isinstance(element.value, MultiValue) else [element.value]
+    try:
+        for value in values:
+            validate_value(element.VR, value, config.RAISE)
+            if _CONTROLS.search(str(value)):
+                raise ValueError("control characters")
+    except ValueError as error:
+        LOG.warning("%s of %s not copied into its report: %s", keyword, source.SOPInstanceUID,
+                    str(error).splitlines()[0][:200].encode("unicode_escape").decode("ascii"))
+        return ""
+    return element.value
 
 
 def encode(report) -> bytes:

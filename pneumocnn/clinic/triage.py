@@ -3,7 +3,8 @@
 ``triage(folder, out)`` writes into ``out``:
 
 - ``scores.csv``: one row per file, appended as each is scored (a rerun skips files already in
-  it, so an interrupted run resumes where it stopped);
+  it, so an interrupted run resumes where it stopped); its cells, as those of ``worklist.csv``,
+  never start a spreadsheet formula (:mod:`pneumocnn.core.csv_cells`);
 - ``images/``: for each scored file a thumbnail and an occlusion heatmap overlay (PNG);
 - ``worklist.csv``: the scored files sorted by probability, highest first, then the failures;
 - ``report.html``: one self-contained page (images inlined) with the same order.
@@ -22,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pneumocnn._version import __version__
+from pneumocnn.core.csv_cells import neutral, neutral_row
 from pneumocnn.core.dicom import IDENTIFIERS
 from pneumocnn.core.durable_files import atomic_write, resume_csv, write_text
 from pneumocnn.core.errors import PneumocnnError
@@ -74,7 +76,7 @@ def triage(
     (out / "images").mkdir(parents=True, exist_ok=True)
     scores = out / SCORES
     done = {row["file"] for row in read_scores(scores)}  # drops a row a kill cut short
-    todo = [(item, name) for item, name in expand_inputs(folder) if name not in done]
+    todo = [(item, name) for item, name in expand_inputs(folder) if neutral(name) not in done]
     total = len(done) + len(todo)
     drawn = progress if isinstance(progress, bool) or progress is None else False
     with progress_bar(total, initial=len(done), enabled=drawn, description="triage") as bar:
@@ -106,7 +108,7 @@ def append_score(scores: Path, row: dict[str, str]) -> None:
         writer = csv.DictWriter(sink, fieldnames=COLUMNS)
         if sink.tell() == 0:
             writer.writeheader()
-        writer.writerow(row)
+        writer.writerow(neutral_row(row))
         sink.flush()
         os.fsync(sink.fileno())
 
@@ -169,7 +171,7 @@ def _to_csv(rows: list[dict[str, str]]) -> str:
     buffer = StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(map(neutral_row, rows))
     return buffer.getvalue()
 
 

@@ -44,10 +44,12 @@ INSTALL = "pip install 'pneumocnn[dicom]'"
 # group; no image format pneumocnn reads starts like that
 _BARE_STARTS = (b"\x02\x00", b"\x08\x00")
 _BARE_BIG_ENDIAN_START = b"\x00\x08"
+# the display transform works on bands of rows of about this many pixels (8 MiB a float copy)
+_BAND_PIXELS = 1 << 20
 # JPEG's EOI and JPEG 2000's EOC marker: the last two bytes of every whole codestream
 _END_OF_IMAGE = b"\xff\xd9"
-# the loggers of pydicom and its decoder plugins (top-level names)
-_LIBRARIES = frozenset({"pydicom", "pylibjpeg", "libjpeg", "openjpeg", "rle", "jpeg_ls"})
+# the loggers of pydicom and its decoder plugins (top-level names), and Python's py.warnings
+_LIBRARIES = frozenset({"pydicom", "pylibjpeg", "libjpeg", "openjpeg", "rle", "jpeg_ls", "py"})
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def read_identifiers(path: str | os.PathLike) -> dict[str, str]:
         import pydicom
     except ImportError:
         return {}
-    with _holding_library_logs():
+    with holding_library_logs():
         try:
             return _identifiers(pydicom.dcmread(path, stop_before_pixels=True, force=True))
         except Exception:  # a file that cannot be read has no identifiers to show
@@ -119,7 +121,7 @@ def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True) -> DicomIma
         raise MissingDependencyError(f"{name}: DICOM input needs pydicom: {INSTALL}") from None
     # pydicom and its decoders, given damaged or hostile bytes, raise errors of many kinds
     # (struct.error, NotImplementedError, their own...): every one is the file's fault here
-    with _holding_library_logs() as logged:
+    with holding_library_logs() as logged:
         try:
             dataset = pydicom.dcmread(stream, force=True)
             flagged = guard.reason(_guard_tags(dataset)) if guard_tags else None
@@ -138,6 +140,22 @@ def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True) -> DicomIma
             raise
         except Exception as error:
             raise InputError(name, f"cannot decode DICOM pixel data ({one_line(error)})") from error
+
+
+def decodable_transfer_syntaxes() -> list[str]:
+    """The transfer syntaxes whose pixel data pneumocnn can decode here: the uncompressed ones,
+    and the compressed ones an installed pydicom decoder plugin handles (needs pydicom)."""
+    from pydicom import uid
+    from pydicom.pixels.decoders.base import get_decoder
+
+    syntaxes = [uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian,
+                uid.DeflatedExplicitVRLittleEndian, uid.ExplicitVRBigEndian]
+    for syntax in uid.AllTransferSyntaxes:
+        if syntax.is_compressed:
+            with contextlib.suppress(NotImplementedError):
+                if get_decoder(syntax).is_available:
+                    syntaxes.append(syntax)
+    return [str(syntax) for syntax in syntaxes]
 
 
 def one_line(message: object) -> str:
@@ -163,7 +181,8 @@ class _HeldLogs(logging.Filter):
         held = getattr(self.reading, "held", None)
         if held is None or record.levelno < logging.WARNING:
             return True
-        held.append(record.getMessage())
+        if record.name != "py.warnings":  # pydicom warns what it logs: one is enough
+            held.append(record.getMessage())
         return False
 
 
@@ -171,12 +190,14 @@ _HELD_LOGS = _HeldLogs()
 
 
 @contextlib.contextmanager
-def _holding_library_logs() -> Iterator[list[str]]:
-    """Hold back the libraries' log records made in this thread within the block; yield the
-    list of their messages."""
-    for name, logger in list(logging.Logger.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and name.split(".")[0] in _LIBRARIES:
-            logger.addFilter(_HELD_LOGS)  # once per logger: a filter is added only once
+def holding_library_logs() -> Iterator[list[str]]:
+    """Hold back the warnings and errors pydicom and its decoders log in this thread within
+    the block (and Python warnings, where ``logging.captureWarnings`` routes them to the log);
+    yield the list of their messages."""
+    names = ["py.warnings", *logging.Logger.manager.loggerDict]  # py.warnings: made on first use
+    for name in names:
+        if name.split(".")[0] in _LIBRARIES:
+            logging.getLogger(name).addFilter(_HELD_LOGS)  # once: a filter is added only once
     held: list[str] = []
     _HELD_LOGS.reading.held = held
     try:
@@ -243,13 +264,11 @@ def _stored_pixels(dataset, name: str) -> np.ndarray:
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if _frames_end_with_a_marker(syntax):
         _check_first_frame_whole(dataset, frames, name)
+    dataset.pixel_array_options(index=0)  # of several frames, only the first is decoded
     pixels = dataset.pixel_array
-    if frames > 1:
-        pixels = pixels[0]
-    if int(dataset.get("SamplesPerPixel", 1)) == 3:
-        rgb = pixels.astype(np.float64)
-        pixels = rgb @ np.array([0.299, 0.587, 0.114])
-    if pixels.ndim != 2 or pixels.size == 0:
+    del dataset.PixelData  # the encoded bytes are not needed once decoded: free them now
+    colour = int(dataset.get("SamplesPerPixel", 1)) == 3
+    if pixels.ndim != 2 + colour or pixels.size == 0:
         raise InputError(name, f"DICOM pixel array of shape {pixels.shape} is not one 2-D image")
     return pixels
 
@@ -278,26 +297,39 @@ def _check_first_frame_whole(dataset, frames: int, name: str) -> None:
 
 
 def _display(stored: np.ndarray, dataset, name: str) -> np.ndarray:
-    """Modality LUT, VOI window or full stored range, MONOCHROME1 inversion -> uint8."""
+    """Luminance of colour pixels, modality LUT, VOI window or full stored range, MONOCHROME1
+    inversion -> uint8; computed a band of rows at a time, so that the floating-point copies
+    of a very large image (8 bytes a pixel, several of them) never exist whole."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
+    voi_lut = "VOILUTSequence" in dataset and not (
+        "WindowCenter" in dataset and "WindowWidth" in dataset)
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
         centre = float(_first(dataset.WindowCenter))
         width = max(float(_first(dataset.WindowWidth)), 1.0)
         low, high = centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
-    elif "VOILUTSequence" in dataset:
-        values = np.asarray(apply_voi_lut(stored, dataset, index=0), dtype=np.float64)
-        bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
-        low, high = 0.0, float(2**bits - 1)
+    elif voi_lut:
+        low, high = 0.0, float(2 ** int(dataset.VOILUTSequence[0].LUTDescriptor[2]) - 1)
     else:
         low, high = _stored_range(dataset)
-    if not np.isfinite(values).all():
-        raise InputError(name, "DICOM pixel values are not finite")
-    scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
-    if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return np.rint(scaled * 255.0).astype(np.uint8)
+    inverted = str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    shown = np.empty(stored.shape[:2], dtype=np.uint8)
+    band = max(1, _BAND_PIXELS // max(1, stored.shape[1]))
+    for top in range(0, stored.shape[0], band):
+        rows = stored[top : top + band]
+        if rows.ndim == 3:
+            rows = rows.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        if voi_lut:
+            values = np.asarray(apply_voi_lut(rows, dataset, index=0), dtype=np.float64)
+        else:
+            values = np.asarray(apply_modality_lut(rows, dataset), dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise InputError(name, "DICOM pixel values are not finite")
+        scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+        if inverted:
+            scaled = 1.0 - scaled
+        shown[top : top + band] = np.rint(scaled * 255.0)
+    return shown
 
 
 def _stored_range(dataset) -> tuple[float, float]:

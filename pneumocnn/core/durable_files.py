@@ -65,11 +65,20 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_durably(path: str | os.PathLike, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data`` and flush its folder to disk too, so that once
-    this returns the file survives a crash or a power cut under its name (the rename itself is
-    on disk; folders cannot be flushed on Windows, where the rename is left to the system)."""
+    """Atomically replace ``path`` with ``data`` and flush its folder to disk too (see
+    :func:`durable_write`)."""
+    with durable_write(path) as stream:
+        stream.write(data)
+
+
+@contextlib.contextmanager
+def durable_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """:func:`atomic_write`, and the folder flushed to disk too, so that once the block is over
+    the file survives a crash or a power cut under its name (the rename itself is on disk;
+    folders cannot be flushed on Windows, where the rename is left to the system)."""
     path = Path(path)
-    write_bytes(path, data)
+    with atomic_write(path) as stream:
+        yield stream
     if os.name != "nt":
         folder = os.open(path.parent, os.O_RDONLY)
         try:

@@ -12,8 +12,11 @@ states. The rules, each on the value upper-cased with runs of spaces, ``_``, ``-
 - ``Modality`` must be CR, DX, RG (radiographic imaging: film, and some digital units) or DR
   (the retired code for digital radiography): OT (other; secondary captures, scanned papers,
   dose sheets), MG, CT, MR, US, XA, RF, ... are refused;
-- ``PresentationIntentType`` FOR PROCESSING (raw detector data, not meant to be shown) is
-  refused;
+- a Secondary Capture (``SOPClassUID`` of Secondary Capture Image Storage or one of its
+  multi-frame kinds: a container for any picture, screenshots and scanned papers among them)
+  must say it is a radiograph: without a radiographic ``Modality`` it is refused;
+- ``PresentationIntentType`` FOR PROCESSING, or the SOP class Digital X-Ray Image Storage - For
+  Processing (raw detector data, not meant to be shown), is refused;
 - ``BodyPartExamined`` must have CHEST among its words (CHEST, CHEST PA, PORT CHEST): THORAX
   is not DICOM's term for the chest and veterinary systems use it, so it is refused, as are
   CHESTABDOMEN and every other part;
@@ -30,11 +33,13 @@ from collections.abc import Mapping
 
 PREFIX = "not a frontal chest X-ray: "
 # the DICOM keywords read; and the first code value of PatientSpeciesCodeSequence, under:
-TAGS = ("Modality", "PresentationIntentType", "BodyPartExamined", "ViewPosition",
+TAGS = ("SOPClassUID", "Modality", "PresentationIntentType", "BodyPartExamined", "ViewPosition",
         "PatientSpeciesDescription")
 SPECIES_CODE = "PatientSpeciesCode"
 
 RADIOGRAPHY = frozenset({"CR", "DX", "RG", "DR"})
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+SECONDARY_CAPTURE = frozenset(f"1.2.840.10008.5.1.4.1.1.7{kind}" for kind in ("", ".1", ".2", ".3", ".4"))
 VIEWS = {
     **dict.fromkeys(("LL", "RL", "LAT", "LATERAL"), "lateral"),
     **dict.fromkeys(("LLD", "RLD", "DECUBITUS"), "decubitus"),
@@ -51,7 +56,11 @@ def reason(tags: Mapping[str, str]) -> str | None:
     modality = _words(tags, "Modality")
     if modality and " ".join(modality) not in RADIOGRAPHY:
         return f"{PREFIX}Modality is {tags['Modality'].strip()} (CR, DX or RG expected)"
-    if _words(tags, "PresentationIntentType") == ["FOR", "PROCESSING"]:
+    sop_class = tags.get("SOPClassUID", "").strip()
+    if sop_class in SECONDARY_CAPTURE and not modality:
+        return f"{PREFIX}a secondary capture that does not say it is a radiograph (no Modality)"
+    if (_words(tags, "PresentationIntentType") == ["FOR", "PROCESSING"]
+            or sop_class == DX_FOR_PROCESSING):
         return f"{PREFIX}DX for processing (raw detector data, not an image for display)"
     body_part = _words(tags, "BodyPartExamined")
     if body_part and "CHEST" not in body_part:
