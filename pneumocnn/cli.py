@@ -163,7 +163,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "listen", help="run a DICOM node: triage the X-rays sent to it (needs [dicom-net])",
-        description="A DICOM storage SCP for CR and DX (for presentation) images: each object is "
+        description="A DICOM storage SCP for chest radiographs (CR, DX, Secondary Capture; C-ECHO "
+        "answered; other SOP classes refused): each object is "
         "stored in OUT/received before its C-STORE is answered, then scored into OUT's worklist "
         "(worklist.csv, report.html) and a Structured Report in OUT/results, sent on to "
         "--forward. Runs until interrupted (Ctrl-C, SIGTERM); a restart scores what was stored "
