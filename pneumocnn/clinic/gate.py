@@ -49,6 +49,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NoReturn, Protocol
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+    from pynetdicom.association import Association
+    from pynetdicom.events import Event, EventHandlerType
 
 LOG = logging.getLogger(__name__)
 MAX_REQUEST = 64 * 1024  # an A-ASSOCIATE-RQ (or any PDU but P-DATA-TF) longer than this: refused
@@ -88,9 +94,9 @@ class Limits:
 
 
 def printable(text: str | bytes) -> str:
-    """``text`` (an AE title, a UID, anything a peer chose) safe for one log line: stripped,
-    with every character outside printable ASCII, and the backslash, written as ``\\xNN`` (or
-    ``\\uNNNN``)."""
+    r"""``text`` (an AE title, a UID, anything a peer chose) safe for one log line: stripped,
+    with every character outside printable ASCII, and the backslash, written as ``\xNN`` (or
+    ``\uNNNN``)."""
     if isinstance(text, bytes):
         text = text.decode("latin-1")
     return "".join(c if " " <= c <= "~" and c != "\\" else
@@ -107,10 +113,10 @@ class Connection:
     port: int
     calling: str  # printable
     limits: Limits
+    stream: _MeteredSocket  # what pynetdicom reads the association from
     opened: float = field(default_factory=time.monotonic)
     last_active: float = field(default_factory=time.monotonic)
-    association: object | None = None  # the pynetdicom Association, once it exists
-    stream: socket.socket | None = None
+    association: Association | None = None  # once it exists
     counts: dict[str, int] = field(default_factory=dict)
     ended_by: str | None = None  # a limit or an eviction, said in the summary line
     outcome: str = "closed"  # released / aborted, as pynetdicom saw it
@@ -124,6 +130,7 @@ class Connection:
 
     @property
     def peer(self) -> str:
+        """``CALLING@host:port``, for the log."""
         return f"{self.calling}@{self.host}:{self.port}"
 
     def count(self, what: str) -> None:
@@ -258,11 +265,11 @@ class _Frames:
         self.started = None
 
 
-class _Metered:
-    """A socket (mixed into ``socket.socket`` or ``ssl.SSLSocket``) that pynetdicom reads an
-    admitted association from: it serves first the bytes the gate already read (TLS), follows
-    the stream with :class:`_Frames`, times each PDU, and tells the gate when it is closed.
-    Inert until :meth:`arm` is called."""
+class _MeteredSocket(socket.socket):
+    """A socket that pynetdicom reads an admitted association from: it serves first the bytes
+    the gate already read (TLS), follows the stream with :class:`_Frames`, times each PDU, and
+    tells the gate when it is closed. Inert until :meth:`arm` is called. Everything else is the
+    socket's (or, in :class:`_MeteredTLSSocket`, the TLS socket's)."""
 
     _connection: Connection | None = None
     _unread: bytes = b""
@@ -271,12 +278,7 @@ class _Metered:
     def arm(self, connection: Connection, unread: bytes,
             on_close: Callable[[Connection], None]) -> None:
         self._connection, self._unread, self._on_close = connection, unread, on_close
-        connection.stream = self
         self.settimeout(connection.limits.pdu_seconds)
-
-    def pending(self) -> int:
-        # pynetdicom asks a TLS socket for pending bytes when select() says nothing is ready
-        return len(self._unread) + super().pending()
 
     def recv(self, size: int = 1024, flags: int = 0) -> bytes:
         connection = self._connection
@@ -291,19 +293,19 @@ class _Metered:
             left = (limits.pdu_seconds if frames.started is None
                     else frames.started + limits.pdu_seconds - time.monotonic())
             if left <= 0:
-                self._break(f"no whole PDU within {limits.pdu_seconds:g} s", _ABORT_BY_USER)
+                self._break(connection, f"no whole PDU within {limits.pdu_seconds:g} s", _ABORT_BY_USER)
             self.settimeout(left)
             try:
                 data = super().recv(size)
             except TimeoutError:
-                self._break(f"no whole PDU within {limits.pdu_seconds:g} s", _ABORT_BY_USER)
+                self._break(connection, f"no whole PDU within {limits.pdu_seconds:g} s", _ABORT_BY_USER)
         now = time.monotonic()
         connection.last_active = now
         if breach := connection.frames.feed(data, now):
-            self._break(breach.reason, breach.abort)
+            self._break(connection, breach.reason, breach.abort)
         return data
 
-    def send(self, data, flags: int = 0) -> int:
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
         if self._connection is not None:
             self._connection.last_active = time.monotonic()
             self._connection.frames.awaiting_reply = False
@@ -322,9 +324,8 @@ class _Metered:
             connection.closed = True
             on_close(connection)
 
-    def _break(self, reason: str, abort: tuple[int, int]) -> None:
+    def _break(self, connection: Connection, reason: str, abort: tuple[int, int]) -> NoReturn:
         """End the association: record why, send an A-ABORT, raise for pynetdicom."""
-        connection = self._connection
         connection.ended_by = connection.ended_by or reason
         with contextlib.suppress(OSError, ValueError):
             self.settimeout(1.0)
@@ -332,25 +333,30 @@ class _Metered:
         raise ConnectionAbortedError(reason)
 
 
-class _MeteredSocket(_Metered, socket.socket):
-    pass
+class _MeteredTLSSocket(_MeteredSocket, ssl.SSLSocket):
+    """A :class:`_MeteredSocket` over TLS (the TLS node's ``sslsocket_class``)."""
 
-
-class _MeteredTLSSocket(_Metered, ssl.SSLSocket):
-    pass
+    def pending(self) -> int:
+        """Bytes readable without the socket (pynetdicom asks a TLS socket when select() says
+        nothing is ready): those the gate read first, and those TLS decrypted."""
+        return len(self._unread) + super().pending()
 
 
 @dataclass(eq=False)
 class _Waiting:
     """A connection in the waiting room."""
 
-    sock: socket.socket
+    sock: socket.socket  # on a TLS node, a _MeteredTLSSocket
     host: str
     port: int
     deadline: float
-    tls: bool
     handshaken: bool = False
     received: bytearray = field(default_factory=bytearray)  # TLS: the bytes read so far
+
+    @property
+    def tls(self) -> bool:
+        """True on a TLS node (the gate does the handshake)."""
+        return isinstance(self.sock, ssl.SSLSocket)
 
 
 class _Refused(Exception):
@@ -409,7 +415,7 @@ class _LibraryFold(logging.Filter):
         self.threads: dict[str, Connection] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        connection = self.threads.get(record.threadName)
+        connection = self.threads.get(record.threadName) if record.threadName is not None else None
         if connection is None:
             return True
         if record.levelno >= logging.WARNING:
@@ -432,18 +438,24 @@ def _fold_library_logs() -> None:
         threading.excepthook = _fold_thread_exception
 
 
-def _fold_thread_exception(args) -> None:
-    """An exception pynetdicom lets out of an association's thread (a malformed message can
-    kill its DUL thread; the association then ends) goes into the association's line instead
-    of a traceback on stderr; other threads' go where they went."""
-    connection = _FOLD.threads.get(args.thread.name) if args.thread is not None else None
-    if connection is None:
-        _fold_thread_exception.previous(args)
-        return
-    connection.note(printable(f"{args.exc_type.__name__}: {args.exc_value}")[:300])
+class _ThreadExceptionFold:
+    """``threading.excepthook``: an exception pynetdicom lets out of an association's thread (a
+    malformed message can kill its DUL thread; the association then ends) goes into the
+    association's line instead of a traceback on stderr; other threads' go to ``previous``, the
+    hook it replaced."""
+
+    def __init__(self, previous: Callable[[threading.ExceptHookArgs], object]) -> None:
+        self.previous = previous
+
+    def __call__(self, args: threading.ExceptHookArgs) -> None:
+        connection = _FOLD.threads.get(args.thread.name) if args.thread is not None else None
+        if connection is None:
+            self.previous(args)
+            return
+        connection.note(printable(f"{args.exc_type.__name__}: {args.exc_value}")[:300])
 
 
-_fold_thread_exception.previous = threading.excepthook
+_fold_thread_exception = _ThreadExceptionFold(threading.excepthook)
 
 
 def _server_class():
@@ -459,13 +471,15 @@ def _server_class():
         request_queue_size = 1024  # the listen backlog: socketserver's 5 drops SYNs in a flood
         gate: Gate
 
-        def get_request(self):
+        def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+            if self.socket is None:  # pynetdicom types it optional; it is set until closed
+                raise OSError("the node's listening socket is closed")
             return self.socket.accept()  # TLS is the gate's, off the accepting thread
 
         def process_request(self, request, client_address) -> None:
             self.gate.admit(request, client_address)
 
-        def hand_off(self, stream: socket.socket, client_address) -> None:
+        def hand_off(self, stream: socket.socket, client_address: tuple[str, int]) -> None:
             super().process_request(stream, client_address)
 
         def handle_error(self, request, client_address) -> None:
@@ -489,8 +503,8 @@ class Gate:
     ``sslsocket_class`` becomes the gate's own, which meters what pynetdicom reads).
     """
 
-    def __init__(self, ae, address: tuple[str, int], evt_handlers: list, limits: Limits,
-                 allow: Sequence[str] = (), tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, ae, address: tuple[str, int], evt_handlers: list[EventHandlerType],
+                 limits: Limits, allow: Sequence[str] = (), tls: ssl.SSLContext | None = None) -> None:
         from pynetdicom import evt
 
         self.limits, self.allow, self.tls = limits, set(allow), tls
@@ -526,6 +540,7 @@ class Gate:
 
     @property
     def port(self) -> int:
+        """The TCP port the node listens on (the one the system chose, for port 0)."""
         return self.server.server_address[1]
 
     def start(self) -> None:
@@ -551,22 +566,23 @@ class Gate:
         for waiting in list(self._waiting.values()):
             self._close(waiting)
         with self._lock:
-            working = [c for c in self._working.values() if c.association is not None]
-        for connection in working:
+            working = [(c, c.association) for c in self._working.values()
+                       if c.association is not None]
+        for connection, association in working:
             connection.ended_by = connection.ended_by or "the node is stopping"
-            connection.association.abort(block=False)
-        for connection in working:  # a peer that does not close after the A-ABORT: closed
+            association.abort(block=False)
+        for connection, association in working:  # a peer that does not close after the A-ABORT: closed
             with contextlib.suppress(RuntimeError):  # a thread a moment from starting
-                connection.association.join(1.0)
-                if connection.association.is_alive():
+                association.join(1.0)
+                if association.is_alive():
                     connection.stream.shutdown(socket.SHUT_RDWR)
-                    connection.association.join(1.0)
+                    association.join(1.0)
         self._selector.close()
         self._wake_read.close()
         self._wake_write.close()
         self.refusals.flush(force=True)
 
-    def connection(self, association) -> Connection | None:
+    def connection(self, association: Association) -> Connection | None:
         """The :class:`Connection` of a pynetdicom association, or None."""
         with self._lock:
             return next((c for c in self._working.values() if c.association is association),
@@ -646,7 +662,7 @@ class Gate:
                 sock.close()
                 continue
             waiting = _Waiting(sock, address[0], address[1],
-                               time.monotonic() + self.limits.request_seconds, self.tls is not None)
+                               time.monotonic() + self.limits.request_seconds)
             self._waiting[sock.fileno()] = waiting
             self._selector.register(sock, selectors.EVENT_READ, waiting)
 
@@ -662,7 +678,7 @@ class Gate:
     def _advance(self, waiting: _Waiting) -> None:
         """Read on: the TLS handshake, then the A-ASSOCIATE-RQ; admit or refuse when it is whole."""
         try:
-            if waiting.tls and not waiting.handshaken:
+            if isinstance(waiting.sock, ssl.SSLSocket) and not waiting.handshaken:
                 waiting.sock.do_handshake()
                 waiting.handshaken = True
             request = self._request(waiting)
@@ -709,7 +725,8 @@ class Gate:
         if data[0] != A_ASSOCIATE_RQ:
             raise _Refused("protocol", f"its first bytes are not an A-ASSOCIATE-RQ ({_what(data)})")
         if len(data) < 6:
-            return self._partial(waiting)
+            self._partial(waiting)
+            return None
         length = int.from_bytes(data[2:6], "big")
         if length > MAX_REQUEST:
             raise _Refused("protocol", f"an A-ASSOCIATE-RQ of {length:,} bytes, over the "
@@ -717,7 +734,8 @@ class Gate:
         if length < 68:  # protocol version, AE titles, reserved bytes, one item at least
             raise _Refused("protocol", f"an A-ASSOCIATE-RQ of {length} bytes is malformed")
         if len(data) < 6 + length:
-            return self._partial(waiting)
+            self._partial(waiting)
+            return None
         self._polled.discard(waiting.sock.fileno())
         return data
 
@@ -727,7 +745,6 @@ class Gate:
             if descriptor not in self._polled:
                 self._polled.add(descriptor)
                 self._selector.unregister(waiting.sock)
-        return None
 
     def _decide(self, waiting: _Waiting, request: bytes) -> None:
         called = request[10:26].decode("latin-1").strip()
@@ -760,16 +777,16 @@ class Gate:
             holding = [c for c in self._working.values() if not c.evicting]
             if len(holding) < self.limits.max_associations:
                 return True
-            idle = [c for c in holding if c.association is not None
+            idle = [(c, c.association) for c in holding if c.association is not None
                     and not c.frames.awaiting_reply
                     and now - c.last_active >= self.limits.idle_grace]
             if not idle:
                 return False
-            longest = min(idle, key=lambda c: c.last_active)
+            longest, association = min(idle, key=lambda pair: pair[0].last_active)
             longest.evicting = True
             longest.ended_by = (f"idle for {now - longest.last_active:.1f} s while a sender "
                                 "waited for a slot")
-        longest.association.abort(block=False)
+        association.abort(block=False)
         return True
 
     def _hand_off(self, waiting: _Waiting, calling: str, request: bytes) -> None:
@@ -777,13 +794,14 @@ class Gate:
         self._polled.discard(waiting.sock.fileno())
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(waiting.sock)
-        connection = Connection(waiting.host, waiting.port, calling, self.limits)
-        if waiting.tls:
+        stream: _MeteredSocket
+        if isinstance(waiting.sock, _MeteredTLSSocket):  # made so by the context (see __init__)
             stream, unread = waiting.sock, bytes(waiting.received)
         else:
             plain = waiting.sock
             stream = _MeteredSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
             unread = b""
+        connection = Connection(waiting.host, waiting.port, calling, self.limits, stream)
         stream.arm(connection, unread, self._closed)
         with self._lock:
             self._working[id(connection)] = connection
@@ -823,11 +841,11 @@ class Gate:
 
     # pynetdicom's threads
 
-    def _opened(self, event) -> None:
+    def _opened(self, event: _ConnectionOpened) -> None:
         """EVT_CONN_OPEN: tie the association to its connection, and its threads to the
         library log fold."""
         with self._lock:
-            connection = self._handed.pop(tuple(event.address[:2]), None)
+            connection = self._handed.pop(event.address, None)
         if connection is None:
             return
         connection.association = event.assoc
@@ -836,7 +854,7 @@ class Gate:
         event.assoc.dul.name = f"pneumocnn-dul-{number}"
         _FOLD.threads[event.assoc.name] = _FOLD.threads[event.assoc.dul.name] = connection
 
-    def _ended(self, event, outcome: str) -> None:
+    def _ended(self, event: Event, outcome: str) -> None:
         if (connection := self.connection(event.assoc)) is not None:
             connection.outcome = outcome
 
@@ -851,6 +869,13 @@ class Gate:
                 _FOLD.threads.pop(name, None)
         level, line = connection.summary()
         LOG.log(level, line)
+
+
+class _ConnectionOpened(Protocol):
+    """pynetdicom's EVT_CONN_OPEN event (its ``address`` is set at run time, so not typed)."""
+
+    assoc: Association
+    address: tuple[str, int]  # the peer's (host, port), as the gate handed the connection off
 
 
 def _what(data: bytes) -> str:

@@ -203,7 +203,8 @@ class Node:
         for sop_class in ACCEPTED:
             ae.add_supported_context(sop_class, syntaxes)
         ae.add_supported_context(VERIFICATION)
-        handlers: list[evt.EventHandlerType] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
+        handlers: list[evt.EventHandlerType] = [(evt.EVT_C_STORE, self._on_store),
+                                                (evt.EVT_C_ECHO, self._on_echo)]
         return Gate(ae, (self.host, self._requested_port), handlers, self.limits,
                     allow=self.allow, tls=self.tls)
 

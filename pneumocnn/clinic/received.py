@@ -22,6 +22,10 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -48,7 +52,7 @@ class Received:
     its transfer syntax, its bytes as encoded (a view of the buffer it arrived in) and the
     encoded pixel data value within them."""
 
-    dataset: object
+    dataset: Dataset
     syntax: str
     encoded: memoryview
     pixels: memoryview

@@ -76,7 +76,8 @@ def triage(
     (out / "images").mkdir(parents=True, exist_ok=True)
     scores = out / SCORES
     done = {row["file"] for row in read_scores(scores)}  # drops a row a kill cut short
-    todo = [(item, name) for item, name in expand_inputs(folder) if neutral(name) not in done]
+    todo = [(item, name) for item, name in expand_inputs(folder)
+            if name is None or neutral(name) not in done]
     total = len(done) + len(todo)
     drawn = progress if isinstance(progress, bool) or progress is None else False
     with progress_bar(total, initial=len(done), enabled=drawn, description="triage") as bar:
