@@ -8,8 +8,6 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 PACKAGES = ("pneumocnn", "numpy", "pillow", "tensorflow", "keras", "ai-edge-litert", "onnxruntime",
             "onnx", "tf2onnx", "scipy")
 
