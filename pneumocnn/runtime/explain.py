@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pneumocnn.core.durable_files import atomic_write
 from pneumocnn.core.metrics import logit
@@ -81,12 +81,14 @@ class Explanation:
 
 def occlusion(model: Model, source: ImageInput, patch: int | None = None,
               stride: int | None = None, *, pixels: np.ndarray | None = None,
-              guard: bool = True) -> Explanation:
+              guard: bool = True, fill: str = "mean") -> Explanation:
     """Occlusion sensitivity of ``model`` on one input; ``patch`` and ``stride`` in model-input
     pixels (default: an eighth of the input side, and half of that). A caller that holds the
     input's ``pixels`` as :func:`~pneumocnn.core.preprocessing.load_pixels` made them for this
     model passes them, and ``source`` only names the input. ``guard=False`` explains a DICOM
-    file whose tags say it is not a frontal chest X-ray (refused by default)."""
+    file whose tags say it is not a frontal chest X-ray (refused by default). ``fill`` hides a
+    patch under the image's mean (``"mean"``) or under a copy of the image blurred over the
+    patch's size (``"blur"``: keeps the local brightness, hides the detail)."""
     name = source_name(source)
     spec = model.description.preprocessing
     if pixels is None:
@@ -95,13 +97,18 @@ def occlusion(model: Model, source: ImageInput, patch: int | None = None,
     patch = patch or max(4, min(height, width) // 8)
     stride = stride or max(1, patch // 2)
     baseline = float(model.probabilities(pixels[np.newaxis])[0])
-    fill = np.uint8(np.rint(pixels.mean()))
+    if fill == "mean":
+        hidden = np.full_like(pixels, np.rint(pixels.mean()))
+    elif fill == "blur":
+        hidden = np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(patch / 2)))
+    else:
+        raise ValueError(f"fill must be 'mean' or 'blur', got {fill!r}")
     rows = range(0, max(height - patch, 0) + 1, stride)
     columns = range(0, max(width - patch, 0) + 1, stride)
     boxes = [(r, c) for r in rows for c in columns]
     occluded = np.repeat(pixels[np.newaxis], len(boxes), axis=0)
     for k, (r, c) in enumerate(boxes):
-        occluded[k, r : r + patch, c : c + patch] = fill
+        occluded[k, r : r + patch, c : c + patch] = hidden[r : r + patch, c : c + patch]
     drops = np.maximum(logit(baseline) - logit(model.probabilities(occluded)), 0.0)
     total = np.zeros((height, width))
     count = np.zeros((height, width))
