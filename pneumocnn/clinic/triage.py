@@ -3,7 +3,8 @@
 ``triage(folder, out)`` writes into ``out``:
 
 - ``scores.csv``: one row per file, appended as each is scored (a rerun skips files already in
-  it, so an interrupted run resumes where it stopped);
+  it, so an interrupted run resumes where it stopped; flushed to disk at the end, so that a
+  power cut may cost the last rows a rescore, a killed process nothing);
 - ``images/``: each picture once, as a small JPEG file: for each scored file a thumbnail
   (``STEM-xray.jpg``, at most 320 px), and for those that get one an occlusion heatmap over
   it (``STEM-heatmap.jpg``; by default for the files at or above the threshold: see
@@ -97,11 +98,17 @@ def triage(
     drawn = progress if isinstance(progress, bool) or progress is None else False
     with progress_bar(total, initial=len(done), enabled=drawn, description="triage") as bar:
         rows = _score_in_order(model, todo, out / "images", heatmaps, guard)
-        for count, row in enumerate(rows, start=1):
-            append_score(scores, row)
-            bar.update()
-            if callable(progress):
-                progress(len(done) + count, total)
+        try:
+            for count, row in enumerate(rows, start=1):
+                # not flushed to disk one by one: a power cut costs the last rows a rescore
+                append_score(scores, row, durable=False)
+                bar.update()
+                if callable(progress):
+                    progress(len(done) + count, total)
+        finally:
+            if scores.exists():
+                with scores.open("ab") as written:
+                    os.fsync(written.fileno())
     return write_worklist(out, model, heatmaps)
 
 
@@ -136,16 +143,18 @@ def write_worklist(out: str | os.PathLike, model: Model, heatmaps: str = "flagge
     return Worklist(rows, csv_path, html_path)
 
 
-def append_score(scores: Path, row: dict[str, str]) -> None:
-    """Append one row to ``scores.csv`` (with the header if the file is new or empty) and flush
-    it to disk before returning: once this returns, the row survives a crash."""
+def append_score(scores: Path, row: dict[str, str], *, durable: bool = True) -> None:
+    """Append one row to ``scores.csv`` (with the header if the file is new or empty). Once
+    this returns the row survives the process being killed; ``durable`` (the default) also
+    flushes it to disk first, so that it survives a power cut (the DICOM node's journal)."""
     with scores.open("a", newline="", encoding="utf-8", errors="surrogateescape") as sink:
         writer = csv.DictWriter(sink, fieldnames=COLUMNS)
         if sink.tell() == 0:
             writer.writeheader()
         writer.writerow(row)
         sink.flush()
-        os.fsync(sink.fileno())
+        if durable:
+            os.fsync(sink.fileno())
 
 
 def score(model: Model, item, name: str, images: Path, heatmaps: str = "flagged",
@@ -188,7 +197,7 @@ def _check_heatmaps(heatmaps: str) -> None:
 
 def _save_jpeg(image: Image.Image, path: Path) -> None:
     with atomic_write(path) as stream:
-        image.save(stream, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+        image.save(stream, format="JPEG", quality=JPEG_QUALITY)
 
 
 def _worklist_order(row: dict[str, str]) -> tuple[int, float]:
