@@ -43,7 +43,7 @@ from pneumocnn.runtime.model import Model, load
 
 SCORES = "scores.csv"
 COLUMNS = ["probability", "label", "threshold", "file", *IDENTIFIERS, "error"]
-THUMBNAIL = 320  # the longer side of the pictures, in pixels (shown at 160 CSS px: sharp at 2x)
+THUMBNAIL = 320  # the longer side of the pictures, in pixels (shown in 160 x 120 CSS px: sharp at 2x)
 JPEG_QUALITY = 80
 HEATMAPS = ("flagged", "all", "none")  # which scored files get a heatmap
 PAGE_ROWS = 100
@@ -270,8 +270,8 @@ def report_html(rows: list[dict[str, str]], model: Model, images: Path,
     data += [[None, "", "", row["file"], _ids(row), "", 0, row["error"]] for row in failed]
     flagged = sum(row["label"] == positive for row in scored)
     payload = json.dumps({"rows": data, "positive": positive, "negative": model.labels[0],
-                          "pageRows": PAGE_ROWS, "threshold": f"{model.threshold:.3f}"},
-                         separators=(",", ":"))
+                          "pageRows": PAGE_ROWS, "threshold": f"{model.threshold:.3f}",
+                          "heatmaps": heatmaps}, separators=(",", ":"))
     return _PAGE.format(
         head=_html_head(model, len(scored), flagged, len(failed), heatmaps),
         data=payload.replace("<", "\\u003c"),  # no "</script>" can end the data early
@@ -333,7 +333,8 @@ tr.line td {{ border-top: 3px solid #b00020; border-bottom: none; color: #b00020
   font-weight: bold; padding: .4em .7em; background: #fdeef0; }}
 td.file {{ max-width: 24em; overflow-wrap: anywhere; }}
 .ids {{ color: #666; font-size: .85em; }}
-td.pic img {{ width: 160px; height: 160px; object-fit: contain; background: #111;
+td.none {{ color: #888; font-size: .85em; }}
+td.pic img {{ width: 160px; height: 120px; object-fit: contain; background: #111;
   display: block; }}
 </style></head><body>
 <h1>Chest X-ray triage worklist</h1>
@@ -433,6 +434,11 @@ function render() {
     const xray = cell(tr, "pic"), heat = cell(tr, "pic");
     if (r[5]) picture(xray, "images/" + r[5] + "-xray.jpg", "X-ray");
     if (r[5] && r[6]) picture(heat, "images/" + r[5] + "-heatmap.jpg", "heatmap");
+    else if (r[0] !== null && data.heatmaps !== "none") {
+      heat.className = "pic none";
+      heat.textContent = positive || data.heatmaps === "all" ? "not drawn"
+        : "not drawn (below the threshold)";
+    }
   });
   document.getElementById("where").textContent = shown.length === 0 ? "no rows"
     : "rows " + (start + 1) + "-" + (start + slice.length) + " of " + shown.length +
