@@ -166,6 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--method", choices=("occlusion", "grad-cam"), default="occlusion",
                    help="grad-cam needs a .keras model and TensorFlow")
+    p.add_argument("--fill", choices=("blur", "mean"), default="blur",
+                   help="occlusion: hide each square under a blurred copy of the X-ray (keeps "
+                        "its brightness) or under the image's mean (default: %(default)s)")
     _guard_option(p)
     p.set_defaults(run=_explain)
 
@@ -438,8 +441,10 @@ def _explain(args) -> int:
     from pneumocnn.runtime.explain import grad_cam, occlusion, overlay, save_png
 
     model = _load(args)
-    explain = grad_cam if args.method == "grad-cam" else occlusion
-    explanation = explain(model, args.image, guard=args.guard)
+    if args.method == "grad-cam":
+        explanation = grad_cam(model, args.image, guard=args.guard)
+    else:
+        explanation = occlusion(model, args.image, guard=args.guard, fill=args.fill)
     save_png(overlay(args.image, explanation), args.out)
     print(f"{explanation.source}: {explanation.label} (probability "
           f"{explanation.probability:.6f}, threshold {explanation.threshold:.3f}); "

@@ -152,6 +152,11 @@ def test_heatmaps_where_asked_and_none_at_predicts_pace(tmp_path):
     with pytest.raises(ValueError, match="heatmaps must be one of flagged, all, none"):
         triage(scans, tmp_path / "wrong", model, heatmaps="some")
     assert not (tmp_path / "wrong").exists()
+    from pneumocnn.cli import main
+
+    assert main(["triage", str(scans), "--out", str(tmp_path / "cli"), "--heatmaps", "all",
+                 "--model", str(TINY_INT8), "--no-progress"]) == 0
+    assert len(list((tmp_path / "cli" / "images").glob("*-heatmap.jpg"))) == 4
 
 
 def test_probabilities_are_printed_with_the_digits_their_order_needs():
