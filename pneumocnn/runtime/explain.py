@@ -3,11 +3,11 @@
 ``occlusion`` works on any model, on the runtime install: it hides one square of the model's
 pixels at a time (under a blurred copy of the image by default, which keeps the square's
 brightness and hides its detail; or under the image's mean) and records how much the
-**log-odds** of pneumonia (natural logarithm of the odds, ``log(p / (1 - p))``) drop. A drop of ``d`` means hiding the
-region divides the odds of pneumonia by ``e**d``: 0.69 halves them, 2.30 divides them by 10.
-The scale is absolute, the same for every X-ray and every report (:data:`OCCLUSION_SCALE`,
-saturating at odds divided by 5): a region that did not drive the score stays clear, whatever
-the rest of the image does.
+**log-odds** of pneumonia (natural logarithm of the odds, ``log(p / (1 - p))``) drop. A drop
+of ``d`` means hiding the region divides the odds of pneumonia by ``e**d``: 0.69 halves them,
+1.61 divides them by 5. The scale is absolute, the same for every X-ray and every report
+(:data:`OCCLUSION_SCALE`, saturating at odds divided by 5): a region that did not drive the
+score stays clear, whatever the rest of the image does.
 ``grad_cam`` needs a backend with the Grad-CAM capability: a ``.keras`` model, and TensorFlow;
 its values have no unit, so its picture is scaled to its own maximum and says so.
 
