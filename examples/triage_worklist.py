@@ -3,8 +3,8 @@
     python examples/triage_worklist.py [FOLDER] [REPORT_FOLDER]
 
 Defaults: the bundled example X-rays, into ./triage-report. Open REPORT_FOLDER/report.html in a
-browser: the most likely pneumonias first, each with its heatmap. Rerun after adding files:
-already scored files are skipped.
+browser: the most likely pneumonias first, those at or above the threshold with a heatmap, a
+line where they end. Rerun after adding files: already scored files are skipped.
 """
 
 import sys

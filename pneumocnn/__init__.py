@@ -33,7 +33,11 @@ def train(
 ) -> TrainingResult:
     """Train a model on a labelled X-ray folder into the run folder ``out`` and return a
     ``TrainingResult``; needs ``pneumocnn[train]``. ``settings`` (``epochs``, ``batch_size``,
-    ``resume``, ...) are those of :func:`pneumocnn.training.trainer.train`."""
+    ``resume``, ...) are those of :func:`pneumocnn.training.trainer.train`. Raises
+    :class:`MissingDependencyError` without TensorFlow."""
+    from pneumocnn.training import require_tensorflow
+
+    require_tensorflow("training")
     from pneumocnn.training.trainer import train as _train
 
     return _train(data, out, **settings)
@@ -42,7 +46,12 @@ def train(
 def convert(source: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:
     """Convert a ``.keras`` file, SavedModel folder or seed weights file to a self-describing
     ``.tflite`` and return its path; needs ``pneumocnn[train]``. ``options`` are those of
-    :func:`pneumocnn.training.convert.convert`."""
+    :func:`pneumocnn.training.convert.convert`. Re-stamping a ``.tflite`` file needs no
+    TensorFlow; anything else raises :class:`MissingDependencyError` without it."""
+    from pneumocnn.training import require_tensorflow
+
+    if Path(source).suffix != ".tflite":
+        require_tensorflow("converting a Keras model or SavedModel")
     from pneumocnn.training.convert import convert as _convert
 
     return _convert(source, out, **options)

@@ -1,9 +1,16 @@
 """The ``pneumocnn`` command line: predict, explain, triage, listen, evaluate, calibrate, info,
 train, convert.
 
-Exit codes: 0 success; 1 some inputs could not be scored (the rest were), including inputs
-the input guard held back (DICOM tags that say the image is not a frontal chest X-ray; ``--no-guard``
-scores them); 2 usage error, including a model or data folder that cannot be used.
+Exit codes: 0 success; 1 done, but not all of it as asked (stderr says what): some inputs
+could not be scored (the rest were), including inputs the input guard held back (DICOM tags
+that say the image is not a frontal chest X-ray; ``--no-guard`` scores them), ``evaluate
+--out`` could not draw its figures (matplotlib missing: the metrics and predictions were
+written), or ``calibrate``'s cross-validated sensitivity fell short of its target (the site
+model was written); 2 usage error, including a model or data folder that cannot be used, inputs
+that hold no image at all (an empty folder), and a command whose optional dependencies are
+missing (``train`` without ``pneumocnn[train]``).
+``predict --csv`` ends with a summary line on stderr (scored, not scored, labelled positive,
+time).
 ``predict --csv FILE --resume`` continues an interrupted run: inputs already in FILE are
 skipped, new rows are appended. ``predict --dask CLUSTER`` scores on a Dask cluster
 (:mod:`pneumocnn.clinic.dask_scoring`, imported only then). JSON output is strict: ``null``
@@ -18,8 +25,10 @@ import contextlib
 import dataclasses
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from pneumocnn.core import strictjson
 from pneumocnn.core.errors import NotFrontalChestError, PneumocnnError
@@ -63,6 +72,15 @@ def _guard_option(p: argparse.ArgumentParser) -> None:
                    help="score DICOM files whose tags say they are not a frontal chest X-ray "
                         "(another modality or body part, a lateral view, an animal), which "
                         "are otherwise reported as not scored")
+
+
+def _heatmap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heatmaps", choices=("flagged", "all", "none"), default="flagged",
+                   help="which X-rays get an occlusion heatmap: flagged (those at or above the "
+                        "threshold), all, or none (scores as fast as predict); default: "
+                        "%(default)s")
+    p.add_argument("--no-heatmaps", dest="heatmaps", action="store_const", const="none",
+                   help="the same as --heatmaps none")
 
 
 def _progress_option(p: argparse.ArgumentParser) -> None:
@@ -148,6 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--method", choices=("occlusion", "grad-cam"), default="occlusion",
                    help="grad-cam needs a .keras model and TensorFlow")
+    p.add_argument("--fill", choices=("blur", "mean"), default="blur",
+                   help="occlusion: hide each square under a blurred copy of the X-ray (keeps "
+                        "its brightness) or under the image's mean (default: %(default)s)")
     _guard_option(p)
     p.set_defaults(run=_explain)
 
@@ -156,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
                                   "a manifest of them (as predict takes)")
     p.add_argument("--out", required=True, help="report folder: worklist.csv, report.html")
     _model_options(p)
-    p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
+    _heatmap_options(p)
     _guard_option(p)
     _progress_option(p)
     p.set_defaults(run=_triage)
@@ -187,15 +208,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-ca", help="with --tls-cert: accept only senders whose certificate this "
                    "CA signed (mutual TLS)")
     _model_options(p)
-    p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false")
+    _heatmap_options(p)
     _guard_option(p)
     p.set_defaults(run=_listen)
 
-    p = commands.add_parser("info", help="print a model file's embedded description")
+    p = commands.add_parser("info", help="describe a model file: what it is, how it was made "
+                                         "and checked")
     p.add_argument("model", nargs="?", help="model file or folder of variants (default: the "
                                             "bundled models)")
     p.add_argument("--variant", help="with a folder: load this variant (int8, float16, ...) "
                                      "instead of the fastest")
+    p.add_argument("--json", action="store_true",
+                   help="print the embedded description itself (JSON)")
     p.set_defaults(run=_info)
 
     p = commands.add_parser(
@@ -299,13 +323,16 @@ def _predict(args) -> int:
 
         # Dask logs its cluster's comings and goings at INFO: only with --verbose
         logging.getLogger("distributed").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    if not args.resume:
+        _require_inputs(args.inputs)
     threads = (args.threads or 1) if args.dask is not None else args.threads
     model = _load(args, threads)
+    started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(PredictionsCSV(args.csv, resume=args.resume)) if args.csv else None
         done = sink.done if sink else ()
-        failed = sink.failed if sink else 0
-        flagged = 0
+        failed_before = sink.failed if sink else 0
+        missed = flagged = scored = positive = 0
         if done:
             print(f"pneumocnn predict: {len(done)} input(s) already in {args.csv}", file=sys.stderr)
         if args.dask is not None:
@@ -323,8 +350,10 @@ def _predict(args) -> int:
             enabled=False if quiet else None,
             count=lambda: (name for _, name in expand_inputs(args.inputs) if name not in done)))
         for prediction in predictions:
-            failed += not prediction.ok
+            missed += not prediction.ok
             flagged += prediction.flagged
+            scored += prediction.ok
+            positive += prediction.label == model.labels[1]
             if sink is not None:
                 sink.write(prediction)
             elif args.json:
@@ -334,11 +363,30 @@ def _predict(args) -> int:
             if not prediction.ok and (sink is not None or args.json):  # results go elsewhere
                 bar.write(f"pneumocnn predict: {prediction}", file=sys.stderr)
             bar.update()
+    failed = failed_before + missed
     if failed:
         held = (f", {flagged} of them not a frontal chest X-ray (--no-guard scores them)"
                 if flagged else "")
         print(f"pneumocnn predict: {failed} input(s) could not be scored{held}", file=sys.stderr)
+    if args.csv:
+        seconds = time.perf_counter() - started
+        earlier = f" ({len(done)} rows were there already)" if done else ""
+        print(f"pneumocnn predict: {scored + missed} input(s) in {seconds:.1f} s "
+              f"({(scored + missed) / seconds:.1f}/s): {scored} scored, {positive} of them "
+              f"{model.labels[1]}; {missed} not scored; rows in {args.csv}{earlier}",
+              file=sys.stderr)
     return SOME_FAILED if failed else OK
+
+
+def _require_inputs(inputs: Sequence[str]) -> None:
+    """Refuse inputs that hold no image at all (an empty folder, a folder of other files, an
+    empty manifest), naming them and what is looked for."""
+    from pneumocnn.core.inputs import IMAGE_SUFFIXES, expand_inputs
+
+    if next(iter(expand_inputs(inputs)), None) is None:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ValueError(f"no images in {', '.join(inputs)}: found no {kinds} or DICOM file "
+                         "(folders are searched recursively)")
 
 
 def _evaluate(args) -> int:
@@ -346,7 +394,10 @@ def _evaluate(args) -> int:
 
     result = evaluate(args.model, args.folder, threshold=args.threshold, out=args.out)
     print(strictjson.dumps(result.metrics, indent=1) if args.json else result)
-    return SOME_FAILED if result.failed else OK
+    if result.figures_error:
+        print(f"pneumocnn evaluate: metrics.json and predictions.csv written to {args.out}, the "
+              f"figures not: {result.figures_error}", file=sys.stderr)
+    return SOME_FAILED if result.failed or result.figures_error else OK
 
 
 def _calibrate(args) -> int:
@@ -361,24 +412,52 @@ def _calibrate(args) -> int:
             print(f"pneumocnn calibrate: skipped {entry}", file=sys.stderr)
     else:
         print(result)  # the report names the images skipped
-    return SOME_FAILED if result.unreadable else OK
+    short = _short_of_target(result.records)
+    for line in short:
+        print(f"pneumocnn calibrate: warning: {line}", file=sys.stderr)
+    return SOME_FAILED if result.unreadable or short else OK
+
+
+def _short_of_target(records: dict[str, dict]) -> list[str]:
+    """A sentence for each variant whose cross-validated sensitivity on the site's X-rays fell
+    short of the target its threshold was chosen for (labelled calibrations only)."""
+    lines = []
+    for name, record in records.items():
+        figures, target = record.get("cross_validated"), record.get("target_sensitivity")
+        if figures is None or figures["sensitivity"] >= target:
+            continue
+        low, high = figures["sensitivity_ci"]
+        variant = f" ({name} variant)" if len(records) > 1 else ""
+        lines.append(
+            f"cross-validated sensitivity {figures['sensitivity']:.3f} (95 % CI {low:.3f}-"
+            f"{high:.3f}){variant} falls short of the target {target}: on new X-rays of this "
+            f"site the threshold is likely to miss more pneumonias than the target allows. The "
+            f"site model was written; calibrate on more labelled X-rays (these were "
+            f"{', '.join(f'{n} {label}' for label, n in record['images'].items())}) before "
+            f"using it")
+    return lines
 
 
 def _explain(args) -> int:
     from pneumocnn.runtime.explain import grad_cam, occlusion, overlay, save_png
 
     model = _load(args)
-    explain = grad_cam if args.method == "grad-cam" else occlusion
-    explanation = explain(model, args.image, guard=args.guard)
+    if args.method == "grad-cam":
+        explanation = grad_cam(model, args.image, guard=args.guard)
+    else:
+        explanation = occlusion(model, args.image, guard=args.guard, fill=args.fill)
     save_png(overlay(args.image, explanation), args.out)
-    print(f"{explanation.source}: probability {explanation.probability:.3f}; "
+    print(f"{explanation.source}: {explanation.label} (probability "
+          f"{explanation.probability:.6f}, threshold {explanation.threshold:.3f}); "
           f"{explanation.method} heatmap written to {args.out}")
     return OK
 
 
 def _triage(args) -> int:
-    from pneumocnn.clinic.triage import triage
+    from pneumocnn.clinic.triage import SCORES, triage
 
+    if not (Path(args.out) / SCORES).exists():  # a rerun may have nothing new to score
+        _require_inputs([args.folder])
     worklist = triage(args.folder, args.out, _load(args), heatmaps=args.heatmaps,
                       guard=args.guard, progress=False if args.no_progress else None)
     print(f"{len(worklist.rows) - len(worklist.failed)} scored, {len(worklist.failed)} failed; "
@@ -402,25 +481,72 @@ def _listen(args) -> int:
 
 
 def _info(args) -> int:
-    from pneumocnn.clinic.site_calibration import calibration_report
-
     model = _load(args)
-    print(model)
-    for line in calibration_report(model.description):
-        print(line)
-    if model.description.sha256:
-        print(f"digest: sha256 {model.description.sha256}, checked at load")
-    elif str(model.path).endswith(".keras"):
-        print("digest: none (a .keras file: every member's CRC-32 is checked at load)")
+    if args.json:
+        print(model.description.to_json())
     else:
-        print("digest: none (made by pneumocnn 0.1.0 or another tool; re-stamp it with "
-              "`pneumocnn convert FILE --out FILE`)")
-    print(model.description.to_json())
+        print("\n".join(_summary(model)))
     return OK
 
 
+def _summary(model) -> list[str]:
+    """``pneumocnn info``'s readable lines about a loaded model: what it is, how it was made
+    and checked, and what its digest is a digest of."""
+    import hashlib
+
+    from pneumocnn.clinic.site_calibration import calibration_report
+
+    description = model.description
+    info, spec = description.info, description.preprocessing
+    provenance = info.get("provenance", {})
+    versions = provenance.get("versions", {})
+    chosen = f"; variant {model.variant}" if model.variant else ""
+    steps = [name for name, used in (("margin crop", spec.crop != "none"),
+                                     (spec.normalize, spec.normalize != "none")) if used]
+    lines = [f"model: {model.path} ({info.get('architecture', '?')}, "
+             f"{info.get('quantization', 'keras')}{chosen})",
+             f"input: {spec.height} x {spec.width} px, {spec.channels} channel(s); "
+             f"preprocessing: {', '.join([*steps, spec.resize + ' resize'])}",
+             f"labels: {', '.join(description.labels)}; threshold {description.threshold:.3f}"
+             f" ({info.get('threshold_source', 'source not recorded')}); calibration: "
+             f"temperature {description.temperature:.3f}, bias {description.bias:.3f}"]
+    if provenance:
+        counts = provenance.get("train_counts")
+        classes = (f" ({counts[0]} {description.labels[0]}, {counts[1]} {description.labels[1]})"
+                   if counts else "")
+        lines.append(f"trained: {provenance.get('created', '?')} with pneumocnn "
+                     f"{versions.get('pneumocnn', '?')} (TensorFlow {versions.get('tensorflow', '?')})"
+                     f" on {provenance.get('train_images', '?')} X-rays{classes}, "
+                     f"{provenance.get('epochs', '?')} epochs")
+    metrics = info.get("validation_metrics")
+    if metrics:
+        figures = ", ".join(f"{name} {_number(metrics.get(key))}" for name, key in (
+            ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+            ("ROC AUC", "roc_auc"), ("ECE", "ece")))
+        lines.append(f"validation: {metrics.get('n', '?')} X-rays at threshold "
+                     f"{_number(metrics.get('threshold'))}: {figures}")
+    lines += calibration_report(description)
+    if description.sha256:
+        whole = hashlib.sha256(Path(model.path).read_bytes()).hexdigest()
+        lines += [f"digest: sha256 {description.sha256}, checked at load",
+                  "  (the SHA-256 of the file with these 64 digits written as zeros, since a file "
+                  "cannot hold its own hash;",
+                  f"  so sha256sum of the file differs: it gives {whole})"]
+    elif str(model.path).endswith(".keras"):
+        lines.append("digest: none (a .keras file: every member's CRC-32 is checked at load)")
+    else:
+        lines.append("digest: none (made by pneumocnn 0.1.0 or another tool; re-stamp it with "
+                     "`pneumocnn convert FILE --out FILE`)")
+    lines.append("the whole description: pneumocnn info --json")
+    return lines
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _train(args) -> int:
-    from pneumocnn.training.trainer import train
+    from pneumocnn import train  # says which extra to install when TensorFlow is missing
 
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig)
                 if hasattr(args, f.name)}
@@ -438,7 +564,7 @@ def _train(args) -> int:
 
 
 def _convert(args) -> int:
-    from pneumocnn.training.convert import convert
+    from pneumocnn import convert
 
     out = convert(args.source, args.out, quantization=args.quantization,
                   representative=args.data, threshold=args.threshold,

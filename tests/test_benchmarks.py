@@ -339,3 +339,23 @@ def test_site_calibration_draws_whole_patients_at_the_sites_share():
         assert len(calibration) == 100 and len(set(site)) == len(site) == 360
         assert (labels[site] == 0).sum() == 135 and labels[site].mean() == pytest.approx(SHARE)
         assert not set(patients[calibration]) & set(patients[rest])
+
+
+def test_the_plot_says_what_its_accuracy_was_measured_on(tmp_path):
+    """Every variant gets a row of its own (ties no longer hide each other); the title calls
+    the shipped X-rays of tests/data training images, never held out."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from benchmarks.report import _accuracy_source, plot
+
+    results = json.loads((REPO / "benchmarks" / "results" / "x86-avx2-epyc" / "results.json").read_text())
+    assert _accuracy_source(results["inputs"]).startswith(
+        "pneumocnn variants; accuracy on 523 X-rays: patient-level validation split")
+    shipped = {**results["inputs"], "shipped_xrays": True, "evaluation": {"n": 48}}
+    title = _accuracy_source(shipped)
+    assert "48 X-rays of tests/data" in title and "not held out" in title and "held-out" not in title
+    plot(results, tmp_path / "plot.png")
+    with Image.open(tmp_path / "plot.png") as picture:
+        rows = len([v for v in results["variants"] if not v["error"]])
+        assert picture.height > 40 * rows  # a row per variant

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,12 +66,51 @@ def test_usage_errors_exit_2(argv, capsys):
     assert code == 2
 
 
-def test_console_script_runs_as_a_module():
+def test_console_script_runs_as_a_module_and_says_nothing_on_stderr():
+    """A fresh process: LiteRT's INFO line about its CPU delegate does not reach stderr."""
     result = subprocess.run(
-        [sys.executable, "-m", "pneumocnn", "info", str(TINY_INT8)],
+        [sys.executable, "-m", "pneumocnn", "predict", str(real_images("NORMAL", 1)[0])],
         capture_output=True, text=True)
+    assert result.returncode == 0 and "probability" in result.stdout
+    assert result.stderr == ""
+
+
+def test_native_chatter_is_dropped_and_every_other_line_kept():
+    """What a native library writes to descriptor 2 while an interpreter is made reaches
+    stderr as it was, less LiteRT's INFO line: a real warning or error gets through."""
+    code = textwrap.dedent("""
+        import os, sys
+        from pneumocnn.runtime.native_stderr import dropping
+        with dropping():
+            os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")
+            os.write(2, b"ERROR: Didn't find op for builtin opcode 'CONV_2D'\\nWARNING: x")
+            print("from Python", file=sys.stderr)
+        print("after", file=sys.stderr)
+        """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert '"format": "pneumocnn-model"' in result.stdout
+    assert result.stderr == ("ERROR: Didn't find op for builtin opcode 'CONV_2D'\nWARNING: x"
+                             "from Python\nafter\n")
+
+
+def test_info_is_a_readable_summary_and_the_description_is_behind_json(tmp_path):
+    """info says what the digest is a digest of, and gives sha256sum's value beside it."""
+    import hashlib
+
+    result = subprocess.run([sys.executable, "-m", "pneumocnn", "info", str(TINY_INT8)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) <= 12 and not any(line.startswith(("{", "}", '"')) for line in lines)
+    description = pneumocnn.load(TINY_INT8).description
+    assert f"threshold {description.threshold:.3f}" in result.stdout
+    assert f"digest: sha256 {description.sha256}, checked at load" in result.stdout
+    whole = hashlib.sha256(TINY_INT8.read_bytes()).hexdigest()
+    assert whole != description.sha256 and f"sha256sum of the file differs: it gives {whole}" in (
+        " ".join(line.strip() for line in lines))
+    raw = subprocess.run([sys.executable, "-m", "pneumocnn", "info", str(TINY_INT8), "--json"],
+                         capture_output=True, text=True)
+    assert json.loads(raw.stdout)["format"] == "pneumocnn-model"
 
 
 def test_evaluate_writes_metrics_and_figures(tmp_path, capsys):
@@ -82,6 +122,96 @@ def test_evaluate_writes_metrics_and_figures(tmp_path, capsys):
     assert metrics["n"] == 48 and sum(map(sum, metrics["confusion"])) == 48
     for name in ("metrics.json", "predictions.csv", "roc.png", "confusion.png", "reliability.png"):
         assert (out / name).stat().st_size > 0
+
+
+def without(*modules: str, code: str) -> subprocess.CompletedProcess:
+    """Run Python ``code`` in a fresh process where importing ``modules`` fails, as on an
+    install without them."""
+    blocked = "".join(f"sys.modules[{name!r}] = None; " for name in modules)
+    return subprocess.run([sys.executable, "-c", f"import sys; {blocked}\n{code}"],
+                          capture_output=True, text=True)
+
+
+def test_evaluate_without_matplotlib_writes_the_rest_and_names_the_extra(tmp_path):
+    out = tmp_path / "eval"
+    result = without("matplotlib", code=textwrap.dedent(f"""
+        from pneumocnn.cli import main
+        sys.exit(main(["evaluate", {str(TINY_INT8)!r}, {str(XRAYS)!r}, "--out", {str(out)!r},
+                       "--json"]))
+        """))
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["n"] == 48  # the --json output is kept
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.csv"]
+    assert "pip install 'pneumocnn[plots]'" in result.stderr and "Traceback" not in result.stderr
+    assert "[train]" not in result.stderr
+
+
+def test_train_without_tensorflow_names_the_extra_without_a_traceback(tmp_path):
+    result = without("keras", "tensorflow", code=textwrap.dedent(f"""
+        import pneumocnn
+        from pneumocnn.cli import main
+        try:
+            pneumocnn.train({str(XRAYS)!r}, {str(tmp_path / "run")!r})
+        except pneumocnn.MissingDependencyError as error:
+            print("raised", type(error).__mro__[1].__name__, error)
+        sys.exit(main(["train", {str(XRAYS)!r}, "--out", {str(tmp_path / "run")!r}]))
+        """))
+    assert result.returncode == 2
+    assert result.stdout.startswith("raised PneumocnnError training needs TensorFlow")
+    assert result.stderr == ("pneumocnn train: error: training needs TensorFlow (tensorflow and "
+                             "keras not installed): pip install 'pneumocnn[train]'\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_refuses_inputs_without_images(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no X-rays here")
+    (tmp_path / "list.txt").write_text("")
+    for inputs in ([tmp_path / "empty"], [tmp_path / "notes"], [tmp_path / "list.txt"]):
+        argv = ["predict", *map(str, inputs), "--model", str(TINY_INT8)]
+        assert main([*argv, "--csv", str(tmp_path / "out.csv")]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"pneumocnn predict: error: no images in {inputs[0]}: found no "
+                                ".bmp, .gif, .jpeg"), error
+        assert not (tmp_path / "out.csv").exists()  # no header-only file
+    assert main(["triage", str(tmp_path / "empty"), "--out", str(tmp_path / "report")]) == 2
+    assert "no images in" in capsys.readouterr().err and not (tmp_path / "report").exists()
+
+
+def test_predict_csv_ends_with_a_summary_line(tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for path in real_images("NORMAL", 3) + real_images("PNEUMONIA", 2):
+        shutil.copy(path, scans / path.name)
+    (scans / "bad.jpeg").write_bytes(b"garbage")
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(scans), "--csv", str(out), "--model", str(TINY_INT8)]) == 1
+    positive = sum(row["label"] == "PNEUMONIA" for row in read_csv(out))
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert re.fullmatch(rf"pneumocnn predict: 6 input\(s\) in [0-9.]+ s \([0-9.]+/s\): 5 scored, "
+                        rf"{positive} of them PNEUMONIA; 1 not scored; rows in {re.escape(str(out))}",
+                        last), last
+    (scans / "new.jpeg").write_bytes(real_images("NORMAL", 1, start=5)[0].read_bytes())
+    assert main(["predict", str(scans), "--csv", str(out), "--resume",
+                 "--model", str(TINY_INT8)]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert "1 input(s) in" in last and "(6 rows were there already)" in last
+
+
+def test_calibrate_warns_and_exits_1_when_its_sensitivity_falls_short(tmp_path, capsys):
+    """On the 48 X-rays of tests/data the bundled model's threshold for sensitivity 0.9 is
+    cross-validated at 0.833: a warning, exit 1, the site model written; at 0.8 none."""
+    out = tmp_path / "site"
+    assert main(["calibrate", str(XRAYS), "--out", str(out), "--target-sensitivity", "0.9"]) == 1
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 2 and all(
+        line.startswith("pneumocnn calibrate: warning: cross-validated sensitivity 0.833")
+        and "falls short of the target 0.9" in line for line in warnings)
+    assert (out / "pneumonia-int8.tflite").exists()
+    assert main(["calibrate", str(XRAYS), "--out", str(tmp_path / "site-80"),
+                 "--target-sensitivity", "0.8"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 @pytest.mark.training
@@ -344,7 +474,7 @@ def test_explain_and_triage_on_the_command_line(tmp_path):
     assert main(["explain", image, "--model", str(TINY_INT8), "--method", "occlusion",
                  "--out", str(out)]) == 0
     with Image.open(out) as picture:
-        assert picture.size == (384, 384)
+        assert picture.width == 512 and picture.height > 512  # the X-ray, then its legend
     with pytest.raises(ValueError, match="Grad-CAM needs a .keras"):
         grad_cam(pneumocnn.load(TINY_INT8), image)
     scans = tmp_path / "scans"
@@ -365,7 +495,7 @@ def test_explain_grad_cam_on_the_command_line(tiny_run, tmp_path):
     assert main(["explain", image, "--model", str(tiny_run.keras_model), "--method", "grad-cam",
                  "--out", str(out)]) == 0
     with Image.open(out) as picture:
-        assert picture.size == (384, 384)
+        assert picture.width == 512 and picture.height > 512
 
 
 # ---------------------------------------------------------------------------------------------

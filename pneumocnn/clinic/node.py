@@ -85,7 +85,8 @@ class Node:
     to. ``tls``: a server SSL context (see :func:`tls_context`); ``forward_tls`` a client SSL
     context for the forward. ``limits``: the gate's timeouts and bounds
     (:class:`~pneumocnn.clinic.gate.Limits`; ``max_associations`` and ``max_object_mb`` set
-    theirs). ``port=0`` takes a free port (see :attr:`port`).
+    theirs). ``port=0`` takes a free port (see :attr:`port`). ``heatmaps``: which X-rays get
+    one in the worklist, as :func:`~pneumocnn.clinic.triage.triage` takes it.
     """
 
     def __init__(self, out: str | os.PathLike, model: Model | str | os.PathLike | None = None, *,
@@ -93,7 +94,7 @@ class Node:
                  allow: Sequence[str] | None = None,
                  forward: str | Destination | None = None, max_associations: int = 10,
                  max_object_mb: float = 100.0, tls: ssl.SSLContext | None = None,
-                 forward_tls: ssl.SSLContext | None = None, heatmaps: bool = True,
+                 forward_tls: ssl.SSLContext | None = None, heatmaps: str = "flagged",
                  guard: bool = True, forward_attempts: int = 3, forward_pause: float = 2.0,
                  retry_seconds: float = 300.0, limits: Limits | None = None) -> None:
         pynetdicom()
@@ -294,7 +295,7 @@ class Node:
                     return
                 self._score(path)
                 if self._queue.empty():
-                    triage.write_worklist(self.out, self.model)
+                    triage.write_worklist(self.out, self.model, self.heatmaps)
             except Exception:  # never stop the worker: the object stays unscored until a restart
                 LOG.exception("could not score or list %s", path)
             finally:

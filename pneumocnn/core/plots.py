@@ -19,7 +19,7 @@ def _pyplot():
         import matplotlib.pyplot as plt
     except ImportError as error:
         raise MissingDependencyError(
-            "plots need matplotlib: pip install 'pneumocnn[train]'"
+            "plots need matplotlib: pip install 'pneumocnn[plots]'"
         ) from error
     return plt
 

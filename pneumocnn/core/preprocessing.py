@@ -140,9 +140,14 @@ def load_pixels(source: ImageInput, spec: Preprocessing, name: str | None = None
     whose tags say it is not a frontal chest X-ray (:mod:`pneumocnn.core.guard`).
     """
     name = name or source_name(source)
-    gray = _to_gray(source, spec, name, guard)
+    return gray_to_pixels(_to_gray(source, spec, name, guard), spec)
+
+
+def gray_to_pixels(gray: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """Step 2 on an 8-bit grayscale image (as :func:`load_gray` decodes it for ``spec``): the
+    uint8 ``(height, width)`` pixels :func:`load_pixels` gives."""
     if spec.crop == "margins":
-        gray = crop_margins(gray)
+        gray = gray.crop(margin_box(gray))
     resized = gray.resize((spec.width, spec.height), _RESAMPLING[spec.resize])
     return np.asarray(_NORMALIZATIONS[spec.normalize](resized), dtype=np.uint8)
 
@@ -162,20 +167,29 @@ def crop_margins(image: Image.Image) -> Image.Image:
     """Cut the bands at the edges of an 8-bit grayscale image where almost nothing lies between
     near-black and near-white (collimation, padding, detector borders); an image that is all
     margin is returned as it is."""
+    return image.crop(margin_box(image))
+
+
+def margin_box(image: Image.Image) -> tuple[int, int, int, int]:
+    """The box ``(left, top, right, bottom)`` :func:`crop_margins` keeps of an 8-bit grayscale
+    image: the whole image when it is all margin."""
     pixels = np.asarray(image)
     content = (pixels > _MARGIN_DARK) & (pixels < _MARGIN_BRIGHT)
     rows = np.flatnonzero(content.mean(axis=1) >= _MARGIN_CONTENT)
     columns = np.flatnonzero(content.mean(axis=0) >= _MARGIN_CONTENT)
     if rows.size < 2 or columns.size < 2:
-        return image
-    return image.crop((columns[0], rows[0], columns[-1] + 1, rows[-1] + 1))
+        return (0, 0, image.width, image.height)
+    return (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
 
 
-def load_gray(source: ImageInput, name: str | None = None) -> Image.Image:
-    """Decode one input to the full-resolution 8-bit grayscale image (step 1 above), for
-    display (the input guard does not apply); raises
-    :class:`~pneumocnn.core.errors.InputError` naming the input."""
-    return _to_gray(source, None, name or source_name(source), guard=False)
+def load_gray(source: ImageInput, name: str | None = None, *, spec: Preprocessing | None = None,
+              guard: bool = False) -> Image.Image:
+    """Decode one input to an 8-bit grayscale image (step 1 above): at full resolution, or,
+    with ``spec``, as :func:`load_pixels` decodes it for that model (a large JPEG at a reduced
+    scale; :func:`gray_to_pixels` then gives the same pixels). With ``guard``, a DICOM file
+    whose tags say it is not a frontal chest X-ray is refused, as :func:`load_pixels` refuses
+    it. Raises :class:`~pneumocnn.core.errors.InputError` naming the input."""
+    return _to_gray(source, spec, name or source_name(source), guard)
 
 
 def _to_gray(source: ImageInput, spec: Preprocessing | None, name: str, guard: bool) -> Image.Image:

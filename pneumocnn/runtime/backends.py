@@ -28,6 +28,7 @@ from pneumocnn.core.modelfile import (
     read_tflite_description,
 )
 from pneumocnn.core.preprocessing import to_model_input, to_model_inputs
+from pneumocnn.runtime import native_stderr
 
 GRAD_CAM_NEEDS = "Grad-CAM needs a .keras Sequential model (as pneumocnn trains); use occlusion()"
 
@@ -114,8 +115,10 @@ class TFLiteBackend:
         _BACKENDS.add(self)
 
     def _open(self):
-        interpreter = _interpreter_class()(model_content=self._content, num_threads=self.threads)
-        interpreter.allocate_tensors()
+        with native_stderr.dropping():  # LiteRT's INFO line about its CPU delegate, no more
+            interpreter = _interpreter_class()(model_content=self._content,
+                                               num_threads=self.threads)
+            interpreter.allocate_tensors()
         return interpreter
 
     def _after_fork(self) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from pneumocnn.core import strictjson
 from pneumocnn.core.durable_files import write_text
+from pneumocnn.core.errors import MissingDependencyError
 from pneumocnn.core.labelled_data import LabelledImages, index_folder
 from pneumocnn.core.metrics import binary_metrics, roc_curve
 from pneumocnn.runtime.model import Model, Prediction, load
@@ -22,11 +23,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Evaluation:
-    """Metrics at the threshold used, every prediction, and the files that failed."""
+    """Metrics at the threshold used, every prediction, and the files that failed;
+    ``figures_error`` says why the figures were not drawn (matplotlib missing), or is None."""
 
     metrics: dict
     predictions: list[Prediction]
     truth: list[str]
+    figures_error: str | None = None
 
     @property
     def failed(self) -> list[Prediction]:
@@ -53,7 +56,8 @@ def evaluate(
 
     Returns an :class:`Evaluation`; unreadable images are listed, not scored. With ``out``,
     writes ``metrics.json``, ``predictions.csv``, ``roc.png``, ``confusion.png`` and
-    ``reliability.png`` there.
+    ``reliability.png`` there; without matplotlib (``pip install 'pneumocnn[plots]'``), the
+    figures are left out, the rest written, and ``figures_error`` says so.
     """
     if not isinstance(model, Model):
         model = load(model)
@@ -99,6 +103,9 @@ def _write(result: Evaluation, labels, probabilities, out: Path, names) -> None:
                          prediction.probability, prediction.threshold, prediction.error or ""])
     write_text(out / "predictions.csv", buffer.getvalue())
     fpr, tpr = roc_curve(labels, probabilities)
-    plot_roc(fpr, tpr, result.metrics["roc_auc"], out / "roc.png")
-    plot_confusion(result.metrics["confusion"], names, out / "confusion.png")
-    plot_reliability(labels, probabilities, out / "reliability.png")
+    try:
+        plot_roc(fpr, tpr, result.metrics["roc_auc"], out / "roc.png")
+        plot_confusion(result.metrics["confusion"], names, out / "confusion.png")
+        plot_reliability(labels, probabilities, out / "reliability.png")
+    except MissingDependencyError as error:
+        result.figures_error = str(error)

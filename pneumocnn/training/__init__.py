@@ -8,3 +8,16 @@ Importing this package imports nothing heavy; it only quiets TensorFlow's C++ lo
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def require_tensorflow(what: str) -> None:
+    """Raise :class:`~pneumocnn.MissingDependencyError`, naming the extra to install, unless
+    Keras and TensorFlow are installed (looked up, not imported); ``what`` needs them."""
+    import importlib.util
+
+    from pneumocnn.core.errors import MissingDependencyError
+
+    missing = [name for name in ("tensorflow", "keras") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependencyError(f"{what} needs TensorFlow ({' and '.join(missing)} not "
+                                     f"installed): pip install 'pneumocnn[train]'")
