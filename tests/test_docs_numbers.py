@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 import pneumocnn
 from pneumocnn.runtime.explain import OCCLUSION_SCALE

@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import FULL_RESOLUTION, real_images
+from helpers import FULL_RESOLUTION, real_images
 from PIL import Image
 
 import pneumocnn
