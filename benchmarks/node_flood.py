@@ -30,7 +30,7 @@ MODEL = REPO / "tests/data/tiny-int8.tflite"
 _NODE = """
 import sys, time
 from pneumocnn.clinic.node import Node
-node = Node(sys.argv[1], sys.argv[2], port=0, host="127.0.0.1", heatmaps=False).start()
+node = Node(sys.argv[1], sys.argv[2], port=0, host="127.0.0.1", heatmaps="none").start()
 print(node.port, flush=True)
 time.sleep(3600)
 """

@@ -105,7 +105,7 @@ limits = Limits(**options.pop("limits", {}))
 tls = options.pop("tls", None)
 stopping = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-node = Node(sys.argv[1], sys.argv[2], port=0, host="127.0.0.1", heatmaps=False, limits=limits,
+node = Node(sys.argv[1], sys.argv[2], port=0, host="127.0.0.1", heatmaps="none", limits=limits,
             tls=tls_context(*tls) if tls else None, **options).start()
 print(node.port, flush=True)
 stopping.wait()

@@ -50,7 +50,7 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def node(out: Path, model, **options) -> Node:
-    return Node(out, model, port=0, host=LOCAL, allow=["XRAY1"], heatmaps=False, **options)
+    return Node(out, model, port=0, host=LOCAL, allow=["XRAY1"], heatmaps="none", **options)
 
 
 def dcmtk(*command: str) -> subprocess.CompletedProcess:
