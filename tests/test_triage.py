@@ -273,7 +273,7 @@ def test_ten_thousand_rows_open_at_once_in_a_real_browser(tmp_path):
                   if not row["error"]), reverse=True)[:100]
     assert len(set(probabilities)) == len(set(top)) and "1.000" not in probabilities
     assert [float(p) for p in probabilities] == sorted(map(float, probabilities), reverse=True)
-    assert body.count('loading="lazy"') == 200 and "rows 1-100 of 10060" in dom
+    assert body.count('loading="lazy"') == 200 and "rows 1-100 of 10,060 (page 1 of 101)" in dom
     # the line where PNEUMONIA ends, on the page that holds it
     page_of_line = flagged // 100 + 1
     dom = chromium(tmp_path, "--dump-dom", f"{worklist.html_path.as_uri()}#page={page_of_line}").stdout
@@ -284,7 +284,7 @@ def test_ten_thousand_rows_open_at_once_in_a_real_browser(tmp_path):
     assert 'class="positive"' not in after
     # filtered by label, and by text
     dom = chromium(tmp_path, "--dump-dom", f"{worklist.html_path.as_uri()}#filter=negative").stdout
-    assert f"rows 1-100 of {10_030 - flagged}" in dom and 'class="positive"' not in dom
+    assert f"rows 1-100 of {10_030 - flagged:,}" in dom and 'class="positive"' not in dom
     dom = chromium(tmp_path, "--dump-dom", f"{worklist.html_path.as_uri()}#filter=failed").stdout
     body = dom[dom.index('<tbody id="rows">'):dom.index("</tbody>")]
     assert "rows 1-30 of 30" in dom and body.count("cut short") == 30

@@ -304,8 +304,8 @@ def _html_head(model: Model, scored: int, flagged: int, failed: int, heatmaps: s
     return f"""<p class="notice"><strong>A triage aid, not a diagnosis.</strong> The order below
 suggests which X-rays to read first; every X-ray still needs a radiologist's reading.</p>
 <p>Model: {model_text}. Threshold: {model.threshold:.3f}: a probability at or above it is
-labelled {positive}. Written by pneumocnn {__version__} at {created}; {scored} scored
-({flagged} {positive}), {failed} not scored.</p>
+labelled {positive}. Written by pneumocnn {__version__} at {created}; {scored:,} scored
+({flagged:,} {positive}), {failed:,} not scored.</p>
 <div class="legend"><div>Heatmaps {which}: occlusion sensitivity, on one scale for every
 X-ray. Colour shows how much hiding that region of the X-ray lowers the pneumonia score:
 {html.escape(scale.title)} (clear: hiding it changes nothing).</div>
@@ -344,10 +344,10 @@ td.pic img {{ width: 160px; height: 120px; object-fit: contain; background: #111
 {head}
 <nav>
 <label>Show <select id="filter">
-<option value="all">all ({scored} scored, {failed} not scored)</option>
-<option value="positive">{positive} ({flagged})</option>
-<option value="negative">{negative} ({negative_count})</option>
-<option value="failed">not scored ({failed})</option>
+<option value="all">all ({scored:,} scored, {failed:,} not scored)</option>
+<option value="positive">{positive} ({flagged:,})</option>
+<option value="negative">{negative} ({negative_count:,})</option>
+<option value="failed">not scored ({failed:,})</option>
 </select></label>
 <label>Find <input id="find" type="search" placeholder="file name or patient ID"></label>
 <button id="first">&laquo; first</button><button id="previous">&lsaquo; previous</button>
@@ -378,6 +378,7 @@ const tests = {
   negative: (r) => r[0] !== null && r[2] !== data.positive,
   failed: (r) => r[0] === null,
 };
+const count = (n) => n.toLocaleString("en-US");
 function cell(tr, className, text) {
   const td = tr.insertCell();
   td.className = className;
@@ -444,8 +445,8 @@ function render() {
     }
   });
   document.getElementById("where").textContent = shown.length === 0 ? "no rows"
-    : "rows " + (start + 1) + "-" + (start + slice.length) + " of " + shown.length +
-      " (page " + page + " of " + pages + ")";
+    : "rows " + count(start + 1) + "-" + count(start + slice.length) + " of " +
+      count(shown.length) + " (page " + count(page) + " of " + count(pages) + ")";
   document.getElementById("first").disabled = document.getElementById("previous").disabled = page <= 1;
   document.getElementById("next").disabled = document.getElementById("last").disabled = page >= pages;
   document.getElementById("first").onclick = () => go({page: 1});

@@ -52,7 +52,7 @@ class HeatScale:
 
 # Occlusion's absolute scale: the colour saturates where hiding a region divides the odds of
 # pneumonia by 5 (a log-odds drop of 1.6; the bundled model's strongest region on each
-# PNEUMONIA X-ray of tests/data drops it by 0.9 to 2.1, median 1.05, under the blurred fill).
+# PNEUMONIA X-ray of tests/data drops it by 0.5 to 2.1, median 1.05, under the blurred fill).
 OCCLUSION_SCALE = HeatScale(
     top=math.log(5),
     ticks=tuple((math.log(k), str(k)) for k in (1, 2, 3, 5)),
