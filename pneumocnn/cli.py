@@ -39,6 +39,9 @@ OK, SOME_FAILED, USAGE = 0, 1, 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    from pneumocnn.runtime.native_stderr import drop_native_chatter
+
+    drop_native_chatter()  # this process's stderr is the command line's
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_INT8, XRAYS, real_images
+from helpers import REPO, TINY_INT8, XRAYS, real_images
 from PIL import Image
 
 import pneumocnn
@@ -66,6 +66,15 @@ def test_usage_errors_exit_2(argv, capsys):
     assert code == 2
 
 
+def test_a_library_user_keeps_stderr_untouched():
+    """Without the command line, descriptor 2 is never redirected: LiteRT's line gets through."""
+    code = ("import pneumocnn, sys; pneumocnn.load(sys.argv[1], variant='int8')")
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "pneumocnn" / "models")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "XNNPACK delegate" in result.stderr
+
+
 def test_console_script_runs_as_a_module_and_says_nothing_on_stderr():
     """A fresh process: LiteRT's INFO line about its CPU delegate does not reach stderr."""
     result = subprocess.run(
@@ -80,7 +89,8 @@ def test_native_chatter_is_dropped_and_every_other_line_kept():
     stderr as it was, less LiteRT's INFO line: a real warning or error gets through."""
     code = textwrap.dedent("""
         import os, sys
-        from pneumocnn.runtime.native_stderr import dropping
+        from pneumocnn.runtime.native_stderr import drop_native_chatter, dropping
+        drop_native_chatter()
         with dropping():
             os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")
             os.write(2, b"ERROR: Didn't find op for builtin opcode 'CONV_2D'\\nWARNING: x")

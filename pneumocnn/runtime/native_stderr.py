@@ -7,6 +7,10 @@ any interpreter option reaches, and turning the delegate off to silence it would
 model call 3 to 5 times slower. So while an interpreter is made, :func:`dropping` points file
 descriptor 2 at a pipe whose reader copies every line back to the real stderr as it arrives,
 except the exact lines named: a warning or an error of the library still gets through.
+
+Descriptor 2 belongs to the process, not to a library: the filter is off until the process's
+owner turns it on with :func:`drop_native_chatter` (the command line does, for its own
+process); an application that embeds pneumocnn keeps its stderr untouched.
 """
 
 from __future__ import annotations
@@ -20,13 +24,24 @@ from collections.abc import Iterator
 LITERT_CHATTER = frozenset({b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."})
 
 _LOCK = threading.Lock()  # one redirection of descriptor 2 at a time in this process
+_ENABLED = threading.Event()  # set by drop_native_chatter()
+
+
+def drop_native_chatter() -> None:
+    """Let :func:`dropping` filter descriptor 2 in this process from now on (for a program that
+    owns its stderr, as the command line does)."""
+    _ENABLED.set()
 
 
 @contextlib.contextmanager
 def dropping(lines: frozenset[bytes] = LITERT_CHATTER) -> Iterator[None]:
     """While the block runs, what anything in this process writes to file descriptor 2 reaches
     the real stderr line by line, less the lines exactly equal to one of ``lines``. Where
-    descriptor 2 cannot be duplicated (no stderr at all), the block runs as it is."""
+    descriptor 2 cannot be duplicated (no stderr at all), or before :func:`drop_native_chatter`,
+    the block runs as it is."""
+    if not _ENABLED.is_set():
+        yield
+        return
     with _LOCK:
         sys.stderr.flush()
         try:
