@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import re
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -317,7 +318,7 @@ def embed_in_tflite(model: bytes, description: ModelDescription) -> bytes:
     builder = flatbuffers.Builder(len(model) + len(text) + 4096)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
     output = bytearray(builder.Output())
-    written, start = _find_description(schema, output)
+    written, start = _find_description(output)
     assert written == text, "the description was not written verbatim"
     at = start + _STAMP.search(text).start(1)
     output[at:at + len(_PLACEHOLDER)] = hashlib.sha256(output).hexdigest().encode()
@@ -331,11 +332,10 @@ def read_tflite_description(model: bytes, source: str, verify: bool = True) -> M
     refused with ``model file is damaged (digest mismatch ...)``; an unstamped one is read as
     it is. ``verify=False`` reads the description of a damaged or hand-edited file.
     """
-    schema = _schema()
     if len(model) < 8 or model[4:8] != b"TFL3":
         raise ModelFileError(source, "not a TFLite model (no TFL3 file identifier)")
     try:
-        found = _find_description(schema, model)
+        found = _find_description(model)
     except Exception as error:  # a damaged flatbuffer can fail in many ways while being walked
         raise ModelFileError(source, f"damaged TFLite model ({type(error).__name__}: {error})") from error
     if found is None:
@@ -356,21 +356,75 @@ def read_tflite_description(model: bytes, source: str, verify: bool = True) -> M
     return description
 
 
-def _find_description(schema, model: bytes | bytearray) -> tuple[bytes, int] | None:
-    """The description's bytes and their offset in the file, or ``None`` when there is none."""
-    tree = schema.Model.GetRootAs(model, 0)
-    for i in range(tree.MetadataLength()):
-        entry = tree.Metadata(i)
-        if entry.Name() == METADATA_NAME.encode():
-            buffer = tree.Buffers(entry.Buffer())
-            data = buffer._tab.Offset(4)  # Buffer.data, located as Buffer.DataAsNumpy does
-            if not data:
-                return b"", 0
-            start, length = buffer._tab.Vector(data), buffer._tab.VectorLen(data)
-            if start + length > len(model):
-                raise ValueError("the description runs past the end of the file")
-            return bytes(model[start:start + length]), start
+def _find_description(model: bytes | bytearray) -> tuple[bytes, int] | None:
+    """The description's bytes and their offset in the file, or ``None`` when there is none;
+    ``ValueError`` when the flatbuffer is damaged on the way.
+
+    Walks the few tables of the TFLite schema on the way (``Model.metadata``, ``Metadata.name``
+    and ``.buffer``, ``Model.buffers``, ``Buffer.data``) by hand, with every offset checked
+    against the file's size, so that reading a model file imports neither the schema's
+    generated code (slow to import) nor anything else from LiteRT."""
+    root = _read(_U32, model, 0)
+    metadata = _vector(model, root, _MODEL_METADATA, 4)
+    if metadata is None:
+        return None
+    for entry in _tables(model, metadata):
+        name = _vector(model, entry, _METADATA_NAME, 1)
+        if name is None or bytes(model[name[0]:name[0] + name[1]]) != METADATA_NAME.encode():
+            continue
+        buffers = _vector(model, root, _MODEL_BUFFERS, 4)
+        field = _field(model, entry, _METADATA_BUFFER)
+        index = 0 if field is None else _read(_U32, model, field)
+        if buffers is None or index >= buffers[1]:
+            raise ValueError(f"the description's buffer {index} is not in the file")
+        data = _vector(model, _tables(model, buffers)[index], _BUFFER_DATA, 1)
+        if data is None:
+            return b"", 0
+        start, length = data
+        return bytes(model[start:start + length]), start
     return None
+
+
+# Field numbers in the TFLite schema (tensorflow/compiler/mlir/lite/schema/schema.fbs).
+_MODEL_BUFFERS, _MODEL_METADATA = 4, 6
+_METADATA_NAME, _METADATA_BUFFER = 0, 1
+_BUFFER_DATA = 0
+_U16, _U32, _I32 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<i")
+
+
+def _read(kind: struct.Struct, data: bytes | bytearray, at: int) -> int:
+    if not 0 <= at <= len(data) - kind.size:
+        raise ValueError(f"offset {at} lies outside the file")
+    return kind.unpack_from(data, at)[0]
+
+
+def _field(data: bytes | bytearray, table: int, number: int) -> int | None:
+    """Where field ``number`` of the table at ``table`` lies, or ``None`` when it is absent."""
+    vtable = table - _read(_I32, data, table)
+    slot = 4 + 2 * number
+    if slot + 2 > _read(_U16, data, vtable):
+        return None
+    offset = _read(_U16, data, vtable + slot)
+    return table + offset if offset else None
+
+
+def _vector(data: bytes | bytearray, table: int, number: int, item: int) -> tuple[int, int] | None:
+    """``(first item's offset, length)`` of the vector (or string) of ``item``-byte items in
+    field ``number`` of the table at ``table``, or ``None`` when the field is absent."""
+    field = _field(data, table, number)
+    if field is None:
+        return None
+    start = field + _read(_U32, data, field)
+    length = _read(_U32, data, start)
+    if start + 4 + length * item > len(data):
+        raise ValueError("a vector runs past the end of the file")
+    return start + 4, length
+
+
+def _tables(data: bytes | bytearray, vector: tuple[int, int]) -> list[int]:
+    """The offsets of the tables a vector of tables points to."""
+    start, length = vector
+    return [start + 4 * i + _read(_U32, data, start + 4 * i) for i in range(length)]
 
 
 def _check_digest(model: bytes, stamp: re.Match | None, start: int, text: bytes,
