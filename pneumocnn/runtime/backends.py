@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import weakref
 from pathlib import Path
@@ -76,6 +77,14 @@ def _interpreter_class():
             "running .tflite models needs the LiteRT runtime: pip install ai-edge-litert"
         ) from None
     return tf.lite.Interpreter
+
+
+def runtime_version() -> str:
+    """The TFLite runtime ``.tflite`` files run on here and its version, such as
+    ``"ai_edge_litert 2.3.0"`` (read from the module, which loading imports anyway: asking the
+    installed distributions would cost a fresh process tens of milliseconds)."""
+    package = _interpreter_class().__module__.split(".")[0]
+    return f"{package} {getattr(sys.modules[package], '__version__', 'unknown')}"
 
 
 class TFLiteBackend:

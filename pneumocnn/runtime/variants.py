@@ -27,7 +27,6 @@ import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ import numpy as np
 from pneumocnn.core.durable_files import write_text
 from pneumocnn.core.errors import ModelFileError
 from pneumocnn.core.modelfile import ModelDescription
-from pneumocnn.runtime.backends import TFLiteBackend, read_tflite_file
+from pneumocnn.runtime.backends import TFLiteBackend, read_tflite_file, runtime_version
 
 log = logging.getLogger("pneumocnn")
 
@@ -250,7 +249,7 @@ def _cache_key(candidates: dict[str, _Candidate], threads: int | None) -> str:
         # a stamped file's digest was checked against its bytes when it was read: reuse it
         own = candidate.description.sha256 or hashlib.sha256(candidate.content).hexdigest()
         digest.update(f"{name} {own}\n".encode())
-    parts = [digest.hexdigest(), _cpu(), str(threads or os.cpu_count()), _runtime_version()]
+    parts = [digest.hexdigest(), _cpu(), str(threads or os.cpu_count()), runtime_version()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -262,15 +261,6 @@ def _cpu() -> str:
         return f"{platform.machine()} {platform.processor()}"
     wanted = ("model name", "flags", "Features", "CPU part")
     return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in wanted}))
-
-
-def _runtime_version() -> str:
-    for package in ("ai-edge-litert", "tflite-runtime", "tensorflow"):
-        try:
-            return f"{package} {metadata.version(package)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return "unknown"
 
 
 def cache_path() -> Path:
