@@ -109,7 +109,7 @@ def variant_latency(files: list[Path], threads: list[int], rounds: int, warmup: 
     variants = []
     for (path, t), model in models.items():
         name = model.description.info.get("quantization") or path.stem
-        variants.append(Variant(f"{name}-{t}t", name, "LiteRT", name, t, path.stat().st_size,
+        variants.append(Variant(f"{path}-{t}t", name, "LiteRT", name, t, path.stat().st_size,
                                 model.probabilities, bare=_bare_invoke(path, t),
                                 details={"file": str(path)}))
     timed = batch1_latency(variants, pixels, rounds, warmup)
@@ -126,14 +126,15 @@ def variant_latency(files: list[Path], threads: list[int], rounds: int, warmup: 
 def latency_table(result: dict) -> str:
     """The markdown table of :func:`variant_latency`'s result, with each variant's median
     against the fastest at its thread count."""
-    lines = ["| variant | threads | pneumocnn median ms | p95 ms | bare invoke median ms | "
-             "vs fastest (pneumocnn / bare) | bytes |", "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | file | threads | pneumocnn median ms | p95 ms | bare invoke median ms | "
+             "vs fastest (pneumocnn / bare) | bytes |", "|---|---|---|---|---|---|---|---|"]
     rows = sorted(result["rows"], key=lambda r: (r["threads"], r["pneumocnn_median_ms"]))
     for row in rows:
         peers = [r for r in rows if r["threads"] == row["threads"]]
         best = min(r["pneumocnn_median_ms"] for r in peers)
         best_bare = min(r["bare_median_ms"] for r in peers)
-        lines.append(f"| {row['variant']} | {row['threads']} | {row['pneumocnn_median_ms']:.2f} | "
+        lines.append(f"| {row['variant']} | {Path(row['file']).name} | {row['threads']} | "
+                     f"{row['pneumocnn_median_ms']:.2f} | "
                      f"{row['pneumocnn_p95_ms']:.2f} | {row['bare_median_ms']:.2f} | "
                      f"{row['pneumocnn_median_ms'] / best:.2f}x / "
                      f"{row['bare_median_ms'] / best_bare:.2f}x | {row['bytes']:,} |")

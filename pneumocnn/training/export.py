@@ -8,8 +8,13 @@ The head of an ``int8`` model (its fully-connected layers and the sigmoid or sof
 float, as TensorFlow's selective quantization allows: quantized to int8, the output takes at
 most 256 values and a sigmoid saturates into a handful of them near 1, so that hundreds of
 X-rays share one probability and a worklist sorted by it cannot be ordered. The head is a
-negligible part of the compute. Input and output tensors are float32 (the graph quantizes the
-input in its first op).
+negligible part of the compute. Input and output tensors are float32.
+
+So is the first convolution of an ``int8`` model that takes one input channel, and a max-pooling
+right after it: XNNPACK's int8 convolution over a single input channel uses a small part of each
+instruction (on an AVX2 CPU it took 1.41 ms where the float one took 0.32 ms, a third of the
+whole int8 model's time, for 4 % of its multiply-adds; docs/speed.md). The graph quantizes the
+pooled activations, a quarter of the first convolution's, and runs the rest in int8.
 
 Every ``.tflite`` file takes one input channel. pneumocnn's models see grayscale X-rays
 repeated into three equal channels; a first convolution over three equal channels is the same
@@ -90,13 +95,17 @@ def to_tflite(
 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
-    if isinstance(model, (str, os.PathLike)):
-        converter = tf.lite.TFLiteConverter.from_saved_model(os.fspath(model))
-    else:
+    if not isinstance(model, (str, os.PathLike)):
         model, description = one_channel(model, description)
         if representative is not None:
             representative = representative[..., : description.preprocessing.channels]
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+
+    def new_converter():
+        if isinstance(model, (str, os.PathLike)):
+            return tf.lite.TFLiteConverter.from_saved_model(os.fspath(model))
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+
+    converter = new_converter()
     if quantization != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
@@ -115,11 +124,33 @@ def to_tflite(
                 yield [image[np.newaxis].astype(np.float32)]
 
         converter.representative_dataset = samples
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=FLOAT_HEAD,
+            denylisted_nodes=float_first_block(new_converter().convert()))
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=samples,
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=FLOAT_HEAD))
+            converter=converter, debug_dataset=samples, debug_options=options)
         content = debugger.get_nondebug_quantized_model()
     return embed_in_tflite(content, with_known_answers(content, described, candidates))
+
+
+def float_first_block(float_model: bytes) -> list[str]:
+    """The names of the operators an ``int8`` export keeps in float at the start of the graph
+    (see the module's docstring): the first ``CONV_2D`` when its input has one channel, and a
+    ``MAX_POOL_2D`` that takes its output; none otherwise. ``float_model`` is the float32
+    ``.tflite`` conversion, whose operators are named by their output tensors."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_content=float_model)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    operators = interpreter._get_ops_details()  # the converter's own graph, in order
+    convolutions = [op for op in operators if op["op_name"] == "CONV_2D"]
+    if not convolutions or tensors[convolutions[0]["inputs"][0]]["shape"][-1] != 1:
+        return []
+    first = convolutions[0]
+    block = [tensors[first["outputs"][0]]["name"]]
+    pooling = [op for op in operators if op["op_name"] == "MAX_POOL_2D"
+               and op["inputs"][0] == first["outputs"][0]]
+    return block + [tensors[op["outputs"][0]]["name"] for op in pooling[:1]]
 
 
 def reference_candidates(representative: np.ndarray | None, spec: Preprocessing,
