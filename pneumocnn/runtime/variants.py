@@ -194,7 +194,7 @@ def _fastest(opened: dict[str, TFLiteBackend], candidates: dict[str, _Candidate]
 
 
 def _refused_text(refused: dict[str, str]) -> str:
-    return "".join(f"; {name} refused: {why}" for name, why in refused.items())
+    return "".join(f"; {name} left out: {why}" for name, why in refused.items())
 
 
 def _winner(timings: dict[str, float], sizes: dict[str, int]) -> str:
