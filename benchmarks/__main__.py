@@ -49,6 +49,7 @@ class Plan:
     pipeline_epochs: int
 
 
+CALIBRATION_IMAGES = 100  # training X-rays that calibrate ONNX Runtime's int8 quantization
 FULL = Plan(None, 300, 20, 15, 5, None, 5, None, 3)
 QUICK = Plan(64, 30, 5, 3, 1, 6, 2, 96, 1)
 
@@ -108,10 +109,19 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     decoded = decode_all(evaluation, spec, None)
     inputs = decoded.pixels  # uint8 (N, H, W): what predict has once a file is decoded
 
+    if args.train_data:
+        train_images, train_source = folder_images(args.train_data), f"folder {args.train_data}"
+    else:
+        train_images = splits.train
+        train_source = (splits.source if splits.train is splits.validation
+                        else f"the run's training side of {splits.source}")
+    calibration = decode_all(subsample(train_images, CALIBRATION_IMAGES), spec, None).pixels
+
     log("pneumocnn.load(folder) for each thread count (its choice of variant, made afresh)")
     default = load_default(run_dir, work)
-    log(f"{len(inputs)} evaluation images; building variants")
-    variants = build_variants(keras_model, run_dir, work, default)
+    log(f"{len(inputs)} evaluation images; building variants (ONNX Runtime int8 calibrated on "
+        f"{len(calibration)} training images)")
+    variants = build_variants(keras_model, run_dir, work, default, calibration)
     log("accuracy")
     quality = score(variants, inputs, decoded.labels, threshold)
     log(f"batch-1 latency, {plan.latency_calls} interleaved rounds")
@@ -124,13 +134,8 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     e2e = end_to_end(files, default.all_cores, keras_model, plan.e2e_passes)
     log("cold start")
     with variant_cache(work / "variant-cache"):  # the choice load_default remembered
-        cold = cold_start(default.folder, keras_model.path, files[0], plan.coldstart_repeats)
-    if args.train_data:
-        train_images, train_source = folder_images(args.train_data), f"folder {args.train_data}"
-    else:
-        train_images = splits.train
-        train_source = (splits.source if splits.train is splits.validation
-                        else f"the run's training side of {splits.source}")
+        cold = cold_start(default.folder, Path(default.all_cores.path), keras_model.path, files[0],
+                          plan.coldstart_repeats)
     train_images = subsample(train_images, plan.pipeline_images)
     log(f"training pipeline: {plan.pipeline_epochs} epoch(s) each on {len(train_images)} images")
     pipeline = training_pipelines(train_images, config, work, plan.pipeline_epochs)
@@ -141,7 +146,8 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
                    "threshold": threshold, "full_resolution": str(args.full_resolution),
                    "shipped_xrays": _same_folder(evaluation, TEST_XRAYS),
                    "shipped_xrays_train": _same_folder(train_images, TEST_XRAYS),
-                   "default_folder": str(default.folder), "default_folder_reason": default.why},
+                   "default_folder": str(default.folder), "default_folder_reason": default.why,
+                   "onnx_calibration_images": len(calibration)},
         "variants": [v.summary() for v in variants],
         "quality": quality,
         "latency": latency,

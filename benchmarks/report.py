@@ -8,6 +8,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks.limits import fma_peak, share_of_peak
+
 PACKAGES = ("pneumocnn", "numpy", "pillow", "tensorflow", "keras", "ai-edge-litert", "onnxruntime",
             "onnx", "tf2onnx", "scipy")
 
@@ -200,17 +202,22 @@ def _tie(q: dict) -> str:
 
 def _variants(results: dict) -> list[str]:
     rows = []
+    flags = results["machine"].get("cpu_features", {}).get("flags")
     for v in results["variants"]:
         q, lat, thr = (results[k].get(v["key"]) for k in ("quality", "latency", "throughput"))
         if v["error"]:
-            rows.append([v["label"], v["runtime"], "-", "-", f"not run: {v['error']}", *["-"] * 10])
+            rows.append([v["label"], v["runtime"], "-", "-", f"not run: {v['error']}", *["-"] * 12])
             continue
         size = v["size_bytes"] / 1e6 if v["size_bytes"] else None
+        macs = v.get("multiply_adds")
+        threads = v["threads"] if isinstance(v["threads"], int) else results["machine"]["cores"]
+        share = share_of_peak(macs, lat["median_ms"], fma_peak(threads, flags))
         rows.append([v["label"], v["runtime"], str(v["threads"]), _f(size, 2), _f(q["accuracy"], 4),
                      _f(q["roc_auc"], 4), _f(q["sensitivity"], 4), _f(q["specificity"], 4),
                      _f(q["agreement"] * 100, 2), f"{q['max_abs_diff']:.2e}",
                      str(q.get("distinct_probabilities", "-")), _tie(q), _f(lat["median_ms"], 2),
-                     _f(lat["p95_ms"], 2), _f(thr["images_per_s"], 0)])
+                     _f(lat["p95_ms"], 2), _f(thr["images_per_s"], 0),
+                     _f(macs / 1e6, 1) if macs else "-", _f(share * 100, 1) if share else "-"])
     calls = next(iter(results["latency"].values()), {}).get("n", 0)
     start, end = results["machine"]["load_average_at_start"], results.get("load_average_at_end")
     other = results.get("other_processes_cores")
@@ -220,15 +227,27 @@ def _variants(results: dict) -> list[str]:
         "Accuracy figures at the model's threshold; agreement and max |diff| against the float Keras "
         "model's probabilities; distinct p: distinct probabilities over the images, largest tie: "
         "the most images sharing one probability (identical images counted once"
-        f"{_duplicates(results)}). Latency: batch 1, interleaved; throughput: batch 32.", "",
+        f"{_duplicates(results)}). Latency: batch 1, interleaved; throughput: batch 32. "
+        f"{_limit_text(results)}", "",
         *_table(["variant", "runtime", "threads", "size MB", "accuracy", "ROC AUC", "sensitivity",
                  "specificity", "agreement %", "max abs diff", "distinct p", "largest tie",
-                 "median ms", "p95 ms", "batch-32 img/s"], rows),
+                 "median ms", "p95 ms", "batch-32 img/s", "M MACs", "% FMA peak"], rows),
         "",
         f"Latency calls per variant: {calls} (after warm-up). Load average (1 min) at start "
         f"{_f(start and start[0], 2)}, at end {_f(end and end[0], 2)}.{busy}",
         *_defaults(results["variants"]),
     ]
+
+
+def _limit_text(results: dict) -> str:
+    """What the M MACs and % FMA peak columns are, with this CPU's peak."""
+    peak = fma_peak(1, results["machine"].get("cpu_features", {}).get("flags"))
+    how = (f"{peak['multiply_adds_per_s'] / 1e9:.1f} G multiply-adds/s per core: {peak['how']}"
+           if peak else "unknown on this CPU")
+    return ("M MACs: multiply-adds per image in the network the row runs (convolutions and dense "
+            "layers; the .tflite files and the ONNX export take one input channel, Keras three); "
+            f"% FMA peak: those multiply-adds at the median latency against the CPU's float32 FMA "
+            f"peak at the row's thread count ({how}; benchmarks/limits.py says why).")
 
 
 def _duplicates(results: dict) -> str:
@@ -265,11 +284,9 @@ def _bare(results: dict) -> list[str]:
 
 
 def _cold_start(cold: dict) -> list[str]:
-    rows = [[kind, _f(c["median_s"], 2), _f(c["median_process_wall_s"], 2), _f(c["max_peak_rss_mb"], 0),
-             str(c["tensorflow_imported"]), str(len(c["runs"]))] for kind, c in cold.items()]
-    return ["## Cold start and memory (fresh process, median of runs)", "",
-            *_table(["process", "import to first answer s", "whole process s", "peak RSS MB",
-                     "imports TensorFlow", "runs"], rows)]
+    from benchmarks.coldstart import table
+
+    return ["## Cold start and memory (fresh process, median of runs)", "", *table(cold)]
 
 
 def _end_to_end(e2e: dict) -> list[str]:

@@ -1,4 +1,5 @@
-"""The rows of the benchmark: one float Keras model, its TFLite files and an ONNX export.
+"""The rows of the benchmark: one float Keras model, its TFLite files, and its ONNX export run
+by ONNX Runtime in float32 and statically quantized to int8 by ONNX Runtime's own tools.
 
 Every variant's ``run`` takes decoded, resized uint8 pixels ``(N, H, W)`` and returns
 calibrated positive-class probabilities (the model file's temperature applied, as pneumocnn
@@ -27,9 +28,10 @@ import numpy as np
 
 import pneumocnn
 from benchmarks import BUNDLED_MODELS, REPO
+from benchmarks.limits import multiply_adds
 from pneumocnn.core.modelfile import ModelDescription, positive_probability, read_keras_description
 from pneumocnn.core.preprocessing import to_model_inputs
-from pneumocnn.training.export import QUANTIZATIONS
+from pneumocnn.training.export import QUANTIZATIONS, one_channel
 
 TF_THREADS = "all (TF default)"
 
@@ -48,12 +50,14 @@ class Variant:
     error: str | None = None
     bare: Callable[[np.ndarray], object] | None = None  # LiteRT: the interpreter call alone
     details: dict = field(default_factory=dict)  # the default rows: which file, and why
+    multiply_adds: int | None = None  # per image, in the network this row runs
 
     def summary(self) -> dict:
         """The variant's fixed facts, for the JSON report."""
         return {"key": self.key, "label": self.label, "runtime": self.runtime,
                 "quantization": self.quantization, "threads": self.threads,
-                "size_bytes": self.size_bytes, "error": self.error, **self.details}
+                "size_bytes": self.size_bytes, "error": self.error,
+                "multiply_adds": self.multiply_adds, **self.details}
 
 
 @dataclass
@@ -129,8 +133,9 @@ def load_default(run_dir: Path, work_dir: Path) -> DefaultLoad:
     return DefaultLoad(folder, why, models)
 
 
-def default_variants(default: DefaultLoad) -> list[Variant]:
-    """One row per thread count for the model ``pneumocnn.load(folder)`` chose."""
+def default_variants(default: DefaultLoad, multiply_adds: int | None = None) -> list[Variant]:
+    """One row per thread count for the model ``pneumocnn.load(folder)`` chose (whose network
+    does ``multiply_adds`` per image)."""
     variants = []
     for threads, model in default.models.items():
         choice, path = model.variant, Path(model.path)
@@ -139,7 +144,8 @@ def default_variants(default: DefaultLoad) -> list[Variant]:
                    "reason": choice.reason, "timings_ms": dict(choice.timings_ms)}
         variants.append(Variant(f"default-{threads}t", f"pneumocnn.load() default (chose {choice.variant})",
                                 "LiteRT", choice.variant, threads, path.stat().st_size,
-                                model.probabilities, bare=_bare_invoke(path, threads), details=details))
+                                model.probabilities, bare=_bare_invoke(path, threads), details=details,
+                                multiply_adds=multiply_adds))
     return variants
 
 
@@ -152,9 +158,11 @@ def _shown(path: Path) -> str:
 
 
 def build_variants(keras_model: KerasModel, run_dir: Path, work_dir: Path,
-                   default: DefaultLoad | None = None) -> list[Variant]:
+                   default: DefaultLoad | None = None,
+                   calibration: np.ndarray | None = None) -> list[Variant]:
     """Every variant, in table order (the default rows after the LiteRT files' own); ONNX
-    export files go to ``work_dir``."""
+    export files go to ``work_dir``; ``calibration`` (uint8 pixels of training X-rays) calibrates
+    ONNX Runtime's int8 quantization (no ONNX Runtime rows without it)."""
     import tensorflow as tf
 
     model, calibrate = keras_model.model, keras_model.description.calibrate
@@ -163,55 +171,126 @@ def build_variants(keras_model: KerasModel, run_dir: Path, work_dir: Path,
     size = keras_model.path.stat().st_size
     compiled = tf.function(lambda x: model(x, training=False),
                            input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+    macs = multiply_adds(model)
     variants = [
         Variant("keras-predict", "Keras model.predict", "Keras", "float32", TF_THREADS, size,
                 lambda px: calibrate(positive_probability(
-                    model.predict(to_model_inputs(px, spec), verbose=0)))),
+                    model.predict(to_model_inputs(px, spec), verbose=0))), multiply_adds=macs),
         Variant("keras-compiled", "Keras compiled call", "Keras", "float32", TF_THREADS, size,
-                lambda px: calibrate(positive_probability(compiled(to_model_inputs(px, spec)).numpy()))),
+                lambda px: calibrate(positive_probability(compiled(to_model_inputs(px, spec)).numpy())),
+                multiply_adds=macs),
     ]
+    one = multiply_adds(one_channel(model, keras_model.description)[0])  # what .tflite files hold
     for quantization in QUANTIZATIONS:
         path = run_dir / f"model-{quantization}.tflite"
         for threads in thread_counts():
             loaded = pneumocnn.load(path, threads=threads)
+            channels = loaded.description.preprocessing.channels
             variants.append(Variant(f"litert-{quantization}-{threads}t", f"LiteRT {quantization}",
                                     "LiteRT", quantization, threads, path.stat().st_size,
-                                    loaded.probabilities, bare=_bare_invoke(path, threads)))
+                                    loaded.probabilities, bare=_bare_invoke(path, threads),
+                                    multiply_adds=one if channels == 1 else macs))
     if default is not None:
-        variants += default_variants(default)
-    return variants + onnx_variants(keras_model, work_dir)
+        variants += default_variants(default, one)
+    if calibration is None:
+        return variants
+    return variants + onnx_variants(keras_model, work_dir, calibration)
 
 
-def onnx_variants(keras_model: KerasModel, work_dir: Path) -> list[Variant]:
-    """ONNX Runtime float32 on a Keras ONNX export (tf2onnx underneath), or one row saying why
-    it could not be made."""
-    path = work_dir / "model-float32.onnx"
+def onnx_variants(keras_model: KerasModel, work_dir: Path, calibration: np.ndarray) -> list[Variant]:
+    """ONNX Runtime rows, as a user choosing a runtime would compare: float32 on a Keras ONNX
+    export (tf2onnx underneath) and int8 statically quantized by ONNX Runtime's own tools
+    (:func:`quantize_onnx`, calibrated on ``calibration``, uint8 pixels of real X-rays the
+    model was trained on). The export is of the model with one input channel, the network the
+    LiteRT files hold (see ``pneumocnn.training.export.one_channel``), so that every runtime
+    does the same arithmetic. A row that cannot be made stays, saying why."""
+    model, description = one_channel(keras_model.model, keras_model.description)
+    spec, calibrate = description.preprocessing, description.calibrate
+    model(np.zeros((1, *spec.input_shape), np.float32), training=False)  # Keras exports called models
+    float_path = work_dir / "model-float32.onnx"
     try:
         import onnxruntime as ort
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            keras_model.model.export(str(path), format="onnx", verbose=False)
+            model.export(str(float_path), format="onnx", verbose=False)
     except Exception as error:  # ImportError, or any failure inside the exporter
-        reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
-        return [Variant("onnxruntime-float32", "ONNX Runtime float32", "ONNX Runtime", "float32",
-                        "-", None, None, error=reason)]
-    calibrate, spec = keras_model.description.calibrate, keras_model.description.preprocessing
+        return [_failed("float32", error), _failed("int8", error)]
+    paths = {"float32": float_path}
+    try:
+        paths["int8"] = quantize_onnx(float_path, to_model_inputs(calibration, spec), work_dir)
+    except Exception as error:  # any failure inside ONNX Runtime's quantization tools
+        failed = _failed("int8", error)
+    else:
+        failed = None
+    macs = multiply_adds(model)
     variants = []
-    for threads in thread_counts():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
+    for quantization, path in paths.items():
+        for threads in thread_counts():
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
 
-        def run(pixels, session=session, name=name):
-            outputs = session.run(None, {name: to_model_inputs(pixels, spec)})[0]
-            return calibrate(positive_probability(outputs))
+            def run(pixels, session=session, name=name):
+                outputs = session.run(None, {name: to_model_inputs(pixels, spec)})[0]
+                return calibrate(positive_probability(outputs))
 
-        variants.append(Variant(f"onnxruntime-float32-{threads}t", "ONNX Runtime float32",
-                                "ONNX Runtime", "float32", threads, path.stat().st_size, run))
-    return variants
+            variants.append(Variant(f"onnxruntime-{quantization}-{threads}t", ONNX_LABELS[quantization],
+                                    "ONNX Runtime", quantization, threads, path.stat().st_size, run,
+                                    multiply_adds=macs))
+    return variants + ([failed] if failed else [])
+
+
+ONNX_LABELS = {"float32": "ONNX Runtime float32", "int8": "ONNX Runtime int8 (static QDQ)"}
+
+
+def _failed(quantization: str, error: Exception) -> Variant:
+    reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+    return Variant(f"onnxruntime-{quantization}", ONNX_LABELS[quantization], "ONNX Runtime",
+                   quantization, "-", None, None, error=reason)
+
+
+def quantize_onnx(float_path: Path, calibration: np.ndarray, work_dir: Path) -> Path:
+    """ONNX Runtime's static int8 quantization of the float32 ONNX file, as its documentation
+    describes it: the graph prepared by ``quant_pre_process`` (ONNX shape inference and graph
+    optimisation; the symbolic shape inference, which needs sympy, is for dynamic shapes),
+    then ``quantize_static`` in QDQ format, uint8 activations and int8 weights per channel,
+    activation ranges from MinMax calibration on ``calibration`` (float32 model inputs), and
+    weights of 7 bits (``reduce_range``) on a CPU without VNNI, where ONNX Runtime's u8s8 kernels
+    can saturate otherwise. Returns the int8 file's path."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from benchmarks.report import cpu_features
+
+    prepared, out = work_dir / "model-float32-prepared.onnx", work_dir / "model-int8.onnx"
+    quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)  # shapes are static
+    name = onnx.load(str(prepared)).graph.input[0].name
+
+    class XRays(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._images = iter(calibration)
+
+        def get_next(self):
+            image = next(self._images, None)
+            return None if image is None else {name: image[np.newaxis]}
+
+    flags = cpu_features()["flags"] or []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(prepared), str(out), XRays(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True,
+                        reduce_range=not {"avx512_vnni", "avx_vnni"} & set(flags))
+    return out
 
 
 def _bare_invoke(path: Path, threads: int) -> Callable[[np.ndarray], object]:

@@ -7,12 +7,12 @@ TensorFlow (``pip install 'pneumocnn[train]'``) and import it only when called.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumocnn._version import __version__
-from pneumocnn.clinic.site_calibration import SiteCalibration, calibrate
 from pneumocnn.core.errors import (
     DatasetError,
     InputError,
@@ -21,11 +21,30 @@ from pneumocnn.core.errors import (
     NotFrontalChestError,
     PneumocnnError,
 )
-from pneumocnn.runtime.evaluation import evaluate
 from pneumocnn.runtime.model import Model, Prediction, load, predict
 
 if TYPE_CHECKING:
+    from pneumocnn.clinic.site_calibration import SiteCalibration, calibrate
+    from pneumocnn.runtime.evaluation import evaluate
     from pneumocnn.training.trainer import TrainingResult
+
+# What predict does not need, imported on first use so that a fresh process scores sooner.
+_ON_FIRST_USE = {"SiteCalibration": "pneumocnn.clinic.site_calibration",
+                 "calibrate": "pneumocnn.clinic.site_calibration",
+                 "evaluate": "pneumocnn.runtime.evaluation"}
+
+
+def __getattr__(name: str) -> Any:
+    """``evaluate``, ``calibrate`` and ``SiteCalibration``, imported when first asked for."""
+    if name not in _ON_FIRST_USE:
+        raise AttributeError(f"module 'pneumocnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_ON_FIRST_USE})
 
 
 def train(

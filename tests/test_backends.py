@@ -174,28 +174,40 @@ LOAD_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     import pneumocnn
-    outcomes = {}
     for path in sys.argv[1:]:
-        print(path, file=sys.stderr, flush=True)  # the last one named is the one that crashed
         try:
             model = pneumocnn.load(path)
-            outcomes[path] = ["loaded", model.predict(np.full((8, 8), 0.5)).probability]
+            outcome = ["loaded", model.predict(np.full((8, 8), 0.5)).probability]
         except pneumocnn.ModelFileError as error:
-            outcomes[path] = ["refused", error.reason]
+            outcome = ["refused", error.reason]
         except Exception as error:
-            outcomes[path] = ["OTHER", f"{type(error).__name__}: {error}"]
-    print(json.dumps(outcomes))
+            outcome = ["OTHER", f"{type(error).__name__}: {error}"]
+        print(json.dumps([path, *outcome]), flush=True)
 """)
 
 
-def load_in_subprocess(paths: list[Path]) -> dict[str, list]:
-    """Load every model file in a fresh process; fail on a crash (a segfault is a negative
-    return code) and name the file that caused it."""
-    result = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, *map(str, paths)],
-                            capture_output=True, text=True)
-    last = result.stderr.strip().splitlines()[-1:] if result.stderr.strip() else ["?"]
-    assert result.returncode == 0, f"exit {result.returncode} while loading {last}"
-    return {Path(k).name: v for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+def load_in_subprocess(paths: list[Path], crashes: bool = False) -> dict[str, list]:
+    """Load every model file in a fresh process: ``{name: [outcome, answer or reason]}``. A
+    crash (a segfault is a negative return code) fails, naming the file that caused it; with
+    ``crashes``, it is counted instead (``["crashed", return code]``) and the files after it
+    are loaded in a new process."""
+    outcomes: dict[str, list] = {}
+    remaining = list(map(str, paths))
+    while remaining:
+        result = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, *remaining],
+                                capture_output=True, text=True)
+        for line in result.stdout.splitlines():
+            if line.startswith("["):
+                path, *outcome = json.loads(line)
+                outcomes[Path(path).name] = outcome
+        done = len([path for path in remaining if Path(path).name in outcomes])
+        if result.returncode == 0:
+            break
+        crashed = remaining[done]
+        assert crashes, f"exit {result.returncode} while loading {crashed}"
+        outcomes[Path(crashed).name] = ["crashed", result.returncode]
+        remaining = remaining[done + 1:]
+    return outcomes
 
 
 def model_file_cases(model: bytes) -> dict[str, tuple[bytes, str]]:

@@ -9,12 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import FULL_RESOLUTION, REPO, TINY_FLOAT, TINY_INT8, full_resolution_files, real_images
 
-from benchmarks.coldstart import OURS
+from benchmarks.coldstart import BARE_LITERT, OURS
 
 BUNDLED_RUN = REPO / "benchmarks" / "bundled-run"
 
@@ -49,6 +50,13 @@ def test_quick_benchmark_writes_results(tiny_run, tiny_data, tmp_path):
         assert variant["quantization"] in variant["candidates"]
         assert set(variant["timings_ms"]) == set(variant["candidates"])  # chosen afresh, timed
     assert any(k.startswith("onnxruntime-float32") for k in keys)
+    onnx_int8 = [v for v in results["variants"] if v["key"].startswith("onnxruntime-int8")]
+    assert onnx_int8 and all(v["error"] is None for v in onnx_int8)  # ONNX Runtime's own int8
+    assert results["inputs"]["onnx_calibration_images"] > 0
+    litert = [v for v in results["variants"] if v["runtime"] == "LiteRT"]
+    assert all(v["multiply_adds"] > 0 for v in litert)  # the limit column
+    assert {v["multiply_adds"] for v in onnx_int8} == {v["multiply_adds"] for v in litert}
+    assert "% FMA peak" in (out / "results.md").read_text()
     for variant in results["variants"]:
         if variant["error"]:  # a variant that cannot run says why, and is in the table
             assert variant["label"] in (out / "results.md").read_text()
@@ -68,12 +76,20 @@ def test_quick_benchmark_writes_results(tiny_run, tiny_data, tmp_path):
     cold = results["cold_start"][OURS]
     assert cold["median_s"] > 0 and cold["max_peak_rss_mb"] > 0
     assert not cold["tensorflow_imported"]
+    bare = results["cold_start"][BARE_LITERT]
+    assert bare["model"] == defaults[-1]["chosen_file"] or bare["model"].endswith(
+        defaults[-1]["chosen_file"])  # the bare process runs the file load() chose
+    assert results["cold_start"]["vs_bare"]["median_peak_rss_mb"] == pytest.approx(
+        cold["median_peak_rss_mb"] / bare["median_peak_rss_mb"])
     assert set(results["pipeline"]["pipelines"]) == {"pneumocnn", "in-memory", "seed"}
     assert all(t["result"] in ("PASS", "FAIL", "N/A") for t in results["targets"])
     named = [t["target"] for t in results["targets"]]
     for wanted in ("default load() vs the fastest shipped LiteRT variant, 1 thread(s)",
                    "largest tie of the default's probabilities",
-                   "pneumocnn predict(path) vs decode + preprocess + bare LiteRT invoke"):
+                   "pneumocnn predict(path) vs decode + preprocess + bare LiteRT invoke",
+                   "fresh process predict(file) vs bare LiteRT decode + invoke, whole process",
+                   "fresh process predict(file) vs bare LiteRT decode + invoke, peak RSS",
+                   "default load() vs the fastest ONNX Runtime row, 1 thread(s)"):
         assert wanted in named
 
     table = (out / "results.md").read_text()
@@ -195,6 +211,66 @@ def test_default_rows_load_the_bundled_folder_only_when_it_holds_the_runs_own_fi
     rows = variants.default_variants(default)
     assert [row.key for row in rows] == [f"default-{t}t" for t in variants.thread_counts()]
     assert all(row.run is not None and row.bare is not None for row in rows)
+
+
+@pytest.mark.parametrize("variant", ["int8", "float16"])
+def test_each_operator_cut_out_alone_computes_what_it_computes_in_the_whole_model(variant):
+    """benchmarks.operators times each operator of a file as a model of its own: given the input
+    the operator gets inside the whole model, it must give the same output, to the bit (float16
+    weights unpacked as the interpreter unpacks them)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from benchmarks.operators import operators, single_operator
+
+    builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES  # one kernel set on both sides
+    content = (REPO / "pneumocnn" / "models" / f"pneumonia-{variant}.tflite").read_bytes()
+    whole = Interpreter(model_content=content, experimental_preserve_all_tensors=True,
+                        experimental_op_resolver_type=builtin)
+    whole.allocate_tensors()
+    image = np.random.default_rng(0).random((1, 150, 150, 1), np.float32)
+    whole.set_tensor(whole.get_input_details()[0]["index"], image)
+    whole.invoke()
+    details = {op["index"]: op for op in whole._get_ops_details()}
+    found = operators(content)
+    assert [op["op"] for op in found[:2]] == ["CONV_2D", "MAX_POOL_2D"]
+    assert sum(op["multiply_adds"] for op in found) == 90_225_344  # benchmarks.limits' count
+    for op in found:
+        alone = Interpreter(model_content=single_operator(content, op["index"]),
+                            experimental_op_resolver_type=builtin)
+        alone.allocate_tensors()
+        inputs = alone.get_input_details()
+        assert len(inputs) == 1, op
+        alone.set_tensor(inputs[0]["index"], whole.get_tensor(details[op["index"]]["inputs"][0]))
+        alone.invoke()
+        expected = whole.get_tensor(details[op["index"]]["outputs"][0])
+        assert np.array_equal(alone.get_tensor(alone.get_output_details()[0]["index"]), expected), op
+
+
+def test_the_variant_latency_tool_times_every_file_at_every_thread_count():
+    from benchmarks.latency import latency_table, variant_latency
+
+    result = variant_latency([TINY_INT8, TINY_FLOAT], [1, 2], rounds=3, warmup=1)
+    rows = {(Path(r["file"]).name, r["threads"]) for r in result["rows"]}
+    assert rows == {(f.name, t) for f in (TINY_INT8, TINY_FLOAT) for t in (1, 2)}
+    assert all(r["pneumocnn_median_ms"] > 0 and r["bare_median_ms"] > 0 for r in result["rows"])
+    table = latency_table(result)
+    assert table.count("\n") == 5 and "1.00x" in table  # header, rule, four rows
+
+
+def test_the_fma_peak_and_the_share_of_it():
+    from benchmarks.limits import clock_ghz, fma_peak, share_of_peak
+
+    ghz = clock_ghz()
+    if ghz is None:
+        pytest.skip("no cpu MHz in /proc/cpuinfo here")
+    peak = fma_peak(1, ["avx2", "fma"])
+    assert peak["multiply_adds_per_s"] == pytest.approx(ghz * 1e9 * 2 * 8)
+    assert fma_peak(1, ["avx2", "fma", "avx512f"])["multiply_adds_per_s"] == pytest.approx(
+        2 * peak["multiply_adds_per_s"])
+    assert fma_peak(1, ["asimd"]) is None and fma_peak(1, None) is None
+    per_ms = peak["multiply_adds_per_s"] / 1e3
+    assert share_of_peak(int(per_ms), 2.0, peak) == pytest.approx(0.5)
+    assert share_of_peak(None, 2.0, peak) is None
 
 
 def test_every_simulated_shift_changes_a_real_xray_and_keeps_it_gray():

@@ -12,9 +12,9 @@ from pneumocnn.core.modelfile import read_tflite_description
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_bundled_models_are_small_described_int8_and_float16_of_one_model():
+def test_bundled_models_are_small_described_variants_of_one_model():
     model = pneumocnn.load()
-    assert model.variant.candidates == ("float16", "int8")
+    assert model.variant.candidates == ("dynamic-int8", "float16", "int8")
     assert model.labels == ("NORMAL", "PNEUMONIA") and 0.0 < model.threshold < 1.0
     for name in model.variant.candidates:
         path = Path(pneumocnn.load(variant=name).path)

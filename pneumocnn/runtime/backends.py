@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import weakref
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 
 from pneumocnn.core.errors import MissingDependencyError, ModelFileError
 from pneumocnn.core.modelfile import (
+    KnownAnswers,
     ModelDescription,
     positive_probability,
     read_keras_description,
@@ -78,11 +80,21 @@ def _interpreter_class():
     return tf.lite.Interpreter
 
 
+def runtime_version() -> str:
+    """The TFLite runtime ``.tflite`` files run on here and its version, such as
+    ``"ai_edge_litert 2.3.0"`` (read from the module, which loading imports anyway: asking the
+    installed distributions would cost a fresh process tens of milliseconds)."""
+    package = _interpreter_class().__module__.split(".")[0]
+    return f"{package} {getattr(sys.modules[package], '__version__', 'unknown')}"
+
+
 class TFLiteBackend:
     """A LiteRT interpreter over one ``.tflite`` model, serialised by a lock.
 
-    The model is checked against its description and run once on zeros at load, so that a
-    damaged or inconsistent file fails in :func:`~pneumocnn.load`, not in the middle of a batch.
+    The model is checked against its description and run once at load, on the known answers
+    its description carries (and refused when one is off: wrong kernels on this CPU) or on zeros,
+    so that a damaged, inconsistent or wrongly computed file fails in :func:`~pneumocnn.load`,
+    not in the middle of a batch.
     In a child made by ``fork`` the interpreter is opened afresh on first use: the parent's
     lock may have been held, and its interpreter threads do not exist, in the child.
     """
@@ -108,11 +120,25 @@ class TFLiteBackend:
         # for an integer input tensor): to_model_input's tensor in one lookup
         levels = np.arange(256, dtype=np.float32) * np.float32(self._spec.scale)
         self._table = _quantize(levels, self._input)
+        self._self_test(description.known_answers, source)
+        _BACKENDS.add(self)
+
+    def _self_test(self, answers: KnownAnswers | None, source: str) -> None:
+        """Run the model once at load: on its known answers, refusing it when an answer is off
+        by more than their tolerance (wrong kernels on this CPU), or on zeros when the file
+        has none (made before pneumocnn 0.2)."""
+        spec = self._spec
+        pixels = (answers.pixels(spec.height, spec.width) if answers is not None
+                  else np.zeros((1, spec.height, spec.width), np.uint8))
         try:
-            self.probabilities(np.zeros((1, self._spec.height, self._spec.width), np.uint8))
+            outputs = self.probabilities(pixels)
         except RuntimeError as error:
             raise ModelFileError(source, f"the TFLite runtime cannot run this model ({error})") from error
-        _BACKENDS.add(self)
+        wrong = answers.mismatch(outputs) if answers is not None else None
+        if wrong is not None:
+            raise ModelFileError(source, f"refused on this CPU: known-answer check failed: {wrong}; "
+                                         "the runtime's kernels for this model give wrong "
+                                         "answers here")
 
     def _open(self):
         with native_stderr.dropping():  # LiteRT's INFO line about its CPU delegate, no more

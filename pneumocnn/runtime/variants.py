@@ -9,6 +9,12 @@ the same path ``predict`` takes, and remembers the choice in a small cache file 
 candidates' bytes, the CPU, the thread count and the runtime's version, so that later loads on
 this machine open one file only. The cache lives in ``PNEUMOCNN_CACHE_DIR`` when set, else in
 the user's cache folder; a cache that cannot be read or written only costs the timing again.
+
+A variant that cannot run correctly here is refused and the next one used: opening a file runs
+its known answers (see :class:`~pneumocnn.core.modelfile.KnownAnswers`), and a file whose answers
+are off, or that LiteRT cannot load or run, is left out of the choice with a warning that says
+why; the choice's reason says so too. Only a variant asked for by name, or the only one, is
+refused with an error.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +34,7 @@ import numpy as np
 from pneumocnn.core.durable_files import write_text
 from pneumocnn.core.errors import ModelFileError
 from pneumocnn.core.modelfile import ModelDescription
-from pneumocnn.runtime.backends import TFLiteBackend, read_tflite_file
+from pneumocnn.runtime.backends import TFLiteBackend, read_tflite_file, runtime_version
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +53,15 @@ class VariantChoice:
 
     ``variant`` is the chosen file's quantization (``"int8"``, ``"float16"``, ...),
     ``candidates`` every variant the folder offers, ``timings_ms`` the median time of one answer
-    of each as measured on this machine (empty when not timed), ``reason`` a sentence."""
+    of each as measured on this machine (empty when not timed), ``refused`` why each variant
+    left out of the choice was (it failed its known-answer check, or could not run here),
+    ``reason`` a sentence."""
 
     variant: str
     candidates: tuple[str, ...]
     reason: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return f"{self.variant} ({self.reason})"
@@ -65,7 +73,8 @@ def open_variant(folder: Path, threads: int | None, variant: str | None
 
     Returns the backend, its description, the chosen file and the :class:`VariantChoice`.
     Raises :class:`~pneumocnn.ModelFileError` when the folder holds no ``.tflite`` file or
-    files of different models, and ``ValueError`` when ``variant`` is not among them."""
+    files of different models, or when no variant passes its known-answer check here (nor the
+    one asked for), and ``ValueError`` when ``variant`` is not among them."""
     candidates = _candidates(folder)
     names = tuple(candidates)
     choice: VariantChoice | None
@@ -73,19 +82,42 @@ def open_variant(folder: Path, threads: int | None, variant: str | None
         if variant not in candidates:
             raise ValueError(f"{folder} has no {variant!r} variant; it has {', '.join(names)}")
         choice = VariantChoice(variant, names, f"asked for: variant={variant!r}")
-    elif len(names) == 1:
-        choice = VariantChoice(names[0], names, "the only variant")
-    else:
-        key = _cache_key(candidates, threads)
-        choice = _remembered(key, names)
-        if choice is None:
-            opened = {name: candidate.open(threads) for name, candidate in candidates.items()}
-            choice = _fastest(opened, candidates, names)
-            _remember(key, choice)
-            chosen = candidates[choice.variant]
-            return opened[choice.variant], chosen.description, chosen.path, choice
+        return _opened(candidates[variant], threads, choice)
+    if len(names) == 1:
+        return _opened(candidates[names[0]], threads, VariantChoice(names[0], names, "the only variant"))
+    key = _cache_key(candidates, threads)
+    refused: dict[str, str] = {}
+    remembered = _remembered(key, names)
+    if remembered is not None:
+        try:
+            return _opened(candidates[remembered.variant], threads, remembered)
+        except ModelFileError as error:
+            refused[remembered.variant] = _refuse(remembered.variant, error)
+    opened = {}
+    for name, candidate in candidates.items():
+        if name not in refused:
+            try:
+                opened[name] = candidate.open(threads)
+            except ModelFileError as error:
+                refused[name] = _refuse(name, error)
+    if not opened:
+        raise ModelFileError(str(folder), "no variant can run on this CPU: " + "; ".join(
+            f"{name}: {why}" for name, why in refused.items()))
+    choice = _fastest(opened, candidates, names, refused)
+    _remember(key, choice)
     chosen = candidates[choice.variant]
-    return chosen.open(threads), chosen.description, chosen.path, choice
+    return opened[choice.variant], chosen.description, chosen.path, choice
+
+
+def _opened(candidate: _Candidate, threads: int | None, choice: VariantChoice
+            ) -> tuple[TFLiteBackend, ModelDescription, Path, VariantChoice]:
+    return candidate.open(threads), candidate.description, candidate.path, choice
+
+
+def _refuse(name: str, error: ModelFileError) -> str:
+    """Warn that variant ``name`` is left out because of ``error``; return the reason."""
+    log.warning("%s; the %s variant is left out and the next one used", error, name)
+    return error.reason
 
 
 def variant_files(folder: Path) -> dict[str, Path]:
@@ -138,14 +170,19 @@ def _model_of(description: ModelDescription) -> tuple:
 
 
 def _fastest(opened: dict[str, TFLiteBackend], candidates: dict[str, _Candidate],
-             names: tuple[str, ...]) -> VariantChoice:
+             names: tuple[str, ...], refused: dict[str, str]) -> VariantChoice:
     """Time every opened variant: the fastest wins, the smallest file among near ties. When the
     first and the second half of the rounds choose differently (a busy CPU), the reason says
     so; the choice is remembered all the same, so that the same command keeps giving the same
-    answers on this machine (delete the cache file, or pass ``variant=``, to choose again)."""
+    answers on this machine (delete the cache file, or pass ``variant=``, to choose again).
+    A single variant left (the others ``refused``) is chosen untimed."""
+    if len(opened) == 1:
+        only = next(iter(opened))
+        return VariantChoice(only, names, f"the only variant that runs here{_refused_text(refused)}",
+                             refused=dict(refused))
     spec = next(iter(candidates.values())).description.preprocessing
     samples = _time(opened, spec.height, spec.width)
-    sizes = {name: len(candidate.content) for name, candidate in candidates.items()}
+    sizes = {name: len(candidates[name].content) for name in opened}
     timings = {name: _median(ms) for name, ms in samples.items()}
     chosen = _winner(timings, sizes)
     half = ROUNDS * CALLS_PER_ROUND // 2
@@ -154,7 +191,11 @@ def _fastest(opened: dict[str, TFLiteBackend], candidates: dict[str, _Candidate]
     reason = f"fastest here, timed at load: {_timings_text(timings)}"
     if halves != [chosen, chosen]:
         reason += "; the timings were unsteady (a busy CPU?)"
-    return VariantChoice(chosen, names, reason, timings)
+    return VariantChoice(chosen, names, reason + _refused_text(refused), timings, dict(refused))
+
+
+def _refused_text(refused: dict[str, str]) -> str:
+    return "".join(f"; {name} left out: {why}" for name, why in refused.items())
 
 
 def _winner(timings: dict[str, float], sizes: dict[str, int]) -> str:
@@ -173,10 +214,12 @@ def _remembered(key: str, names: tuple[str, ...]) -> VariantChoice | None:
         return None
     try:
         timings = {str(name): float(ms) for name, ms in entry.get("timings_ms", {}).items()}
+        refused = {str(name): str(why) for name, why in entry.get("refused", {}).items()}
     except (AttributeError, TypeError, ValueError):  # an entry damaged or edited by hand
         return None
-    return VariantChoice(entry["variant"], names, f"fastest here when timed on "
-                         f"{entry.get('measured', '?')}: {_timings_text(timings)}", timings)
+    found = (f"fastest here when timed on {entry.get('measured', '?')}: {_timings_text(timings)}"
+             if timings else f"the only variant that ran here on {entry.get('measured', '?')}")
+    return VariantChoice(entry["variant"], names, found + _refused_text(refused), timings, refused)
 
 
 def _time(opened: dict[str, TFLiteBackend], height: int, width: int) -> dict[str, list[float]]:
@@ -207,7 +250,7 @@ def _cache_key(candidates: dict[str, _Candidate], threads: int | None) -> str:
         # a stamped file's digest was checked against its bytes when it was read: reuse it
         own = candidate.description.sha256 or hashlib.sha256(candidate.content).hexdigest()
         digest.update(f"{name} {own}\n".encode())
-    parts = [digest.hexdigest(), _cpu(), str(threads or os.cpu_count()), _runtime_version()]
+    parts = [digest.hexdigest(), _cpu(), str(threads or os.cpu_count()), runtime_version()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -219,15 +262,6 @@ def _cpu() -> str:
         return f"{platform.machine()} {platform.processor()}"
     wanted = ("model name", "flags", "Features", "CPU part")
     return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in wanted}))
-
-
-def _runtime_version() -> str:
-    for package in ("ai-edge-litert", "tflite-runtime", "tensorflow"):
-        try:
-            return f"{package} {metadata.version(package)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return "unknown"
 
 
 def cache_path() -> Path:
@@ -253,6 +287,7 @@ def _remember(key: str, choice: VariantChoice) -> None:
     entries = _read_cache()
     entries.pop(key, None)
     entries[key] = {"variant": choice.variant, "timings_ms": choice.timings_ms,
+                    "refused": choice.refused,
                     "measured": datetime.now(timezone.utc).date().isoformat()}
     kept = dict(list(entries.items())[-_CACHE_ENTRIES:])  # the newest
     path = cache_path()

@@ -6,9 +6,11 @@ TO-BE CNN (the report's ``save_weights('first_try.h5')``), which is rebuilt and 
 
 A pneumocnn ``.tflite`` file is re-stamped instead (no TensorFlow needed): its weights, graph
 and description (provenance included) are kept, with any ``threshold`` or ``labels`` override,
-and it gets a fresh SHA-256 digest (see :mod:`pneumocnn.core.modelfile`). This brings a file
-made by pneumocnn 0.1.0 to today's format; a stamped file that no longer matches its digest
-is refused, so damage is never blessed::
+and it gets a fresh SHA-256 digest (see :mod:`pneumocnn.core.modelfile`), and known answers
+when it has none (chosen among coarse copies of the X-rays of ``representative`` when given,
+else among synthetic images; see :mod:`pneumocnn.training.export`). This brings a file made by
+pneumocnn 0.1.0 to today's format; a stamped file that no longer matches its digest is
+refused, so damage is never blessed::
 
     pneumocnn convert pneumocnn/models/pneumonia-int8.tflite --out pneumocnn/models/pneumonia-int8.tflite
 """
@@ -65,7 +67,8 @@ def convert(
     if labels is not None:
         overrides["labels"] = tuple(labels)
     if source.suffix == ".tflite":
-        return _restamp(source, Path(out), quantization, overrides)
+        return _restamp(source, Path(out), quantization, overrides, representative,
+                        representative_images, seed)
     if quantization is None:
         quantization = "int8" if representative is not None else "float16"
         log.warning("%s: writing %s (%s)", out, quantization,
@@ -88,9 +91,14 @@ def convert(
     return out
 
 
-def _restamp(source: Path, out: Path, quantization: str | None, overrides: dict) -> Path:
+def _restamp(source: Path, out: Path, quantization: str | None, overrides: dict,
+             representative: str | os.PathLike | None, count: int, seed: int) -> Path:
     """Write ``source``, a pneumocnn ``.tflite``, to ``out`` with a fresh digest (and the
-    description ``overrides``); nothing else changes. ``out`` may be ``source``."""
+    description ``overrides``, and known answers when it has none, chosen among coarse copies
+    of up to ``count`` X-rays of the folder ``representative``); nothing else changes. ``out``
+    may be ``source``."""
+    from pneumocnn.training.export import reference_candidates, with_known_answers
+
     if not source.is_file():
         raise ModelFileError(str(source), "does not exist" if not source.exists()
                              else "is not a regular file")
@@ -100,7 +108,13 @@ def _restamp(source: Path, out: Path, quantization: str | None, overrides: dict)
     if quantization is not None and quantization != own:
         raise ValueError(f"{source} is {own or 'of unknown'} quantization; a .tflite file is "
                          f"re-stamped as it is, not re-quantized to {quantization}")
-    write_bytes(out, embed_in_tflite(content, replace(description, **overrides)))
+    description = replace(description, **overrides)
+    if description.known_answers is None:
+        spec = description.preprocessing
+        images = (None if representative is None else
+                  _representative(Path(representative), spec, count, seed))
+        description = with_known_answers(content, description, reference_candidates(images, spec))
+    write_bytes(out, embed_in_tflite(content, description))
     return out
 
 
