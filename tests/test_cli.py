@@ -215,7 +215,7 @@ def test_calibrate_warns_and_exits_1_when_its_sensitivity_falls_short(tmp_path, 
     out = tmp_path / "site"
     assert main(["calibrate", str(XRAYS), "--out", str(out), "--target-sensitivity", "0.9"]) == 1
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert len(warnings) == 2 and all(
+    assert len(warnings) == len(list(out.glob("*.tflite"))) and all(  # one per variant
         line.startswith("pneumocnn calibrate: warning: cross-validated sensitivity 0.833")
         and "falls short of the target 0.9" in line for line in warnings)
     assert (out / "pneumonia-int8.tflite").exists()

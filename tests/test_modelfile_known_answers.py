@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_FLOAT, TINY_INT8, XRAYS, real_images
+from helpers import REPO, TINY_FLOAT, TINY_INT8, XRAYS, real_images
 
 import pneumocnn
 from pneumocnn.core.modelfile import (
