@@ -439,8 +439,6 @@ def test_predict_csv_resume_after_a_row_cut_in_half(tmp_path, capsys):
     assert out.read_bytes().endswith(cut.encode())  # the cut row is written again, whole
 
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 PEAK_RSS_SCRIPT = textwrap.dedent("""
     import json, sys, time

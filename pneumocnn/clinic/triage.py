@@ -81,7 +81,7 @@ def triage(
     ``model`` is a :class:`Model`, a model path, or None for the bundled model. ``heatmaps``:
     ``"flagged"`` (the default) draws an occlusion heatmap for the files at or above the
     threshold, those a reader opens first; ``"all"`` for every scored file; ``"none"`` for
-    none, which scores as fast as ``predict`` (a heatmap costs about a hundred model calls).
+    none, which scores about as fast as ``predict`` (a heatmap costs 226 model calls).
     Files are decoded and scored on a few threads, their rows appended in input order.
     ``progress``: None draws a progress bar (files done, rate, time left) when stderr is a
     terminal, True always, False never; a callable is called with ``(done, total)`` after each
@@ -139,9 +139,7 @@ def write_worklist(out: str | os.PathLike, model: Model, heatmaps: str = "flagge
     rows.sort(key=_worklist_order)
     csv_path, html_path = out / "worklist.csv", out / "report.html"
     write_text(csv_path, _to_csv(rows))
-    legend = out / "images" / LEGEND
-    if not legend.exists():
-        save_png(colour_bar(OCCLUSION_SCALE, 400, 16), legend)
+    save_png(colour_bar(OCCLUSION_SCALE, 400, 16), out / "images" / LEGEND)
     write_text(html_path, report_html(rows, model, out / "images", heatmaps))
     return Worklist(rows, csv_path, html_path)
 
