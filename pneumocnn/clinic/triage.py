@@ -88,7 +88,7 @@ def triage(
     file instead. A DICOM file whose tags say it is not a frontal chest X-ray is listed with
     the failures, its reason in ``error``, unless ``guard=False``.
     """
-    _check_heatmaps(heatmaps)
+    check_heatmaps(heatmaps)
     if not isinstance(model, Model):
         model = load(model)
     out = Path(out)
@@ -133,7 +133,7 @@ def _score_in_order(model: Model, todo: list, images: Path, heatmaps: str,
 def write_worklist(out: str | os.PathLike, model: Model, heatmaps: str = "flagged") -> Worklist:
     """Rewrite ``worklist.csv`` and ``report.html`` in ``out`` from the rows of its
     ``scores.csv`` (each written atomically); ``heatmaps`` is what the page says about them."""
-    _check_heatmaps(heatmaps)
+    check_heatmaps(heatmaps)
     out = Path(out)
     rows = read_scores(out / SCORES)
     rows.sort(key=_worklist_order)
@@ -164,7 +164,7 @@ def score(model: Model, item, name: str, images: Path, heatmaps: str = "flagged"
     its probability, label and threshold, or its ``error``; with the study identifiers of a
     DICOM file either way. Writes its thumbnail, and its heatmap as ``heatmaps`` says (see
     :func:`triage`), into ``images``."""
-    _check_heatmaps(heatmaps)
+    check_heatmaps(heatmaps)
     row = dict.fromkeys(COLUMNS, "")
     row["file"] = name
     row.update(_identifiers(item))  # on failed rows too: a clinic matches them to its studies
@@ -191,7 +191,8 @@ def score(model: Model, item, name: str, images: Path, heatmaps: str = "flagged"
     return row
 
 
-def _check_heatmaps(heatmaps: str) -> None:
+def check_heatmaps(heatmaps: str) -> None:
+    """Raise ``ValueError`` unless ``heatmaps`` is one of ``HEATMAPS``."""
     if heatmaps not in HEATMAPS:
         raise ValueError(f"heatmaps must be one of {', '.join(HEATMAPS)}, got {heatmaps!r}")
 
