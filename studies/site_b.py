@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     site = altered([load_gray(path) for path in images.paths])
     draws = patient_resamples(patients)
     scored = {row.name: row for path in args.models for row in rows_of_model(path, site, args.test_time)}
-    recipes = {spec[0]: [scored.get(p) or rows_of_model(Path(p), site)[0] for p in spec[1:]]
+    recipes = {spec[0]: [scored.get(str(Path(p))) or rows_of_model(Path(p), site)[0] for p in spec[1:]]
                for spec in args.recipe}
     results = {
         **run_facts("studies.site_b", argv),
