@@ -169,9 +169,10 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--method", choices=("occlusion", "grad-cam"), default="occlusion",
                    help="grad-cam needs a .keras model and TensorFlow")
-    p.add_argument("--fill", choices=("blur", "mean"), default="blur",
-                   help="occlusion: hide each square under a blurred copy of the X-ray (keeps "
-                        "its brightness) or under the image's mean (default: %(default)s)")
+    p.add_argument("--fill", choices=("mean", "blur"), default="mean",
+                   help="occlusion: hide each square under the image's mean, or under a "
+                        "blurred copy of the X-ray, which keeps its brightness and hides its "
+                        "detail only (default: %(default)s)")
     _guard_option(p)
     p.set_defaults(run=_explain)
 

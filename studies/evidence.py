@@ -6,9 +6,9 @@ fields, the mediastinum and elsewhere, on PNEUMONIA X-rays.
 
 For each X-ray the model's own view (``load_pixels``: margins cut, 150 x 150, equalised) is
 explained by :func:`pneumocnn.runtime.explain.occlusion` twice: with each square hidden under
-the image's mean (a flat gray square) and under a blurred copy of the image (keeps the local
-brightness, hides the detail; what ``explain`` and ``triage`` draw since this study), so that
-a region is not credited only for turning dark when hidden. The heat of a region is the sum
+the image's mean (a flat gray square: what ``explain`` and ``triage`` draw) and under a
+blurred copy of the image (keeps the local brightness, hides the detail; ``explain --fill
+blur``), so that a region is not credited only for turning dark when hidden. The heat of a region is the sum
 of the heatmap over its pixels; its share is that over the heat of the whole view.
 
 The regions are estimated on the model's view by a documented rule (no segmentation model is
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -60,7 +61,7 @@ from benchmarks import BUNDLED_MODELS, BUNDLED_RUN, REPO, SHARED_DATA
 from benchmarks.report import cpu_features, cpu_name
 from pneumocnn.core.labelled_data import index_folder
 from pneumocnn.core.preprocessing import load_pixels
-from pneumocnn.runtime.explain import OCCLUSION_SCALE, occlusion
+from pneumocnn.runtime.explain import HeatScale, blend, occlusion
 from pneumocnn.runtime.model import Model, load
 from pneumocnn.training.settings import saved_config
 from pneumocnn.training.splits import split
@@ -82,6 +83,9 @@ MIN_CENTRE = 0.6  # of those rows, at least
 MIN_LUNGS = 0.10  # of the view, both lungs
 SHEET_COLUMNS = 4  # pairs of tiles in a row of a contact sheet
 SHEET_XRAYS = 24  # the first X-rays of each set on its sheet
+# the sheets' colours saturate at odds divided by 5, not 20 as explain's do: the blurred
+# fill's heat, about half the mean's, would hardly show on the shipped scale
+SHEET_SCALE = HeatScale(top=math.log(5), ticks=(), title="")
 
 
 def pneumonia_sets(limit: int | None) -> dict[str, list[Path]]:
@@ -211,10 +215,8 @@ def _pair(pixels: np.ndarray, maps: dict, masks: dict | None) -> Image.Image:
 
 
 def _tile(pixels: np.ndarray, heatmap: np.ndarray, masks: dict | None) -> Image.Image:
-    """The view with its heatmap (the shipped scale) and the regions' outlines, at 2x."""
-    from pneumocnn.runtime.explain import _blend
-
-    picture = Image.fromarray(_blend(pixels.astype(np.float64), heatmap, OCCLUSION_SCALE))
+    """The view with its heatmap (on ``SHEET_SCALE``) and the regions' outlines, at 2x."""
+    picture = Image.fromarray(blend(pixels.astype(np.float64), heatmap, SHEET_SCALE))
     picture = picture.resize((2 * pixels.shape[1], 2 * pixels.shape[0]), Image.Resampling.NEAREST)
     if masks is None:
         ImageDraw.Draw(picture).line([(0, 0), picture.size], fill="red", width=3)
@@ -277,10 +279,11 @@ def markdown(results: dict) -> str:
         f"model `{results['model']}`. Share of each X-ray's positive occlusion heat (log-odds "
         "drop) in each region of the model's view, median (interquartile range) over the "
         "X-rays the lung-field rule segmented; the regions' share of the view's area beside "
-        "them. Fill: what hides a square (the image's mean, a flat gray square; or a blurred "
-        "copy of the view, which keeps its brightness, as `explain` and `triage` draw since this "
-        "study). The rule and its limits: `studies/evidence.py`; the contact sheets "
-        "`sheet-SET.jpg` show each set's first 24 X-rays, mean fill left, blur fill right.",
+        "them. Fill: what hides a square (the image's mean, a flat gray square, as `explain` "
+        "and `triage` draw; or a blurred copy of the view, which keeps its brightness, "
+        "`explain --fill blur`). The rule and its limits: `studies/evidence.py`; the contact "
+        "sheets `sheet-SET.jpg` show each set's first 24 X-rays, mean fill left, blur fill "
+        "right, coloured to saturate at odds divided by 5 (the shipped scale: 20).",
         "",
         "| set | X-rays (segmented) | region | area | heat, mean fill | heat, blur fill | "
         "X-rays with most heat there (mean / blur) |",

@@ -131,21 +131,27 @@ def ensemble(rows: list[Row], labels: np.ndarray) -> Row:
     return Row("ensemble of " + " + ".join(row.name for row in rows), mean, _rechosen(labels, mean))
 
 
+def patient_resamples(patients: list[str], resamples: int = RESAMPLES,
+                      seed: int = 0) -> list[np.ndarray]:
+    """Image indices of ``resamples`` draws of whole patients with replacement."""
+    _, patient_of = np.unique(patients, return_inverse=True)
+    images_of = [np.flatnonzero(patient_of == k) for k in range(patient_of.max() + 1)]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([images_of[k] for k in rng.integers(0, len(images_of), len(images_of))])
+            for _ in range(resamples)]
+
+
 def compare_recipes(recipes: dict[str, list[Row]], labels: np.ndarray,
                     patients: list[str]) -> dict[str, dict]:
     """Each recipe's mean clean ROC AUC over its rows and its difference to the first recipe's,
     with a 95 % interval over ``RESAMPLES`` resamples of whole patients (the same resamples for
     every recipe)."""
-    _, patient_of = np.unique(patients, return_inverse=True)
-    images_of = [np.flatnonzero(patient_of == k) for k in range(patient_of.max() + 1)]
 
     def mean_aucs(images: np.ndarray) -> np.ndarray:
         return np.array([np.mean([roc_auc(labels[images], row.probabilities["none"][images])
                                   for row in rows]) for rows in recipes.values()])
 
-    rng = np.random.default_rng(0)
-    draws = np.array([mean_aucs(np.concatenate([images_of[k] for k in rng.integers(
-        0, len(images_of), len(images_of))])) for _ in range(RESAMPLES)])
+    draws = np.array([mean_aucs(images) for images in patient_resamples(patients)])
     observed = mean_aucs(np.arange(len(labels)))
     differences = draws - draws[:, :1]
     return {name: {"runs": len(rows), "mean_auc": float(observed[i]),

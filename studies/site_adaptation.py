@@ -24,10 +24,8 @@ weights; the same folds).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +33,11 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pneumocnn  # noqa: E402
-from benchmarks.report import cpu_features, cpu_name  # noqa: E402
 from pneumocnn.clinic.site_calibration import (  # noqa: E402
     calibration_prior,
     fit_labelled,
     fit_unlabelled,
 )
-from pneumocnn.core.durable_files import write_text  # noqa: E402
 from pneumocnn.core.labelled_data import LabelledImages, index_folder, patient_folds  # noqa: E402
 from pneumocnn.core.metrics import (  # noqa: E402
     binary_metrics,
@@ -49,7 +45,7 @@ from pneumocnn.core.metrics import (  # noqa: E402
     roc_auc,
     threshold_for_sensitivity,
 )
-from studies import RESULTS  # noqa: E402
+from studies import RESULTS, run_facts, write_results  # noqa: E402
 from studies.site_b import SITE_B  # noqa: E402
 
 FOLDS = 5
@@ -224,9 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     folds = patient_folds(images, FOLDS, 0)
     calibrated = description.calibrate(raw)
     results = {
-        "command": "python -m studies.site_adaptation " + " ".join(sys.argv[1:] if argv is None else argv),
-        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_name(), "cpu_features": cpu_features(), "model": str(model.path),
+        **run_facts("studies.site_adaptation", argv), "model": str(model.path),
         "images": len(labels), "positive_share": float(labels.mean()),
         "calibration": {
             "as shipped": _judged(labels, calibrated, description.threshold),
@@ -238,10 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "network": network_levers(args.float_model, images, folds) if args.float_model else {},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text(args.out / "results.json", json.dumps(results, indent=1))
-    write_text(args.out / "results.md", markdown(results))
-    print(markdown(results))
+    write_results(args.out, results, markdown(results))
     return 0
 
 

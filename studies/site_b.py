@@ -23,22 +23,17 @@ scored here. The table is a development measurement, not the verdict (the hidden
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pneumocnn  # noqa: E402
 from benchmarks import SHARED_DATA  # noqa: E402
-from benchmarks.report import cpu_features, cpu_name  # noqa: E402
-from pneumocnn.core.durable_files import write_text  # noqa: E402
 from pneumocnn.core.labelled_data import index_folder  # noqa: E402
 from pneumocnn.core.metrics import (  # noqa: E402
     binary_metrics,
@@ -46,8 +41,8 @@ from pneumocnn.core.metrics import (  # noqa: E402
     threshold_for_sensitivity,
 )
 from pneumocnn.core.preprocessing import load_gray  # noqa: E402
-from studies import RESULTS  # noqa: E402
-from studies.robustness import TTA_VIEWS, View  # noqa: E402
+from studies import RESULTS, run_facts, write_results  # noqa: E402
+from studies.robustness import TTA_VIEWS, Row, View, compare_recipes, patient_resamples  # noqa: E402
 from studies.shifts import SHIFTS, model_probabilities  # noqa: E402
 
 SITE_B = SHARED_DATA / "site-b"
@@ -56,54 +51,38 @@ RESAMPLES = 2000
 TARGET_SENSITIVITY = 0.97
 
 
-@dataclass(frozen=True)
-class Scored:
-    """One model's calibrated probabilities on site B, clean and under each alteration."""
-
-    name: str
-    threshold: float
-    probabilities: dict[str, np.ndarray]
-
-
 def model_file(path: Path) -> Path:
     """``path`` itself, or a run folder's int8 model."""
     return path / "model-int8.tflite" if path.is_dir() else path
 
 
-def score(path: Path, grays: list, views: tuple[View, ...] = (TTA_VIEWS[0],), label: str = "") -> Scored:
-    """The model at ``path`` on the site's images, clean and altered: the mean probability
-    over ``views`` of each image (test-time augmentation; the image as it is by default)."""
+def altered(grays: list[Image.Image]) -> dict[str, list[Image.Image]]:
+    """The site's images as they are (``"none"``) and under each alteration."""
+    return {"none": grays, **{name: [SHIFTS[name](g) for g in grays] for name in ALTERATIONS}}
+
+
+def rows_of_model(path: Path, site: dict[str, list[Image.Image]], test_time: bool = False) -> list[Row]:
+    """The model at ``path`` on the site, as it is; with ``test_time`` also zoomed out 1.1x
+    alone (1x the latency) and as the mean over the image, zoomed in and zoomed out 1.1x (3x),
+    at the model's own threshold."""
     model = pneumocnn.load(model_file(path))
-    conditions = {"clean": grays, **{name: [SHIFTS[name](g) for g in grays] for name in ALTERATIONS}}
-    return Scored(str(path) + label, model.threshold,
-                  {name: np.mean([model_probabilities(model, [view(g) for g in images]) for view in views],
-                                 axis=0) for name, images in conditions.items()})
-
-
-def test_time_rows(path: Path, grays: list) -> list[Scored]:
-    """The model through test-time views: zoomed out 1.1x alone (1x the latency), and the mean
-    over the image, zoomed in and zoomed out 1.1x (3x), at the model's own threshold."""
-    return [score(path, grays, (TTA_VIEWS[2],), " + zoomed out 1.1x"),
-            score(path, grays, TTA_VIEWS, " + TTA (3 views)")]
-
-
-def patient_resamples(patients: list[str], resamples: int = RESAMPLES, seed: int = 0) -> list[np.ndarray]:
-    """Image indices of ``resamples`` draws of whole patients with replacement."""
-    _, patient_of = np.unique(patients, return_inverse=True)
-    images_of = [np.flatnonzero(patient_of == k) for k in range(patient_of.max() + 1)]
-    rng = np.random.default_rng(seed)
-    return [np.concatenate([images_of[k] for k in rng.integers(0, len(images_of), len(images_of))])
-            for _ in range(resamples)]
+    views: dict[str, tuple[View, ...]] = {"": TTA_VIEWS[:1]}
+    if test_time:
+        views.update({" + zoomed out 1.1x": TTA_VIEWS[2:], " + TTA (3 views)": TTA_VIEWS})
+    return [Row(str(path) + label, {name: np.mean([model_probabilities(model, [view(g) for g in images])
+                                                   for view in chosen], axis=0)
+                                    for name, images in site.items()}, model.threshold)
+            for label, chosen in views.items()]
 
 
 def _interval(values: np.ndarray) -> list[float]:
     return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
 
 
-def figures(scored: Scored, labels: np.ndarray, draws: list[np.ndarray]) -> dict:
+def figures(scored: Row, labels: np.ndarray, draws: list[np.ndarray]) -> dict:
     """Metrics at the model's threshold, clean and altered, with patient-bootstrap intervals
     for the clean AUC, sensitivity and specificity."""
-    clean = scored.probabilities["clean"]
+    clean = scored.probabilities["none"]
     called = clean >= scored.threshold
     resampled = np.array([(roc_auc(labels[d], clean[d]), called[d][labels[d] == 1].mean(),
                            1 - called[d][labels[d] == 0].mean()) for d in draws])
@@ -117,24 +96,6 @@ def figures(scored: Scored, labels: np.ndarray, draws: list[np.ndarray]) -> dict
         "altered": {name: binary_metrics(labels, scored.probabilities[name], scored.threshold)
                     for name in ALTERATIONS},
     }
-
-
-def auc_differences(groups: dict[str, list[Scored]], labels: np.ndarray,
-                    draws: list[np.ndarray]) -> dict[str, dict]:
-    """Each group's mean clean AUC over its models and its difference to the first group's,
-    with a paired interval over the same patient resamples."""
-
-    def mean_aucs(images: np.ndarray) -> np.ndarray:
-        return np.array([np.mean([roc_auc(labels[images], s.probabilities["clean"][images])
-                                  for s in members]) for members in groups.values()])
-
-    observed = mean_aucs(np.arange(len(labels)))
-    resampled = np.array([mean_aucs(d) for d in draws])
-    differences = resampled - resampled[:, :1]
-    return {name: {"models": len(members), "mean_auc": float(observed[i]),
-                   "difference": float(observed[i] - observed[0]),
-                   "interval": _interval(differences[:, i])}
-            for i, (name, members) in enumerate(groups.items())}
 
 
 def _pair(metrics: dict) -> str:
@@ -171,7 +132,7 @@ def markdown(results: dict) -> str:
                   "(paired, the same patient resamples):", "",
                   "| recipe | models | mean AUC | difference [95 %] |", "|---|---|---|---|"]
         for name, r in results["recipes"].items():
-            lines.append(f"| {name} | {r['models']} | {r['mean_auc']:.4f} | {r['difference']:+.4f} "
+            lines.append(f"| {name} | {r['runs']} | {r['mean_auc']:.4f} | {r['difference']:+.4f} "
                          f"[{r['interval'][0]:+.4f}, {r['interval'][1]:+.4f}] |")
     return "\n".join(lines) + "\n"
 
@@ -190,26 +151,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.data} does not exist: site B is in ../shared/data (see its README)")
     images = index_folder(args.data)
     labels, patients = images.labels, images.patients()
-    grays = [load_gray(path) for path in images.paths]
+    site = altered([load_gray(path) for path in images.paths])
     draws = patient_resamples(patients)
-    scored = {str(path): score(path, grays) for path in args.models}
-    if args.test_time:
-        scored.update({s.name: s for path in args.models for s in test_time_rows(path, grays)})
-    recipes = {spec[0]: [scored.get(str(Path(p))) or score(Path(p), grays) for p in spec[1:]]
+    scored = {row.name: row for path in args.models for row in rows_of_model(path, site, args.test_time)}
+    recipes = {spec[0]: [scored.get(str(Path(p))) or rows_of_model(Path(p), site)[0] for p in spec[1:]]
                for spec in args.recipe}
     results = {
-        "command": "python -m studies.site_b " + " ".join(sys.argv[1:] if argv is None else argv),
-        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_name(), "cpu_features": cpu_features(), "python": platform.python_version(),
+        **run_facts("studies.site_b", argv),
         "images": len(labels), "patients": len(set(patients)), "positives": int(labels.sum()),
-        "models": {name: figures(s, labels, draws) for name, s in scored.items()},
-        "differences": auc_differences({name: [s] for name, s in scored.items()}, labels, draws),
-        "recipes": auc_differences(recipes, labels, draws) if recipes else {},
+        "models": {name: figures(row, labels, draws) for name, row in scored.items()},
+        "differences": compare_recipes({name: [row] for name, row in scored.items()}, labels, patients),
+        "recipes": compare_recipes(recipes, labels, patients) if recipes else {},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text(args.out / "results.json", json.dumps(results, indent=1))
-    write_text(args.out / "results.md", markdown(results))
-    print(markdown(results))
+    write_results(args.out, results, markdown(results))
     return 0
 
 

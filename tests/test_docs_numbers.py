@@ -54,5 +54,5 @@ def test_the_triage_docs_quote_the_threshold_and_the_heatmap_scale(bundled):
     text = (REPO / "docs" / "triage.md").read_text()
     assert set(thresholds_quoted(text)) == {f"{bundled['int8'].threshold:.3f}"}
     assert f"log-odds drop of {OCCLUSION_SCALE.top:.1f}" in text
-    assert [label for _, label in OCCLUSION_SCALE.ticks] == ["1", "2", "3", "5"]
-    assert "1, 2, 3 and 5" in text
+    assert [label for _, label in OCCLUSION_SCALE.ticks] == ["1", "2", "5", "10", "20"]
+    assert "1, 2, 5, 10 and 20" in text

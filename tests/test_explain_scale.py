@@ -80,10 +80,10 @@ def test_explain_draws_the_answer_and_the_colour_bar_under_the_xray(tmp_path, ca
     assert (np.abs(panel.reshape(-1, 3).astype(int) - top) <= 2).all(axis=-1).sum() > 20
 
 
-def test_squares_are_hidden_under_a_blurred_copy_by_default_or_under_the_mean(model):
+def test_squares_are_hidden_under_the_mean_by_default_or_under_a_blurred_copy(model):
     image = real_images("PNEUMONIA", 1)[0]
-    blur, mean = occlusion(model, image), occlusion(model, image, fill="mean")
-    assert np.array_equal(blur.heatmap, occlusion(model, image, fill="blur").heatmap)
+    mean, blur = occlusion(model, image), occlusion(model, image, fill="blur")
+    assert np.array_equal(mean.heatmap, occlusion(model, image, fill="mean").heatmap)
     assert mean.heatmap.shape == blur.heatmap.shape and not np.array_equal(mean.heatmap, blur.heatmap)
     with pytest.raises(ValueError, match="fill must be 'mean' or 'blur'"):
         occlusion(model, image, fill="noise")

@@ -108,8 +108,7 @@ class Node:
         self.allow = [title.strip() for title in allow] if allow else []
         self.limits = dataclasses.replace(limits or Limits(), max_associations=max_associations,
                                           max_object_bytes=int(max_object_mb * 1024 * 1024))
-        if heatmaps not in triage.HEATMAPS:  # refused here, not in the scoring thread
-            raise ValueError(f"heatmaps must be one of {', '.join(triage.HEATMAPS)}, got {heatmaps!r}")
+        triage.check_heatmaps(heatmaps)  # refused here, not in the scoring thread
         self.tls, self.heatmaps, self.guard = tls, heatmaps, guard
         self._requested_port = port
         self.received, self.results = self.out / "received", self.out / "results"

@@ -81,14 +81,14 @@ def triage(
     ``model`` is a :class:`Model`, a model path, or None for the bundled model. ``heatmaps``:
     ``"flagged"`` (the default) draws an occlusion heatmap for the files at or above the
     threshold, those a reader opens first; ``"all"`` for every scored file; ``"none"`` for
-    none, which scores as fast as ``predict`` (a heatmap costs about a hundred model calls).
+    none, which scores about as fast as ``predict`` (a heatmap costs 226 model calls).
     Files are decoded and scored on a few threads, their rows appended in input order.
     ``progress``: None draws a progress bar (files done, rate, time left) when stderr is a
     terminal, True always, False never; a callable is called with ``(done, total)`` after each
     file instead. A DICOM file whose tags say it is not a frontal chest X-ray is listed with
     the failures, its reason in ``error``, unless ``guard=False``.
     """
-    _check_heatmaps(heatmaps)
+    check_heatmaps(heatmaps)
     if not isinstance(model, Model):
         model = load(model)
     out = Path(out)
@@ -133,15 +133,13 @@ def _score_in_order(model: Model, todo: list, images: Path, heatmaps: str,
 def write_worklist(out: str | os.PathLike, model: Model, heatmaps: str = "flagged") -> Worklist:
     """Rewrite ``worklist.csv`` and ``report.html`` in ``out`` from the rows of its
     ``scores.csv`` (each written atomically); ``heatmaps`` is what the page says about them."""
-    _check_heatmaps(heatmaps)
+    check_heatmaps(heatmaps)
     out = Path(out)
     rows = read_scores(out / SCORES)
     rows.sort(key=_worklist_order)
     csv_path, html_path = out / "worklist.csv", out / "report.html"
     write_text(csv_path, _to_csv(rows))
-    legend = out / "images" / LEGEND
-    if not legend.exists():
-        save_png(colour_bar(OCCLUSION_SCALE, 400, 16), legend)
+    save_png(colour_bar(OCCLUSION_SCALE, 400, 16), out / "images" / LEGEND)
     write_text(html_path, report_html(rows, model, out / "images", heatmaps))
     return Worklist(rows, csv_path, html_path)
 
@@ -166,7 +164,7 @@ def score(model: Model, item, name: str, images: Path, heatmaps: str = "flagged"
     its probability, label and threshold, or its ``error``; with the study identifiers of a
     DICOM file either way. Writes its thumbnail, and its heatmap as ``heatmaps`` says (see
     :func:`triage`), into ``images``."""
-    _check_heatmaps(heatmaps)
+    check_heatmaps(heatmaps)
     row = dict.fromkeys(COLUMNS, "")
     row["file"] = name
     row.update(_identifiers(item))  # on failed rows too: a clinic matches them to its studies
@@ -193,7 +191,8 @@ def score(model: Model, item, name: str, images: Path, heatmaps: str = "flagged"
     return row
 
 
-def _check_heatmaps(heatmaps: str) -> None:
+def check_heatmaps(heatmaps: str) -> None:
+    """Raise ``ValueError`` unless ``heatmaps`` is one of ``HEATMAPS``."""
     if heatmaps not in HEATMAPS:
         raise ValueError(f"heatmaps must be one of {', '.join(HEATMAPS)}, got {heatmaps!r}")
 

@@ -1,12 +1,12 @@
 """Explanations: which regions of an X-ray drove the pneumonia probability.
 
 ``occlusion`` works on any model, on the runtime install: it hides one square of the model's
-pixels at a time (under a blurred copy of the image by default, which keeps the square's
-brightness and hides its detail; or under the image's mean) and records how much the
-**log-odds** of pneumonia (natural logarithm of the odds, ``log(p / (1 - p))``) drop. A drop
-of ``d`` means hiding the region divides the odds of pneumonia by ``e**d``: 0.69 halves them,
-1.61 divides them by 5. The scale is absolute, the same for every X-ray and every report
-(:data:`OCCLUSION_SCALE`, saturating at odds divided by 5): a region that did not drive the
+pixels at a time (under their mean by default; or under a blurred copy of the image, which
+keeps the square's brightness and hides its detail) and records how much the **log-odds** of
+pneumonia (natural logarithm of the odds, ``log(p / (1 - p))``) drop. A drop of ``d`` means
+hiding the region divides the odds of pneumonia by ``e**d``: 0.69 halves them, 2.30 divides
+them by 10. The scale is absolute, the same for every X-ray and every report
+(:data:`OCCLUSION_SCALE`, saturating at odds divided by 20): a region that did not drive the
 score stays clear, whatever the rest of the image does.
 ``grad_cam`` needs a backend with the Grad-CAM capability: a ``.keras`` model, and TensorFlow;
 its values have no unit, so its picture is scaled to its own maximum and says so.
@@ -51,12 +51,12 @@ class HeatScale:
 
 
 # Occlusion's absolute scale: the colour saturates where hiding a region divides the odds of
-# pneumonia by 5 (a log-odds drop of 1.6; the bundled model's strongest region on each
-# PNEUMONIA X-ray of tests/data drops it by 0.5 to 2.1, median 1.05, under the blurred fill).
+# pneumonia by 20 (a log-odds drop of 3.0; the bundled model's strongest region on each
+# PNEUMONIA X-ray of tests/data drops it by 1.7 to 3.2, median 2.4).
 OCCLUSION_SCALE = HeatScale(
-    top=math.log(5),
-    ticks=tuple((math.log(k), str(k)) for k in (1, 2, 3, 5)),
-    title="hiding the region divides the odds of pneumonia by (log-odds drop 0 to 1.6)",
+    top=math.log(20),
+    ticks=tuple((math.log(k), str(k)) for k in (1, 2, 5, 10, 20)),
+    title="hiding the region divides the odds of pneumonia by (log-odds drop 0 to 3.0)",
 )
 # The colours of the scale, from clear to strongest: dark red, red, orange, pale yellow.
 _COLOURS = np.array([[110, 0, 0], [220, 30, 0], [255, 150, 0], [255, 245, 170]], dtype=np.float64)
@@ -83,16 +83,17 @@ class Explanation:
 
 def occlusion(model: Model, source: ImageInput, patch: int | None = None,
               stride: int | None = None, *, pixels: np.ndarray | None = None,
-              guard: bool = True, fill: str = "blur") -> Explanation:
+              guard: bool = True, fill: str = "mean") -> Explanation:
     """Occlusion sensitivity of ``model`` on one input; ``patch`` and ``stride`` in model-input
     pixels (default: an eighth of the input side, and half of that). A caller that holds the
     input's ``pixels`` as :func:`~pneumocnn.core.preprocessing.load_pixels` made them for this
     model passes them, and ``source`` only names the input. ``guard=False`` explains a DICOM
     file whose tags say it is not a frontal chest X-ray (refused by default). ``fill`` hides a
-    patch under a copy of the image blurred over the patch's size (``"blur"``, the default:
-    keeps the local brightness, hides the detail) or under the image's mean (``"mean"``: a flat
-    gray patch, which on the bright mediastinum is itself a change the model reacts to; see
-    ``studies/results/evidence``)."""
+    patch under the image's mean (``"mean"``, the default: takes away the patch's brightness
+    and its detail) or under a copy of the image blurred over the patch's size (``"blur"``:
+    takes away the detail only, so evidence that is brightness over a region larger than the
+    patch, such as a consolidation, goes unseen). Where the two put the bundled model's
+    evidence: ``studies/results/evidence``."""
     name = source_name(source)
     spec = model.description.preprocessing
     if pixels is None:
@@ -166,7 +167,7 @@ def overlay(source: ImageInput, explanation: Explanation, size: int = 512, *,
     heat[top:bottom, left:right] = np.asarray(
         Image.fromarray(explanation.heatmap.astype(np.float32)).resize(
             (right - left, bottom - top), Image.Resampling.BILINEAR))
-    picture = Image.fromarray(_blend(view, heat, explanation.scale))
+    picture = Image.fromarray(blend(view, heat, explanation.scale))
     if not legend:
         return picture
     panel = legend_panel(explanation, picture.width)
@@ -176,8 +177,9 @@ def overlay(source: ImageInput, explanation: Explanation, size: int = 512, *,
     return whole
 
 
-def _blend(gray: np.ndarray, heat: np.ndarray, scale: HeatScale) -> np.ndarray:
-    """uint8 RGB: ``heat`` coloured by ``scale`` over the grayscale ``gray`` (same shape)."""
+def blend(gray: np.ndarray, heat: np.ndarray, scale: HeatScale) -> np.ndarray:
+    """The heatmap values ``heat`` coloured by ``scale`` over the grayscale image ``gray`` (float
+    arrays of one shape): uint8 RGB."""
     colour, alpha = _colour(heat, scale)
     blended = gray[..., np.newaxis] * (1 - alpha[..., np.newaxis]) + colour * alpha[..., np.newaxis]
     return np.rint(blended).astype(np.uint8)
@@ -197,7 +199,7 @@ def colour_bar(scale: HeatScale, width: int, height: int = 14) -> Image.Image:
     """The colour bar of ``scale`` as the heatmap draws it over a mid-gray X-ray region, from
     0 (left) to ``scale.top`` (right): RGB ``width`` x ``height``, no text."""
     values = np.broadcast_to(np.linspace(0.0, scale.top, width), (height, width))
-    return Image.fromarray(_blend(np.full((height, width), 128.0), values, scale))
+    return Image.fromarray(blend(np.full((height, width), 128.0), values, scale))
 
 
 def legend_panel(explanation: Explanation, width: int) -> Image.Image:
