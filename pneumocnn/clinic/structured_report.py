@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pneumocnn._version import __version__
 from pneumocnn.clinic.received import valid_uid
+from pneumocnn.core.dicom import PATIENT_AND_STUDY
 from pneumocnn.core.errors import MissingDependencyError
 from pneumocnn.runtime.model import Model
 
@@ -50,10 +51,6 @@ LOG = logging.getLogger(__name__)
 # C0 controls but ESC (ISO 2022 code extensions in names): never valid in the elements copied
 _CONTROLS = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
 _NAMESPACE = uuid.UUID("7a0c5e52-3d55-4a39-9a55-2f1b0c6e7d01")  # pneumocnn's, for derived UIDs
-# copied from the X-ray so that the report files under the same patient and study
-_PATIENT_AND_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate",
-                      "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-                      "AccessionNumber")
 
 
 def report_uid(sop_instance_uid: str) -> str:
@@ -77,7 +74,7 @@ def structured_report(source, row: dict[str, str], model: Model):
     study = str(source.get("StudyInstanceUID", "")) or _derived_uid("study", source.SOPInstanceUID)
     series = str(source.get("SeriesInstanceUID", "")) or _derived_uid("series", source.SOPInstanceUID)
     report = Dataset()
-    for keyword in _PATIENT_AND_STUDY:
+    for keyword in PATIENT_AND_STUDY:
         setattr(report, keyword, _valid_value(source, keyword))
     if not report.SpecificCharacterSet:
         del report.SpecificCharacterSet

@@ -39,6 +39,10 @@ SUFFIXES = frozenset({".dcm", ".dicom"})
 DICOM_HEAD = PREAMBLE_LENGTH + len(MAGIC)
 IDENTIFIERS = ("PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
                "SOPInstanceUID", "StudyDate")
+# copied from the X-ray so that the report files under the same patient and study
+PATIENT_AND_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate",
+                     "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                     "AccessionNumber")
 INSTALL = "pip install 'pneumocnn[dicom]'"
 # a data set without preamble starts with a tag of the file meta (0002) or identifying (0008)
 # group; no image format pneumocnn reads starts like that
