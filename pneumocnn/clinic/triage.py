@@ -33,6 +33,7 @@ from pathlib import Path
 from PIL import Image
 
 from pneumocnn._version import __version__
+from pneumocnn.clinic.entry import COLUMNS
 from pneumocnn.core.csv_cells import neutral, neutral_row
 from pneumocnn.core.dicom import IDENTIFIERS
 from pneumocnn.core.durable_files import atomic_write, resume_csv, write_text
@@ -44,7 +45,6 @@ from pneumocnn.runtime.explain import OCCLUSION_SCALE, colour_bar, occlusion, ov
 from pneumocnn.runtime.model import Model, load
 
 SCORES = "scores.csv"
-COLUMNS = ["probability", "label", "threshold", "file", *IDENTIFIERS, "error"]
 THUMBNAIL = 320  # the longer side of the pictures, in pixels (shown in 160 x 120 CSS px: sharp at 2x)
 JPEG_QUALITY = 80
 HEATMAPS = ("flagged", "all", "none")  # which scored files get a heatmap
