@@ -26,6 +26,7 @@ from io import BytesIO
 from pathlib import Path
 
 from pneumocnn._version import __version__
+from pneumocnn.clinic.entry import Entry, decimal
 from pneumocnn.clinic.received import valid_uid
 from pneumocnn.core.dicom import PATIENT_AND_STUDY
 from pneumocnn.core.errors import MissingDependencyError
@@ -58,15 +59,19 @@ def report_uid(sop_instance_uid: str) -> str:
     return _derived_uid("report", sop_instance_uid)
 
 
-def structured_report(source, row: dict[str, str], model: Model):
-    """The Comprehensive SR (a pydicom ``Dataset`` with file meta) of the worklist ``row`` of a
-    scored X-ray whose data set (pixels not needed) is ``source``."""
+def structured_report(entry: Entry, model: Model):
+    """The Comprehensive SR (a pydicom ``Dataset`` with file meta) of the worklist ``entry`` of
+    an X-ray scored by ``model``, from the header it was read with. Raises ``ValueError`` for
+    an entry not scored or without a DICOM header."""
     try:
         from pydicom.dataset import Dataset, FileMetaDataset
         from pydicom.uid import UID, ExplicitVRLittleEndian
     except ImportError:
         raise MissingDependencyError("a DICOM report needs pydicom: "
                                      "pip install 'pneumocnn[dicom]'") from None
+    if not entry.prediction.ok or entry.header is None:
+        raise ValueError(f"{entry.file} was not scored from a DICOM header: nothing to report")
+    source = entry.header.elements
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if keyword in source and not valid_uid(str(source[keyword].value)):
             raise ValueError(f"the X-ray's {keyword} {str(source[keyword].value)[:80]!r} is not "
@@ -112,12 +117,13 @@ def structured_report(source, row: dict[str, str], model: Model):
         _reference(source.SOPClassUID, source.SOPInstanceUID)]
     evidence.ReferencedSeriesSequence = [referenced_series]
     report.CurrentRequestedProcedureEvidenceSequence = [evidence]
-    finding = PNEUMONIA if row["label"] == model.labels[1] else NORMAL
+    prediction = entry.prediction
+    finding = PNEUMONIA if prediction.label == model.labels[1] else NORMAL
     digest = model.description.sha256 or "none recorded"
     report.ContentSequence = [
         _item("CODE", FINDING, ConceptCodeSequence=[_code(finding)]),
-        _number(PROBABILITY, row["probability"]),
-        _number(THRESHOLD, row["threshold"]),
+        _number(PROBABILITY, decimal(prediction.probability)),
+        _number(THRESHOLD, decimal(prediction.threshold)),
         _item("TEXT", ALGORITHM_NAME, TextValue=f"pneumocnn {Path(model.path).name}"[:1024]),
         _item("TEXT", ALGORITHM_VERSION, TextValue=f"pneumocnn {__version__}; model sha256 {digest}"),
         _item("TEXT", COMMENT, TextValue=NOTICE),
