@@ -113,7 +113,7 @@ def unlabelled(description, labels: np.ndarray, raw: np.ndarray) -> dict:
     site, found = fit_unlabelled(description, description.calibrate(raw), prior)
     calibrated = site.calibrate(raw)
     hindsight = threshold_for_sensitivity(labels, calibrated, 0.95)
-    return {**_judged(labels, calibrated, site.threshold), "prior": found["prior"],
+    return {**_judged(labels, calibrated, site.threshold), "prior": found.prior,
             "specificity_at_sensitivity_0.95": binary_metrics(labels, calibrated, hindsight)["specificity"]}
 
 

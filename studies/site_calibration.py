@@ -102,10 +102,11 @@ def one_draw(description, labels, raw, images, calibration, rest, prior,
     if counts[0] >= need_normal and counts[1] >= need_pneumonia:
         fitted["labelled"] = fit_labelled(description, cal_labels, cal_raw, TARGET)
         folds = patient_folds(images.subset(calibration), FOLDS, SEED)
-        outcome["estimate"] = site_figures(fitted["labelled"], cal_labels, cal_raw, folds, TARGET)
+        outcome["estimate"] = site_figures(fitted["labelled"], cal_labels, cal_raw, folds,
+                                           TARGET).to_dict()
     fitted["unlabelled"], found = fit_unlabelled(description, description.calibrate(cal_raw),
                                                  prior)
-    outcome["estimated_share"] = found["prior"]
+    outcome["estimated_share"] = found.prior
     outcome["calibration_share"] = float(cal_labels.mean())
     for method, site in fitted.items():
         probabilities = site.calibrate(raw[rest])

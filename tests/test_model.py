@@ -82,6 +82,21 @@ def test_a_failed_result_says_why_without_a_label():
     assert unreadable.to_dict()["probability"] is None and str(odd) == "b.png: error: OSError: disk gone"
 
 
+def test_flagged_is_set_where_the_guard_s_error_becomes_a_result():
+    """``flagged`` is a field of the result, set from the error's type where it is made, not
+    read from the error's words; the dict (JSON and CSV) keeps its five fields."""
+    from pneumocnn.core.errors import InputError, NotFrontalChestError
+    from pneumocnn.core.guard import PREFIX
+    from pneumocnn.runtime.model import Prediction
+
+    held = Prediction.failed("lateral.dcm", 0.4, NotFrontalChestError("lateral.dcm",
+                                                                      f"{PREFIX}LL view"))
+    look_alike = Prediction.failed("odd.dcm", 0.4, InputError("odd.dcm", f"{PREFIX}so it says"))
+    assert held.flagged and not held.ok and held.error == f"{PREFIX}LL view"
+    assert not look_alike.flagged and not Prediction("a.png", "NORMAL", 0.1, 0.4).flagged
+    assert list(held.to_dict()) == ["source", "label", "probability", "threshold", "error"]
+
+
 def test_threshold_override(model):
     path = real_images("NORMAL", 1)[0]
     assert model.predict(path, threshold=0.0).label == "PNEUMONIA"

@@ -102,6 +102,49 @@ def test_stores_scores_lists_and_reports_what_arrives(tmp_path, tiny):
     assert len(page_data(page)["rows"]) == 3 and "not a diagnosis" in page
 
 
+_OPENED: list[str] = []  # files opened while a test watches (an audit hook cannot be removed)
+_WATCHING = threading.Event()
+
+
+def _note_opens(event: str, args: tuple) -> None:
+    # one event per file object opened (its mode given; an opener's os.open has none)
+    path, mode, _ = args if event == "open" else (None, None, None)
+    if _WATCHING.is_set() and mode is not None and isinstance(path, (str, os.PathLike)):
+        _OPENED.append(os.fspath(path))
+
+
+sys.addaudithook(_note_opens)
+
+
+def test_a_received_object_is_opened_and_parsed_once_to_score_list_and_report(tmp_path, tiny,
+                                                                            monkeypatch):
+    """Scoring a received object reads its file once: one open, one parse by pydicom, from
+    which come the model's pixels, the worklist's identifiers and the report's header."""
+    parsed = []
+    dcmread = pydicom.dcmread
+
+    def counted(source, *args, **kwargs):
+        parsed.append(os.fspath(source) if isinstance(source, (str, os.PathLike)) else source.name)
+        return dcmread(source, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counted)
+    sent = xray("PNEUMONIA", 5)
+    with node(tmp_path / "node", tiny) as scp:
+        _OPENED.clear()
+        _WATCHING.set()
+        try:
+            assert send(scp.port, [sent]) == [0]
+            assert scp.wait_idle(60)
+        finally:
+            _WATCHING.clear()
+    stored = str(tmp_path / "node" / "received" / f"{sent.SOPInstanceUID}.dcm")
+    assert (_OPENED.count(stored), parsed.count(stored)) == (1, 1)  # (3, 3) before issue 29
+    (listed,) = rows(tmp_path / "node")
+    assert listed["PatientID"] == sent.PatientID and not listed["error"]
+    report = tmp_path / "node" / "results" / f"{structured_report.report_uid(sent.SOPInstanceUID)}.dcm"
+    assert dcmread(report).PatientID == sent.PatientID
+
+
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the sender's own bad UID
 def test_refusals_never_stop_the_node(tmp_path, tiny, caplog, monkeypatch):
     """Refused with a logged reason, and the node goes on storing: a calling AE title not on

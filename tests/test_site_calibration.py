@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_INT8, real_images
+from helpers import TEST_DATA, TINY_INT8, real_images
 from PIL import Image, ImageFilter
 
 import pneumocnn
@@ -27,8 +27,9 @@ from pneumocnn.clinic.site_calibration import (
     fit_unlabelled,
     required_images,
 )
+from pneumocnn.clinic.site_record import KEY, SiteRecord, ThresholdRule
 from pneumocnn.core.errors import DatasetError, ModelFileError
-from pneumocnn.core.modelfile import ModelDescription
+from pneumocnn.core.modelfile import ModelDescription, embed_in_tflite
 from pneumocnn.runtime.model import bundled_models
 
 HOME_SHARE = 388 / (135 + 388)  # the bundled model's validation split, where it was calibrated
@@ -280,8 +281,8 @@ def test_a_fixed_threshold_keeps_its_value_a_sensitivity_threshold_keeps_its_dec
         "threshold_source": "validation sensitivity >= 0.97",
         "thresholds": {"fixed_0.5": 0.5, "sensitivity_0.97": 0.8}})
     site, found = fit_unlabelled(fixed, probabilities, 0.7)
-    assert site.threshold == 0.5 and found["threshold_rule"].startswith("kept")
-    assert site.bias == pytest.approx(0.3 + found["bias_shift"]) and found["bias_shift"] < 0
+    assert site.threshold == 0.5 and found.to_dict()["threshold_rule"].startswith("kept")
+    assert site.bias == pytest.approx(0.3 + found.bias_shift) and found.bias_shift < 0
     site, found = fit_unlabelled(chosen, probabilities, 0.7)
     assert site.threshold < 0.8 and site.info["thresholds"] == {
         "fixed_0.5": 0.5, "sensitivity_0.97": site.threshold}
@@ -344,3 +345,74 @@ def test_cli_refusal_exits_2_saying_how_many(tmp_path, capsys):
     assert main(["calibrate", str(TINY_INT8), str(site), "--out", str(tmp_path / "o.tflite")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("pneumocnn calibrate: error:") and "at least 34 needed" in error
+
+
+# ---------------------------------------------------------------------------------------------
+# the record and the threshold rule as types; records written before they were
+
+
+OLD_RECORDS = TEST_DATA / "old_site_records"
+
+
+@pytest.mark.parametrize("mode", ["labelled", "unlabelled"])
+def test_a_record_written_before_the_types_still_loads_and_reads_the_same(mode, tmp_path,
+                                                                          capsys):
+    """The descriptions of two site calibrations written by pneumocnn before its site record
+    was typed (tests/data/README.md): each loads as a model, reads into a SiteRecord that
+    writes back the very JSON it was read from, and is reported by ``info``."""
+    text = (OLD_RECORDS / f"{mode}.json").read_text()
+    description = ModelDescription.from_json(text, f"{mode}.json")
+    record = SiteRecord.of(description)
+    assert record is not None and record.mode == mode and record.variant == "int8"
+    assert json.dumps(record.to_dict()) == json.dumps(json.loads(text)[KEY])  # same keys, order
+    assert record.source.file == "tiny-int8.tflite" and record.fit.prior == pytest.approx(
+        json.loads(text)[KEY]["prior"])
+    path = tmp_path / "old-site.tflite"
+    path.write_bytes(embed_in_tflite(TINY_INT8.read_bytes(), description))
+    model = pneumocnn.load(path)
+    assert SiteRecord.of(model.description) == record
+    assert calibration_prior(model.description) == (record.fit.prior,
+                                                    "its previous site calibration")
+    assert main(["info", str(path)]) == 0
+    assert f"site calibration: {mode}" in capsys.readouterr().out
+    assert len(calibration_report(model.description, detailed=True)) == (
+        4 if mode == "labelled" else 3)
+
+
+def test_a_new_record_has_the_keys_an_old_one_has(calibrated):
+    result, _ = calibrated
+    old = json.loads((OLD_RECORDS / "labelled.json").read_text())[KEY]
+
+    def keys(record: dict) -> list:
+        return [(key, keys(value) if isinstance(value, dict) else None)
+                for key, value in record.items()]
+
+    new = result.records["int8"]
+    assert keys({**new, "images": {}}) == keys({**old, "images": {}})  # the site's classes aside
+    assert result.sites["int8"] == SiteRecord.from_dict(new) and result.sites["int8"].mode == (
+        "labelled")
+
+
+def test_the_threshold_rule_is_read_from_the_text_training_and_calibration_write():
+    def rule(source):
+        return ThresholdRule.of(ModelDescription(info={} if source is None else {
+            "threshold_source": source}))
+
+    assert rule("validation sensitivity >= 0.97") == ThresholdRule("sensitivity", 0.97,
+                                                                   "validation")
+    assert str(rule("site sensitivity >= 0.9")) == "site sensitivity >= 0.9"
+    assert rule("fixed") == rule(None) == ThresholdRule("fixed")
+    assert pneumocnn.load(TINY_INT8).description.info["threshold_source"] == str(
+        ThresholdRule.of(pneumocnn.load(TINY_INT8).description))
+    with pytest.raises(ModelFileError, match="names no threshold rule"):
+        rule("chosen by sensitivity, roughly")
+    assert ThresholdRule.of_alternative("sensitivity_0.97") == "sensitivity"
+    assert ThresholdRule.of_alternative("fixed_0.5") == "fixed"
+
+
+def test_a_damaged_record_is_refused_naming_what_is_wrong():
+    old = json.loads((OLD_RECORDS / "unlabelled.json").read_text())[KEY]
+    for damaged in ({**old, "mode": "guessed"}, {k: v for k, v in old.items() if k != "source"},
+                    {**old, "threshold_rule": "moved somewhat"}, "not a record"):
+        with pytest.raises(ModelFileError, match="site_calibration record is incomplete"):
+            SiteRecord.from_dict(damaged)

@@ -215,6 +215,7 @@ def ten_thousand_rows(tmp_path: Path) -> tuple[Path, pneumocnn.Model]:
     """A report folder of 10,000 scored rows and 30 failures: the four example X-rays scored
     for real (with their pictures), then rows for 10,026 more names with random
     probabilities, each with the pictures of an example (hard links: a picture per row)."""
+    from pneumocnn.clinic.entry import Entry, not_scored
     from pneumocnn.clinic.triage import COLUMNS, SCORES, _stem, append_score, triage
 
     model = pneumocnn.load()
@@ -236,8 +237,7 @@ def ten_thousand_rows(tmp_path: Path) -> tuple[Path, pneumocnn.Model]:
                 os.link(images / f"{_stem(example['file'])}-{kind}.jpg",
                         images / f"{_stem(name)}-{kind}.jpg")
         for k in range(30):
-            append_score(out / SCORES, {**dict.fromkeys(COLUMNS, ""),
-                                        "file": f"/archive/bad-{k}.jpeg", "error": "cut short"})
+            append_score(out / SCORES, Entry(not_scored(f"/archive/bad-{k}.jpeg", "cut short")))
     return out, model
 
 

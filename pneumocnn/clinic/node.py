@@ -54,6 +54,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pneumocnn.clinic import structured_report, triage
+from pneumocnn.clinic.entry import Entry, not_scored
 from pneumocnn.clinic.forward import Destination, Forwarder, pynetdicom
 from pneumocnn.clinic.gate import Gate, Limits, printable
 from pneumocnn.clinic.received import read_received, same_pixels, valid_uid, write_object
@@ -140,7 +141,7 @@ class Node:
             for folder in (self.received, self.conflicts, self.results, self.out / "images"):
                 folder.mkdir(parents=True, exist_ok=True)
                 remove_temporaries(folder)
-            self._scored = {row["file"] for row in triage.read_scores(self.out / triage.SCORES)}
+            self._scored = {entry.file for entry in triage.read_scores(self.out / triage.SCORES)}
             pending = [path for folder in (self.received, self.conflicts)
                        for path in sorted(folder.glob("*.dcm")) if str(path) not in self._scored]
             if pending:
@@ -303,46 +304,43 @@ class Node:
                 self._queue.task_done()
 
     def _score(self, path: Path) -> None:
-        """Score one stored object; write its report (and outbox marker), then its row."""
+        """Score one stored object, read once; write its report (and outbox marker), then its
+        row."""
         name = str(path)
         if name in self._scored:
             return
         if path.parent == self.conflicts:
-            row = _conflict_row(path, self.received / f"{path.stem.rsplit('.', 1)[0]}.dcm")
+            entry = _conflict_entry(path, self.received / f"{path.stem.rsplit('.', 1)[0]}.dcm")
         else:
-            row = triage.score(self.model, path, name, self.out / "images", self.heatmaps,
-                               self.guard)
-        if not row["error"]:
-            import pydicom
-
+            entry = triage.score(self.model, path, name, self.out / "images", self.heatmaps,
+                                 self.guard)
+        if not entry.error:
             try:
                 with holding_library_logs():  # what it says is in the report's own warnings
-                    source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-                    report = structured_report.structured_report(source, row, self.model)
+                    report = structured_report.structured_report(entry, self.model)
             except ValueError as error:  # what the report would copy is not valid DICOM
-                row.update(probability="", label="", threshold="", error=f"no report: {error}")
+                entry = entry.not_scored(f"no report: {error}")
             else:
                 report_name = f"{report.SOPInstanceUID}.dcm"
                 write_durably(self.results / report_name, structured_report.encode(report))
                 if self.forwarder:
                     write_durably(self.forwarder.outbox / report_name, b"")
-        triage.append_score(self.out / triage.SCORES, row)
+        triage.append_score(self.out / triage.SCORES, entry)
         self._scored.add(name)
+        row = entry.row()
         LOG.info("%s: %s", path.name,
                  printable(row["error"]) or f"{row['label']} ({row['probability']})")
-        if self.forwarder and not row["error"]:
+        if self.forwarder and not entry.error:
             self.forwarder.wake()
 
 
-def _conflict_row(path: Path, first: Path) -> dict[str, str]:
-    """The worklist row of an object kept in ``conflicts/``: never scored."""
+def _conflict_entry(path: Path, first: Path) -> Entry:
+    """The worklist entry of an object kept in ``conflicts/``: never scored."""
     from pneumocnn.core.dicom import read_identifiers
 
-    row = dict.fromkeys(triage.COLUMNS, "")
-    row.update(read_identifiers(path), file=str(path),
-               error=f"conflict: same SOP Instance UID as {first} but other pixel data; not "
-                     "scored (the first received is kept and scored)")
-    return row
+    reason = (f"conflict: same SOP Instance UID as {first} but other pixel data; not scored "
+              "(the first received is kept and scored)")
+    return Entry(not_scored(str(path), reason), read_identifiers(path))
 
 
 def tls_context(cert: str | os.PathLike, key: str | os.PathLike,

@@ -27,12 +27,25 @@ import hashlib
 import math
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from pneumocnn.clinic.site_record import (
+    KEY,
+    LabelledFit,
+    Origin,
+    PriorShift,
+    Rates,
+    SiteFigures,
+    SiteRecord,
+    ThresholdRule,
+    UnlabelledFit,
+    recorded_prior,
+)
 from pneumocnn.core.durable_files import write_bytes
 from pneumocnn.core.errors import DatasetError, ModelFileError
 from pneumocnn.core.labelled_data import patient_folds
@@ -63,7 +76,6 @@ RESAMPLES = 2000
 SEED = 0
 # The order a folder's variants are reported in: most precise first.
 PRECISION = ("float32", "float16", "dynamic-int8", "int8")
-KEY = "site_calibration"  # the record's key in the description's info
 
 
 @dataclass(frozen=True)
@@ -77,13 +89,19 @@ class SiteCalibration:
     unreadable: tuple[str, ...]
 
     @property
-    def records(self) -> dict[str, dict]:
+    def sites(self) -> dict[str, SiteRecord]:
         """The site calibration each written file's description records, by variant."""
+        return {name: SiteRecord.from_dict(description.info[KEY], name)
+                for name, description in self.descriptions.items()}
+
+    @property
+    def records(self) -> dict[str, dict]:
+        """:attr:`sites` as the JSON the descriptions hold."""
         return {name: description.info[KEY] for name, description in self.descriptions.items()}
 
     @property
     def record(self) -> dict:
-        """The record of the most precise variant (of the one file, for a file)."""
+        """The record of the most precise variant (of the one file, for a file), as JSON."""
         return next(iter(self.records.values()))
 
     def __str__(self) -> str:
@@ -152,16 +170,18 @@ def calibrate(
     sources = {name: found[name] for name in sorted(found, key=_precision)}
     targets = _targets(sources, Path(out), into_folder=path.is_dir())
     models = {name: load(source) for name, source in sources.items()}
+    fitted: Mapping[str, tuple[ModelDescription, LabelledFit | UnlabelledFit]]
     if unlabelled:
-        descriptions, unreadable = _unlabelled(models, folder, training_prior)
+        fitted, unreadable = _unlabelled(models, folder, training_prior)
     else:
-        descriptions, unreadable = _labelled(models, folder, target_sensitivity)
-    shared = {"id": uuid.uuid4().hex, "date": _now(), "unreadable": len(unreadable)}
-    for name, description in descriptions.items():
+        fitted, unreadable = _labelled(models, folder, target_sensitivity)
+    calibration, date = uuid.uuid4().hex, _now()
+    for name, (description, fit) in fitted.items():
         content, original = read_tflite_file(sources[name])
-        record = {**shared, **description.info[KEY], "variant": name,
-                  "source": _source(sources[name], content, original)}
-        write_bytes(targets[name], embed_in_tflite(content, description.with_info(**{KEY: record})))
+        record = SiteRecord(calibration, date, len(unreadable), name,
+                            _source(sources[name], content, original), fit)
+        write_bytes(targets[name],
+                    embed_in_tflite(content, description.with_info(**{KEY: record.to_dict()})))
     return SiteCalibration({name: read_tflite_file(targets[name])[1] for name in sources},
                            targets, tuple(unreadable))
 
@@ -175,34 +195,34 @@ def fit_labelled(description: ModelDescription, labels: np.ndarray, raw: np.ndar
     temperature, bias = fit_calibration(labels, raw)
     fitted = replace(description, temperature=temperature, bias=bias)
     threshold = threshold_for_sensitivity(labels, fitted.calibrate(raw), target_sensitivity)
+    rule = ThresholdRule("sensitivity", target_sensitivity, "site")
     return replace(fitted, threshold=threshold).with_info(
-        threshold_source=f"site sensitivity >= {target_sensitivity}",
+        threshold_source=str(rule),
         thresholds={"fixed_0.5": 0.5, f"sensitivity_{target_sensitivity}": threshold})
 
 
 def fit_unlabelled(description: ModelDescription, probabilities: np.ndarray,
-                   training_prior: float) -> tuple[ModelDescription, dict]:
+                   training_prior: float) -> tuple[ModelDescription, PriorShift]:
     """``description`` with its bias shifted from the pneumonia share ``training_prior`` to the
     share EM estimates from the calibrated ``probabilities`` of a site's images, and its
-    threshold moved or kept as :func:`calibrate` says; and what was found."""
+    threshold moved or kept as :func:`calibrate` says (by its :class:`ThresholdRule`); and
+    what was found."""
     estimate = estimate_prior(probabilities, training_prior)
     shift = float(logit(estimate.prior) - logit(training_prior))
-    by_sensitivity = "sensitivity" in str(description.info.get("threshold_source", ""))
+    rule = ThresholdRule.of(description).kind
 
     def moved(threshold: float) -> float:
         return float(1 / (1 + np.exp(-(logit(threshold) + shift))))
 
     thresholds = description.info.get("thresholds")
     if isinstance(thresholds, dict):  # each alternative threshold follows its own rule
-        thresholds = {key: moved(value) if key.startswith("sensitivity") else value
-                      for key, value in thresholds.items()}
+        thresholds = {key: moved(value) if ThresholdRule.of_alternative(key) == "sensitivity"
+                      else value for key, value in thresholds.items()}
     site = replace(description, bias=description.bias + shift,
-                   threshold=moved(description.threshold) if by_sensitivity
+                   threshold=moved(description.threshold) if rule == "sensitivity"
                    else description.threshold)
-    found = {"prior": estimate.prior, "prior_before": training_prior, "bias_shift": shift,
-             "iterations": estimate.iterations, "converged": estimate.converged,
-             "threshold_rule": "moved with the bias: the same images are called pneumonia"
-             if by_sensitivity else "kept: a fixed probability threshold"}
+    found = PriorShift(estimate.prior, training_prior, shift, estimate.iterations,
+                       estimate.converged, rule)
     return (site.with_info(thresholds=thresholds) if thresholds is not None else site), found
 
 
@@ -212,9 +232,9 @@ def calibration_prior(description: ModelDescription) -> tuple[float, str]:
     (where training fits the calibration), falling back to its training images'; for an
     uncalibrated one, its training images' (0.5 when trained with balanced class weights).
     Raises :class:`~pneumocnn.ModelFileError` when the description records none."""
-    site = description.info.get(KEY)
-    if isinstance(site, dict) and isinstance(site.get("prior"), float):
-        return site["prior"], "its previous site calibration"
+    prior = recorded_prior(description)
+    if prior is not None:
+        return prior, "its previous site calibration"
     provenance = description.info.get("provenance")
     provenance = provenance if isinstance(provenance, dict) else {}
     calibrated = description.temperature != 1.0 or description.bias != 0.0
@@ -235,50 +255,52 @@ def calibration_prior(description: ModelDescription) -> tuple[float, str]:
 def calibration_report(description: ModelDescription, detailed: bool = False) -> list[str]:
     """Readable lines about the site calibration a description records (``[]`` when none):
     two for ``pneumocnn info``; with ``detailed``, the report of :func:`calibrate`."""
-    record = description.info.get(KEY)
-    if not isinstance(record, dict):
+    record = SiteRecord.of(description)
+    if record is None:
         return []
-    source = record.get("source", {})
-    before = (f"recalibrated from {source.get('file', '?')} (sha256 "
-              f"{str(source.get('sha256', '?'))[:16]}...: temperature "
-              f"{source.get('temperature', math.nan):.3f}, bias {source.get('bias', math.nan):.3f}, "
-              f"threshold {source.get('threshold', math.nan):.3f}) to temperature "
-              f"{description.temperature:.3f}, bias {description.bias:.3f}, threshold "
-              f"{description.threshold:.3f}")
-    if record.get("mode") == "unlabelled":
-        lines = [f"site calibration: unlabelled, {record['images']} images, {record['date']}: "
-                 f"estimated pneumonia share {record['prior']:.3f} (the calibration assumed "
-                 f"{record['prior_before']:.3f}); threshold {record['threshold_rule']}",
+    source, fit = record.source, record.fit
+    before = (f"recalibrated from {source.file} (sha256 {source.sha256[:16]}...: temperature "
+              f"{source.temperature:.3f}, bias {source.bias:.3f}, threshold "
+              f"{source.threshold:.3f}) to temperature {description.temperature:.3f}, bias "
+              f"{description.bias:.3f}, threshold {description.threshold:.3f}")
+    if isinstance(fit, UnlabelledFit):
+        shift = fit.shift
+        lines = [f"site calibration: unlabelled, {fit.images} images, {record.date}: "
+                 f"estimated pneumonia share {shift.prior:.3f} (the calibration assumed "
+                 f"{shift.prior_before:.3f}); threshold {shift.to_dict()['threshold_rule']}",
                  f"  {before}"]
         if detailed:
-            em = "converged" if record["converged"] else "stopped unconverged"
-            lines.append(f"  EM {em} after {record['iterations']} iterations; the assumed share "
-                         f"from {record['prior_before_source']}. Without labels, sensitivity "
+            em = "converged" if shift.converged else "stopped unconverged"
+            lines.append(f"  EM {em} after {shift.iterations} iterations; the assumed share "
+                         f"from {fit.prior_before_source}. Without labels, sensitivity "
                          "and specificity were not measured: validate on labelled images")
         return lines
-    counts = ", ".join(f"{n} {name}" for name, n in record["images"].items())
-    cv = record["cross_validated"]
-    lines = [f"site calibration: labelled, {counts}, {record['date']}: threshold for "
-             f"sensitivity >= {record['target_sensitivity']}; cross-validated sensitivity "
-             f"{_interval(cv, 'sensitivity')}, specificity {_interval(cv, 'specificity')}",
+    counts = ", ".join(f"{n} {name}" for name, n in fit.images.items())
+    figures = fit.figures
+    cv = figures.cross_validated
+    lines = [f"site calibration: labelled, {counts}, {record.date}: threshold for "
+             f"sensitivity >= {fit.target_sensitivity}; cross-validated sensitivity "
+             f"{_interval(cv.sensitivity, cv.sensitivity_ci)}, specificity "
+             f"{_interval(cv.specificity, cv.specificity_ci)}",
              f"  {before}"]
     if detailed:
-        seen = record["in_sample"]
-        lines += [f"  cross-validated: {cv['folds']} patient folds, each image judged by a "
+        seen = figures.in_sample
+        lines += [f"  cross-validated: {figures.folds} patient folds, each image judged by a "
                   "threshold chosen on the others; 95 % percentile bootstrap intervals",
                   f"  on the images that chose the threshold (optimistic): sensitivity "
-                  f"{_interval(seen, 'sensitivity')}, specificity {_interval(seen, 'specificity')}"
-                  f", ECE {seen['ece']:.3f}, ROC AUC {seen['roc_auc']:.4f}"]
+                  f"{_interval(seen.sensitivity, seen.sensitivity_ci)}, specificity "
+                  f"{_interval(seen.specificity, seen.specificity_ci)}"
+                  f", ECE {figures.ece:.3f}, ROC AUC {figures.roc_auc:.4f}"]
     return lines
 
 
-def _interval(figures: dict, name: str) -> str:
-    low, high = figures[f"{name}_ci"]
-    return f"{figures[name]:.3f} (95 % CI {low:.3f}-{high:.3f})"
+def _interval(value: float, interval: tuple[float, float]) -> str:
+    low, high = interval
+    return f"{value:.3f} (95 % CI {low:.3f}-{high:.3f})"
 
 
 def _labelled(models: dict[str, Model], folder: str | os.PathLike, target: float
-              ) -> tuple[dict[str, ModelDescription], list[str]]:
+              ) -> tuple[dict[str, tuple[ModelDescription, LabelledFit]], list[str]]:
     """Each variant fitted on its own raw outputs for the site's readable images, with its
     figures."""
     first, *others = models
@@ -302,19 +324,18 @@ def _labelled(models: dict[str, Model], folder: str | os.PathLike, target: float
     for name in others:
         outputs[name] = _probabilities(models[name].uncalibrated(),
                                        [str(path) for path in images.paths])
-    record = {"mode": "labelled", "images": images.counts(), "target_sensitivity": target,
-              "prior": have[1] / sum(have),
-              "bootstrap": {"resamples": RESAMPLES, "level": 0.95, "seed": SEED}}
-    descriptions = {}
+    bootstrap = {"resamples": RESAMPLES, "level": 0.95, "seed": SEED}
+    fits = {}
     for name, model in models.items():
         fitted = fit_labelled(model.description, labels, outputs[name], target)
         figures = site_figures(fitted, labels, outputs[name], folds, target)
-        descriptions[name] = fitted.with_info(**{KEY: {**record, **figures}})
-    return descriptions, unreadable
+        fits[name] = fitted, LabelledFit(images.counts(), target, have[1] / sum(have), bootstrap,
+                                         figures)
+    return fits, unreadable
 
 
 def site_figures(fitted: ModelDescription, labels: np.ndarray, raw: np.ndarray,
-                 folds: np.ndarray, target: float) -> dict:
+                 folds: np.ndarray, target: float) -> SiteFigures:
     """Sensitivity and specificity, with their bootstrap intervals, of the calibration
     ``fitted`` (by :func:`fit_labelled`) on the raw outputs ``raw`` it was fitted on: at its
     threshold (``in_sample``, optimistic; with ECE and ROC AUC), and ``cross_validated`` over
@@ -329,27 +350,24 @@ def site_figures(fitted: ModelDescription, labels: np.ndarray, raw: np.ndarray,
         held = folds == fold
         threshold = threshold_for_sensitivity(labels[~held], logits[~held], target)
         held_out_called[held] = logits[held] >= threshold
-    return {
-        "in_sample": {**_rates(labels, calibrated >= fitted.threshold),
-                      "ece": expected_calibration_error(labels, calibrated),
-                      "roc_auc": roc_auc(labels, raw)},
-        "cross_validated": {"folds": int(np.unique(folds).size),
-                            **_rates(labels, held_out_called)},
-    }
+    return SiteFigures(_rates(labels, calibrated >= fitted.threshold),
+                       expected_calibration_error(labels, calibrated), roc_auc(labels, raw),
+                       int(np.unique(folds).size), _rates(labels, held_out_called))
 
 
-def _rates(labels: np.ndarray, called: np.ndarray) -> dict:
+def _rates(labels: np.ndarray, called: np.ndarray) -> Rates:
     positive = labels.astype(bool)
-    hits = {"sensitivity": called[positive], "specificity": ~called[~positive]}
-    rates: dict = {}
-    for name, hit in hits.items():
-        rates[name] = float(hit.mean())
-        rates[f"{name}_ci"] = list(bootstrap_interval(hit, resamples=RESAMPLES, seed=SEED))
-    return rates
+    hits, misses = called[positive], ~called[~positive]
+
+    def interval(hit: np.ndarray) -> tuple[float, float]:
+        low, high = bootstrap_interval(hit, resamples=RESAMPLES, seed=SEED)
+        return float(low), float(high)
+
+    return Rates(float(hits.mean()), interval(hits), float(misses.mean()), interval(misses))
 
 
-def _unlabelled(models: dict[str, Model], folder: str | os.PathLike,
-                training_prior: float | None) -> tuple[dict[str, ModelDescription], list[str]]:
+def _unlabelled(models: dict[str, Model], folder: str | os.PathLike, training_prior: float | None
+                ) -> tuple[dict[str, tuple[ModelDescription, UnlabelledFit]], list[str]]:
     """Each variant's bias shifted by EM on its own calibrated outputs for the site's images."""
     if not Path(folder).is_dir():
         raise DatasetError(f"{folder}: folder does not exist")
@@ -365,15 +383,13 @@ def _unlabelled(models: dict[str, Model], folder: str | os.PathLike,
     outputs = {first: np.array([p.probability for p in predictions if p.ok])}
     for name in others:
         outputs[name] = _probabilities(models[name], readable)
-    descriptions = {}
+    fits = {}
     for name, model in models.items():
         prior, prior_source = ((training_prior, "given") if training_prior is not None
                                else calibration_prior(model.description))
         site, found = fit_unlabelled(model.description, outputs[name], prior)
-        descriptions[name] = site.with_info(**{KEY: {
-            "mode": "unlabelled", "images": len(readable), **found,
-            "prior_before_source": prior_source}})
-    return descriptions, unreadable
+        fits[name] = site, UnlabelledFit(len(readable), found, prior_source)
+    return fits, unreadable
 
 
 def _probabilities(model: Model, paths: list[str]) -> np.ndarray:
@@ -385,12 +401,10 @@ def _probabilities(model: Model, paths: list[str]) -> np.ndarray:
     return np.array([p.probability for p in predictions])
 
 
-def _source(path: Path, content: bytes, description: ModelDescription) -> dict:
-    """What the site model was made from: file, SHA-256 of its bytes (as ``sha256sum`` gives
-    it), its stamped digest (as ``pneumocnn info`` shows it), its calibration and threshold."""
-    return {"file": path.name, "sha256": hashlib.sha256(content).hexdigest(),
-            "digest": description.sha256, "temperature": description.temperature,
-            "bias": description.bias, "threshold": description.threshold}
+def _source(path: Path, content: bytes, description: ModelDescription) -> Origin:
+    """What the site model was made from (see :class:`Origin`)."""
+    return Origin(path.name, hashlib.sha256(content).hexdigest(), description.sha256,
+                  description.temperature, description.bias, description.threshold)
 
 
 def _precision(name: str) -> int:

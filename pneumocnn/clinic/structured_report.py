@@ -26,7 +26,9 @@ from io import BytesIO
 from pathlib import Path
 
 from pneumocnn._version import __version__
+from pneumocnn.clinic.entry import Entry, decimal
 from pneumocnn.clinic.received import valid_uid
+from pneumocnn.core.dicom import PATIENT_AND_STUDY
 from pneumocnn.core.errors import MissingDependencyError
 from pneumocnn.runtime.model import Model
 
@@ -50,10 +52,6 @@ LOG = logging.getLogger(__name__)
 # C0 controls but ESC (ISO 2022 code extensions in names): never valid in the elements copied
 _CONTROLS = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
 _NAMESPACE = uuid.UUID("7a0c5e52-3d55-4a39-9a55-2f1b0c6e7d01")  # pneumocnn's, for derived UIDs
-# copied from the X-ray so that the report files under the same patient and study
-_PATIENT_AND_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate",
-                      "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-                      "AccessionNumber")
 
 
 def report_uid(sop_instance_uid: str) -> str:
@@ -61,15 +59,19 @@ def report_uid(sop_instance_uid: str) -> str:
     return _derived_uid("report", sop_instance_uid)
 
 
-def structured_report(source, row: dict[str, str], model: Model):
-    """The Comprehensive SR (a pydicom ``Dataset`` with file meta) of the worklist ``row`` of a
-    scored X-ray whose data set (pixels not needed) is ``source``."""
+def structured_report(entry: Entry, model: Model):
+    """The Comprehensive SR (a pydicom ``Dataset`` with file meta) of the worklist ``entry`` of
+    an X-ray scored by ``model``, from the header it was read with. Raises ``ValueError`` for
+    an entry not scored or without a DICOM header."""
     try:
         from pydicom.dataset import Dataset, FileMetaDataset
         from pydicom.uid import UID, ExplicitVRLittleEndian
     except ImportError:
         raise MissingDependencyError("a DICOM report needs pydicom: "
                                      "pip install 'pneumocnn[dicom]'") from None
+    if not entry.prediction.ok or entry.header is None:
+        raise ValueError(f"{entry.file} was not scored from a DICOM header: nothing to report")
+    source = entry.header.elements
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if keyword in source and not valid_uid(str(source[keyword].value)):
             raise ValueError(f"the X-ray's {keyword} {str(source[keyword].value)[:80]!r} is not "
@@ -77,7 +79,7 @@ def structured_report(source, row: dict[str, str], model: Model):
     study = str(source.get("StudyInstanceUID", "")) or _derived_uid("study", source.SOPInstanceUID)
     series = str(source.get("SeriesInstanceUID", "")) or _derived_uid("series", source.SOPInstanceUID)
     report = Dataset()
-    for keyword in _PATIENT_AND_STUDY:
+    for keyword in PATIENT_AND_STUDY:
         setattr(report, keyword, _valid_value(source, keyword))
     if not report.SpecificCharacterSet:
         del report.SpecificCharacterSet
@@ -115,12 +117,13 @@ def structured_report(source, row: dict[str, str], model: Model):
         _reference(source.SOPClassUID, source.SOPInstanceUID)]
     evidence.ReferencedSeriesSequence = [referenced_series]
     report.CurrentRequestedProcedureEvidenceSequence = [evidence]
-    finding = PNEUMONIA if row["label"] == model.labels[1] else NORMAL
+    prediction = entry.prediction
+    finding = PNEUMONIA if prediction.label == model.labels[1] else NORMAL
     digest = model.description.sha256 or "none recorded"
     report.ContentSequence = [
         _item("CODE", FINDING, ConceptCodeSequence=[_code(finding)]),
-        _number(PROBABILITY, row["probability"]),
-        _number(THRESHOLD, row["threshold"]),
+        _number(PROBABILITY, decimal(prediction.probability)),
+        _number(THRESHOLD, decimal(prediction.threshold)),
         _item("TEXT", ALGORITHM_NAME, TextValue=f"pneumocnn {Path(model.path).name}"[:1024]),
         _item("TEXT", ALGORITHM_VERSION, TextValue=f"pneumocnn {__version__}; model sha256 {digest}"),
         _item("TEXT", COMMENT, TextValue=NOTICE),

@@ -33,18 +33,18 @@ from pathlib import Path
 from PIL import Image
 
 from pneumocnn._version import __version__
+from pneumocnn.clinic.entry import COLUMNS, Entry
 from pneumocnn.core.csv_cells import neutral, neutral_row
-from pneumocnn.core.dicom import IDENTIFIERS
+from pneumocnn.core.dicom import IDENTIFIERS, DicomHeader
 from pneumocnn.core.durable_files import atomic_write, resume_csv, write_text
 from pneumocnn.core.errors import PneumocnnError
 from pneumocnn.core.inputs import expand_inputs
 from pneumocnn.core.preprocessing import gray_to_pixels, load_gray
 from pneumocnn.core.progress import progress_bar
 from pneumocnn.runtime.explain import OCCLUSION_SCALE, colour_bar, occlusion, overlay, save_png
-from pneumocnn.runtime.model import Model, load
+from pneumocnn.runtime.model import Model, Prediction, load
 
 SCORES = "scores.csv"
-COLUMNS = ["probability", "label", "threshold", "file", *IDENTIFIERS, "error"]
 THUMBNAIL = 320  # the longer side of the pictures, in pixels (shown in 160 x 120 CSS px: sharp at 2x)
 JPEG_QUALITY = 80
 HEATMAPS = ("flagged", "all", "none")  # which scored files get a heatmap
@@ -54,16 +54,21 @@ LEGEND = "legend.png"
 
 @dataclass(frozen=True)
 class Worklist:
-    """The sorted rows of ``worklist.csv`` and where the outputs were written."""
+    """The sorted entries of ``worklist.csv`` and where the outputs were written."""
 
-    rows: list[dict[str, str]]
+    entries: list[Entry]
     csv_path: Path
     html_path: Path
 
     @property
+    def rows(self) -> list[dict[str, str]]:
+        """The rows of ``worklist.csv``."""
+        return [entry.row() for entry in self.entries]
+
+    @property
     def failed(self) -> list[dict[str, str]]:
         """Rows of files that could not be scored."""
-        return [row for row in self.rows if row["error"]]
+        return [entry.row() for entry in self.entries if entry.error]
 
 
 def triage(
@@ -94,17 +99,17 @@ def triage(
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     scores = out / SCORES
-    done = {row["file"] for row in read_scores(scores)}  # drops a row a kill cut short
+    done = {entry.file for entry in read_scores(scores)}  # drops a row a kill cut short
     todo = [(item, name) for item, name in expand_inputs(folder)
             if name is None or neutral(name) not in done]
     total = len(done) + len(todo)
     drawn = progress if isinstance(progress, bool) or progress is None else False
     with progress_bar(total, initial=len(done), enabled=drawn, description="triage") as bar:
-        rows = _score_in_order(model, todo, out / "images", heatmaps, guard)
+        entries = _score_in_order(model, todo, out / "images", heatmaps, guard)
         try:
-            for count, row in enumerate(rows, start=1):
+            for count, entry in enumerate(entries, start=1):
                 # not flushed to disk one by one: a power cut costs the last rows a rescore
-                append_score(scores, row, durable=False)
+                append_score(scores, entry, durable=False)
                 bar.update()
                 if callable(progress):
                     progress(len(done) + count, total)
@@ -116,12 +121,12 @@ def triage(
 
 
 def _score_in_order(model: Model, todo: list, images: Path, heatmaps: str,
-                    guard: bool) -> Iterable[dict[str, str]]:
-    """The rows of ``todo``'s ``(item, name)`` pairs in order, each scored on a pool of
+                    guard: bool) -> Iterable[Entry]:
+    """The entries of ``todo``'s ``(item, name)`` pairs in order, each scored on a pool of
     threads (decoding and writing pictures overlap the model's calls), a few ahead."""
     workers = os.cpu_count() or 1
     with ThreadPoolExecutor(workers) as pool:
-        pending: deque[Future[dict[str, str]]] = deque()
+        pending: deque[Future[Entry]] = deque()
         for item, name in todo:
             pending.append(pool.submit(score, model, item, name, images, heatmaps, guard))
             if len(pending) > 2 * workers:
@@ -135,44 +140,43 @@ def write_worklist(out: str | os.PathLike, model: Model, heatmaps: str = "flagge
     ``scores.csv`` (each written atomically); ``heatmaps`` is what the page says about them."""
     check_heatmaps(heatmaps)
     out = Path(out)
-    rows = read_scores(out / SCORES)
-    rows.sort(key=_worklist_order)
+    entries = read_scores(out / SCORES)
+    entries.sort(key=_worklist_order)
     csv_path, html_path = out / "worklist.csv", out / "report.html"
-    write_text(csv_path, _to_csv(rows))
+    write_text(csv_path, _to_csv(entries))
     save_png(colour_bar(OCCLUSION_SCALE, 400, 16), out / "images" / LEGEND)
-    write_text(html_path, report_html(rows, model, out / "images", heatmaps))
-    return Worklist(rows, csv_path, html_path)
+    write_text(html_path, report_html(entries, model, out / "images", heatmaps))
+    return Worklist(entries, csv_path, html_path)
 
 
-def append_score(scores: Path, row: dict[str, str], *, durable: bool = True) -> None:
-    """Append one row to ``scores.csv`` (with the header if the file is new or empty). Once
-    this returns the row survives the process being killed; ``durable`` (the default) also
-    flushes it to disk first, so that it survives a power cut (the DICOM node's journal)."""
+def append_score(scores: Path, entry: Entry, *, durable: bool = True) -> None:
+    """Append the row of one entry to ``scores.csv`` (with the header if the file is new or
+    empty). Once this returns the row survives the process being killed; ``durable`` (the
+    default) also flushes it to disk first, so that it survives a power cut (the DICOM node's
+    journal)."""
     with scores.open("a", newline="", encoding="utf-8", errors="surrogateescape") as sink:
         writer = csv.DictWriter(sink, fieldnames=COLUMNS)
         if sink.tell() == 0:
             writer.writeheader()
-        writer.writerow(neutral_row(row))
+        writer.writerow(neutral_row(entry.row()))
         sink.flush()
         if durable:
             os.fsync(sink.fileno())
 
 
 def score(model: Model, item, name: str, images: Path, heatmaps: str = "flagged",
-          guard: bool = True) -> dict[str, str]:
-    """The worklist row of one input (a path or anything ``predict`` takes) named ``name``:
-    its probability, label and threshold, or its ``error``; with the study identifiers of a
-    DICOM file either way. Writes its thumbnail, and its heatmap as ``heatmaps`` says (see
+          guard: bool = True) -> Entry:
+    """The worklist entry of one input (a path or anything ``predict`` takes) named ``name``,
+    read once: its prediction (or why it was not scored) and, for a DICOM file, its header
+    either way. Writes its thumbnail, and its heatmap as ``heatmaps`` says (see
     :func:`triage`), into ``images``."""
     check_heatmaps(heatmaps)
-    row = dict.fromkeys(COLUMNS, "")
-    row["file"] = name
-    row.update(_identifiers(item))  # on failed rows too: a clinic matches them to its studies
     spec = model.description.preprocessing
+    headers: list[DicomHeader] = []  # kept for a file refused too: a clinic finds its study
     try:
         # decoded once, as predict decodes it: the model's pixels are predict's, and the
         # picture comes from the same image (at least twice the model's input size)
-        gray = load_gray(item, name, spec=spec, guard=guard)
+        gray = load_gray(item, name, spec=spec, guard=guard, on_header=headers.append)
         pixels = gray_to_pixels(gray, spec)
         prediction = model.predict_pixels(pixels, name)
         stem = _stem(name)
@@ -184,11 +188,8 @@ def score(model: Model, item, name: str, images: Path, heatmaps: str = "flagged"
             _save_jpeg(overlay(gray, explanation, THUMBNAIL, legend=False),
                        images / f"{stem}-heatmap.jpg")
     except PneumocnnError as error:
-        row["error"] = getattr(error, "reason", str(error))
-        return row
-    row.update(probability=f"{prediction.probability:.6f}", label=prediction.label or "",
-               threshold=f"{prediction.threshold:.6f}")
-    return row
+        prediction = Prediction.failed(name, model.threshold, error)
+    return Entry.of(prediction, headers[0] if headers else None)
 
 
 def check_heatmaps(heatmaps: str) -> None:
@@ -202,35 +203,29 @@ def _save_jpeg(image: Image.Image, path: Path) -> None:
         image.save(stream, format="JPEG", quality=JPEG_QUALITY)
 
 
-def _worklist_order(row: dict[str, str]) -> tuple[int, float]:
+def _worklist_order(entry: Entry) -> tuple[int, float]:
     """Scored files by falling probability, then the failures."""
-    return (1, 0.0) if row["error"] else (0, -float(row["probability"]))
-
-
-def _identifiers(item) -> dict[str, str]:
-    from pneumocnn.core.dicom import read_identifiers
-
-    return read_identifiers(item) if isinstance(item, (str, os.PathLike)) else {}
+    return (1, 0.0) if entry.error else (0, -entry.prediction.probability)
 
 
 def _stem(name: str) -> str:
     return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def read_scores(scores: Path) -> list[dict[str, str]]:
-    """The rows of ``scores.csv``, by the resume rule of :func:`~pneumocnn.core.durable_files.resume_csv`
+def read_scores(scores: Path) -> list[Entry]:
+    """The entries of ``scores.csv``, by the resume rule of :func:`~pneumocnn.core.durable_files.resume_csv`
     (a row a kill cut short is dropped); the last row of a file wins."""
     rows = [row for row in resume_csv(scores, COLUMNS, "triage scores.csv") if row["file"]]
-    return list({row["file"]: row for row in rows}.values())
+    return [Entry.from_row(row) for row in {row["file"]: row for row in rows}.values()]
 
 
-def _to_csv(rows: list[dict[str, str]]) -> str:
+def _to_csv(entries: list[Entry]) -> str:
     from io import StringIO
 
     buffer = StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
-    writer.writerows(map(neutral_row, rows))
+    writer.writerows(neutral_row(entry.row()) for entry in entries)
     return buffer.getvalue()
 
 
@@ -253,24 +248,24 @@ def shown_probabilities(probabilities: list[float]) -> list[str]:
     return [f"{round(p, 6):.{digits[round(p, 6)]}f}" for p in probabilities]
 
 
-def report_html(rows: list[dict[str, str]], model: Model, images: Path,
+def report_html(entries: list[Entry], model: Model, images: Path,
                 heatmaps: str = "flagged") -> str:
-    """The page of a sorted worklist (scored rows first, then failures): a header, and the
+    """The page of a sorted worklist (scored entries first, then failures): a header, and the
     rows as JSON data that the page's script shows a page at a time."""
-    scored = [row for row in rows if not row["error"]]
-    failed = [row for row in rows if row["error"]]
+    scored = [entry for entry in entries if not entry.error]
+    failed = [entry for entry in entries if entry.error]
     positive = model.labels[1]
     present = set(os.listdir(images)) if images.is_dir() else set()
     data = []
-    for rank, (row, shown) in enumerate(
-            zip(scored, shown_probabilities([float(r["probability"]) for r in scored]),
+    for rank, (entry, shown) in enumerate(
+            zip(scored, shown_probabilities([e.prediction.probability for e in scored]),
                 strict=True), start=1):
-        stem = _stem(row["file"])
-        data.append([rank, shown, row["label"], row["file"], _ids(row),
+        stem = _stem(entry.file)
+        data.append([rank, shown, entry.prediction.label or "", entry.file, _ids(entry),
                      stem if f"{stem}-xray.jpg" in present else "",
                      int(f"{stem}-heatmap.jpg" in present)])
-    data += [[None, "", "", row["file"], _ids(row), "", 0, row["error"]] for row in failed]
-    flagged = sum(row["label"] == positive for row in scored)
+    data += [[None, "", "", entry.file, _ids(entry), "", 0, entry.error] for entry in failed]
+    flagged = sum(entry.prediction.label == positive for entry in scored)
     payload = json.dumps({"rows": data, "positive": positive, "negative": model.labels[0],
                           "pageRows": PAGE_ROWS, "threshold": f"{model.threshold:.3f}",
                           "heatmaps": heatmaps}, separators=(",", ":"))
@@ -282,8 +277,9 @@ def report_html(rows: list[dict[str, str]], model: Model, images: Path,
         failed=len(failed), script=_SCRIPT)
 
 
-def _ids(row: dict[str, str]) -> str:
-    return " ".join(f"{k}: {row[k]}" for k in IDENTIFIERS if row.get(k))
+def _ids(entry: Entry) -> str:
+    return " ".join(f"{k}: {entry.identifiers[k]}" for k in IDENTIFIERS
+                    if entry.identifiers.get(k))
 
 
 def _html_head(model: Model, scored: int, flagged: int, failed: int, heatmaps: str) -> str:

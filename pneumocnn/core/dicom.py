@@ -22,10 +22,10 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -33,12 +33,22 @@ from PIL import Image
 from pneumocnn.core import guard
 from pneumocnn.core.errors import InputError, MissingDependencyError, NotFrontalChestError
 
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
 SUFFIXES = frozenset({".dcm", ".dicom"})
 DICOM_HEAD = PREAMBLE_LENGTH + len(MAGIC)
 IDENTIFIERS = ("PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
                "SOPInstanceUID", "StudyDate")
+# copied from the X-ray so that the report files under the same patient and study
+PATIENT_AND_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate",
+                     "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                     "AccessionNumber")
+# the header elements kept of a file read (each once): the identifiers, the SOP class, and the
+# patient and study elements
+HEADER = tuple(dict.fromkeys((*IDENTIFIERS, "SOPClassUID", *PATIENT_AND_STUDY)))
 INSTALL = "pip install 'pneumocnn[dicom]'"
 # a data set without preamble starts with a tag of the file meta (0002) or identifying (0008)
 # group; no image format pneumocnn reads starts like that
@@ -53,11 +63,25 @@ _LIBRARIES = frozenset({"pydicom", "pylibjpeg", "libjpeg", "openjpeg", "rle", "j
 
 
 @dataclass(frozen=True)
+class DicomHeader:
+    """What pneumocnn keeps of a DICOM file's header: the elements of :data:`HEADER` it holds,
+    as pydicom read them (a ``Dataset`` without pixels: values with their VRs, which a report
+    on the image copies)."""
+
+    elements: Dataset
+
+    @property
+    def identifiers(self) -> dict[str, str]:
+        """The study identifiers (:data:`IDENTIFIERS`) the file holds, as text."""
+        return _identifiers(self.elements)
+
+
+@dataclass(frozen=True)
 class DicomImage:
-    """Display-ready uint8 ``(H, W)`` pixels and the study identifiers found in the file."""
+    """Display-ready uint8 ``(H, W)`` pixels and the header they were read with."""
 
     pixels: np.ndarray
-    identifiers: dict[str, str]
+    header: DicomHeader
 
 
 def read_identifiers(path: str | os.PathLike) -> dict[str, str]:
@@ -110,11 +134,14 @@ def looks_like_dicom(head: bytes) -> bool:
     return head[:2] == _BARE_BIG_ENDIAN_START and explicit
 
 
-def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True) -> DicomImage:
+def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True,
+               on_header: Callable[[DicomHeader], None] | None = None) -> DicomImage:
     """Read a DICOM file from ``stream``. Raises :class:`InputError` naming ``name`` if its
     pixels cannot be shown, :class:`NotFrontalChestError` if ``guard_tags`` and its tags say it
     is not a frontal chest X-ray (:mod:`pneumocnn.core.guard`), and
-    :class:`MissingDependencyError` if pydicom is not installed."""
+    :class:`MissingDependencyError` if pydicom is not installed. ``on_header`` is called with
+    the file's header as soon as it is read: before the guard or the pixels can refuse the
+    file, so that a caller keeps the header of a file refused too."""
     try:
         import pydicom
     except ImportError:
@@ -124,9 +151,12 @@ def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True) -> DicomIma
     with holding_library_logs() as logged:
         try:
             dataset = pydicom.dcmread(stream, force=True)
+            header = DicomHeader(_kept(dataset))
             flagged = guard.reason(_guard_tags(dataset)) if guard_tags else None
         except Exception as error:
             raise InputError(name, f"cannot read DICOM ({one_line(error)})") from error
+        if on_header is not None:
+            on_header(header)
         if flagged:
             raise NotFrontalChestError(name, flagged)
         if "PixelData" not in dataset:
@@ -135,7 +165,7 @@ def read_dicom(stream: BinaryIO, name: str, guard_tags: bool = True) -> DicomIma
         try:
             _settle_transfer_syntax(dataset)
             pixels = _stored_pixels(dataset, name)
-            return DicomImage(_display(pixels, dataset, name), _identifiers(dataset))
+            return DicomImage(_display(pixels, dataset, name), header)
         except InputError:
             raise
         except Exception as error:
@@ -208,6 +238,17 @@ def holding_library_logs() -> Iterator[list[str]]:
 
 def _identifiers(dataset) -> dict[str, str]:
     return {key: str(dataset.get(key, "")) for key in IDENTIFIERS if key in dataset}
+
+
+def _kept(dataset) -> Dataset:
+    """The elements of :data:`HEADER` in ``dataset``, as a data set of their own."""
+    from pydicom import Dataset
+
+    kept = Dataset()
+    for keyword in HEADER:
+        if keyword in dataset:
+            kept[keyword] = dataset[keyword]
+    return kept
 
 
 def _guard_tags(dataset) -> dict[str, str]:

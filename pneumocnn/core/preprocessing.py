@@ -28,6 +28,7 @@ import math
 import numbers
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,7 +36,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pneumocnn.core.dicom import DICOM_HEAD, looks_like_dicom, read_dicom
+from pneumocnn.core.dicom import DICOM_HEAD, DicomHeader, looks_like_dicom, read_dicom
 from pneumocnn.core.dicom import SUFFIXES as DICOM_SUFFIXES
 from pneumocnn.core.errors import InputError
 
@@ -183,16 +184,20 @@ def margin_box(image: Image.Image) -> tuple[int, int, int, int]:
 
 
 def load_gray(source: ImageInput, name: str | None = None, *, spec: Preprocessing | None = None,
-              guard: bool = False) -> Image.Image:
+              guard: bool = False,
+              on_header: Callable[[DicomHeader], None] | None = None) -> Image.Image:
     """Decode one input to an 8-bit grayscale image (step 1 above): at full resolution, or,
     with ``spec``, as :func:`load_pixels` decodes it for that model (a large JPEG at a reduced
     scale; :func:`gray_to_pixels` then gives the same pixels). With ``guard``, a DICOM file
     whose tags say it is not a frontal chest X-ray is refused, as :func:`load_pixels` refuses
-    it. Raises :class:`~pneumocnn.core.errors.InputError` naming the input."""
-    return _to_gray(source, spec, name or source_name(source), guard)
+    it. ``on_header`` is called with a DICOM file's header once read (also when the file is
+    then refused; see :func:`~pneumocnn.core.dicom.read_dicom`): the file is read once for
+    both. Raises :class:`~pneumocnn.core.errors.InputError` naming the input."""
+    return _to_gray(source, spec, name or source_name(source), guard, on_header)
 
 
-def _to_gray(source: ImageInput, spec: Preprocessing | None, name: str, guard: bool) -> Image.Image:
+def _to_gray(source: ImageInput, spec: Preprocessing | None, name: str, guard: bool,
+             on_header: Callable[[DicomHeader], None] | None = None) -> Image.Image:
     """Step 1; with a ``spec``, JPEGs are decoded at the reduced scale that suits it; with
     ``guard``, DICOM tags go through the input guard."""
     if isinstance(source, np.ndarray):
@@ -202,11 +207,12 @@ def _to_gray(source: ImageInput, spec: Preprocessing | None, name: str, guard: b
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         with _open_file(path, name) as stream:
-            return _decode(stream, spec, name, guard, path.suffix.lower() in DICOM_SUFFIXES)
+            return _decode(stream, spec, name, guard, on_header,
+                           path.suffix.lower() in DICOM_SUFFIXES)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _decode(io.BytesIO(bytes(source)), spec, name, guard)
+        return _decode(io.BytesIO(bytes(source)), spec, name, guard, on_header)
     if hasattr(source, "read"):
-        return _decode(source, spec, name, guard)
+        return _decode(source, spec, name, guard, on_header)
     raise InputError(name, f"unsupported input type {type(source).__name__}")
 
 
@@ -229,9 +235,10 @@ def _open_nonblocking(path: str, flags: int) -> int:
 
 
 def _decode(stream: BinaryIO, spec: Preprocessing | None, name: str, guard: bool,
-            dicom_suffix: bool = False) -> Image.Image:
+            on_header: Callable[[DicomHeader], None] | None, dicom_suffix: bool = False
+            ) -> Image.Image:
     if dicom_suffix or _starts_like_dicom(stream):
-        return Image.fromarray(read_dicom(stream, name, guard_tags=guard).pixels)
+        return Image.fromarray(read_dicom(stream, name, guard, on_header).pixels)
     try:
         with Image.open(stream, formats=FORMATS) as image:
             _check_size(image.width, image.height, name)

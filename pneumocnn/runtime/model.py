@@ -7,19 +7,21 @@ import os
 from collections import deque
 from collections.abc import Container, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from pneumocnn.core.errors import InputError, ModelFileError, PneumocnnError
-from pneumocnn.core.guard import PREFIX as GUARD_PREFIX
+from pneumocnn.core.errors import InputError, ModelFileError, NotFrontalChestError, PneumocnnError
 from pneumocnn.core.inputs import expand_inputs, is_single
 from pneumocnn.core.modelfile import ModelDescription
 from pneumocnn.core.preprocessing import ImageInput, load_pixels, source_name
 from pneumocnn.runtime.backends import Backend, open_backend
 from pneumocnn.runtime.variants import VariantChoice, open_variant
+
+# the fields of a Prediction that its dict, JSON line and CSV row hold
+RECORD_FIELDS = ("source", "label", "probability", "threshold", "error")
 
 
 @dataclass(frozen=True)
@@ -37,22 +39,19 @@ class Prediction:
     probability: float
     threshold: float
     error: str | None = None
+    # True when the input guard held the input back: its DICOM tags say it is not a frontal
+    # chest X-ray (see :mod:`pneumocnn.core.guard`); set where that error becomes a result
+    flagged: bool = field(default=False, kw_only=True)
 
     @property
     def ok(self) -> bool:
         """True when the input was scored."""
         return self.error is None
 
-    @property
-    def flagged(self) -> bool:
-        """True when the input guard held the input back: its DICOM tags say it is not a
-        frontal chest X-ray (see :mod:`pneumocnn.core.guard`)."""
-        return self.error is not None and self.error.startswith(GUARD_PREFIX)
-
     def to_dict(self) -> dict:
-        """A plain dict, for JSON and CSV: a probability that is not a number (an input not
-        scored) is ``None``, so that JSON holds ``null``, never ``NaN``."""
-        fields = asdict(self)
+        """A plain dict of :data:`RECORD_FIELDS`, for JSON and CSV: a probability that is not a
+        number (an input not scored) is ``None``, so that JSON holds ``null``, never ``NaN``."""
+        fields = {name: getattr(self, name) for name in RECORD_FIELDS}
         if not math.isfinite(self.probability):
             fields["probability"] = None
         return fields
@@ -60,10 +59,12 @@ class Prediction:
     @classmethod
     def failed(cls, source: str, threshold: float, error: Exception) -> Prediction:
         """The result for an input that could not be scored because of ``error``: a pneumocnn
-        error gives its reason, any other its type and message."""
+        error gives its reason, any other its type and message; ``flagged`` when it is the
+        input guard's :class:`~pneumocnn.NotFrontalChestError`."""
         reason = (getattr(error, "reason", str(error)) if isinstance(error, PneumocnnError)
                   else f"{type(error).__name__}: {error}")
-        return cls(source, None, math.nan, threshold, reason)
+        return cls(source, None, math.nan, threshold, reason,
+                   flagged=isinstance(error, NotFrontalChestError))
 
     def __str__(self) -> str:
         if not self.ok:

@@ -10,7 +10,6 @@ Resuming keeps the rows already in the file (by the rule of
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import os
 from array import array
@@ -20,9 +19,9 @@ from types import TracebackType
 import numpy as np
 
 from pneumocnn.core.durable_files import resume_rows
-from pneumocnn.runtime.model import Prediction
+from pneumocnn.runtime.model import RECORD_FIELDS, Prediction
 
-COLUMNS = [field.name for field in dataclasses.fields(Prediction)]
+COLUMNS = list(RECORD_FIELDS)
 
 
 class NameSet:
