@@ -4,9 +4,16 @@ heatmaps, the progress bar, and the refusal of inputs that hold no image."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from pneumocnn.clinic.triage import HEATMAPS
 from pneumocnn.runtime.model import Model, load
+
+
+def listing(about: Mapping[str, str]) -> str:
+    """``"name: what it is; name: ..."``, for a help text, from a registry's ``{name: phrase}``
+    (so that the help names every entry the registry holds)."""
+    return "; ".join(f"{name}: {phrase}" for name, phrase in about.items()).replace("%", "%%")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -28,7 +35,7 @@ def add_guard_option(p: argparse.ArgumentParser) -> None:
 
 def add_heatmap_options(p: argparse.ArgumentParser) -> None:
     """Add ``--heatmaps`` and ``--no-heatmaps`` (``args.heatmaps``) to ``p``."""
-    p.add_argument("--heatmaps", choices=("flagged", "all", "none"), default="flagged",
+    p.add_argument("--heatmaps", choices=HEATMAPS, default="flagged",
                    help="which X-rays get an occlusion heatmap: flagged (those at or above the "
                         "threshold), all, or none (scores as fast as predict); default: "
                         "%(default)s")

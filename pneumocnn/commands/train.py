@@ -6,7 +6,17 @@ import argparse
 import dataclasses
 
 from pneumocnn.commands.command import OK, Command
-from pneumocnn.training.settings import ARCHITECTURE_NAMES, AUGMENTATIONS, RECIPES, TrainingConfig
+from pneumocnn.commands.options import listing
+from pneumocnn.core.preprocessing import CROPS_ABOUT, NORMALIZATIONS_ABOUT
+from pneumocnn.training.settings import (
+    ARCHITECTURE_NAMES,
+    ARCHITECTURES_ABOUT,
+    AUGMENTATIONS,
+    RECIPES,
+    RECIPES_ABOUT,
+    STRATEGIES_ABOUT,
+    TrainingConfig,
+)
 
 DESCRIPTION = ("Settings not given come from --recipe; `pneumocnn train DATA` trains the recipe the "
                "bundled model was made with.")
@@ -18,16 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/pneumocnn", help="run folder (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", default=False,
                         help="continue the run in --out")
-    parser.add_argument("--strategy", choices=("auto", "mirrored", "none"), default="auto",
-                        help="auto: across the workers TF_CONFIG names (every worker runs this "
-                        "command; the chief writes --out), or the GPUs of this machine; "
-                        "--batch-size is the global batch (default: %(default)s)")
+    parser.add_argument("--strategy", choices=tuple(STRATEGIES_ABOUT), default="auto",
+                        help=f"{listing(STRATEGIES_ABOUT)}; --batch-size is the global batch "
+                        "(default: %(default)s)")
     parser.add_argument("--recipe", default="pneumocnn", choices=sorted(RECIPES),
-                        help="starting settings: pneumocnn (the bundled model's), seed (the seed "
-                        "report's TO-BE CNN) or seed-as-is (default: %(default)s)")
+                        help=f"starting settings: {listing(RECIPES_ABOUT)} (default: %(default)s)")
     parser.add_argument("--architecture", choices=ARCHITECTURE_NAMES,
-                        help="small-sep: depthwise-separable blocks, about half small-bn's latency; "
-                        "small-sep-wide: the same at twice the width")
+                        help=listing(ARCHITECTURES_ABOUT))
     parser.add_argument("--output", choices=("sigmoid", "softmax"), help="classifier head")
     parser.add_argument("--loss", choices=("binary_crossentropy", "categorical_crossentropy"))
     parser.add_argument("--optimizer", help="Keras optimizer name, e.g. adam, rmsprop")
@@ -38,16 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learning rate: constant, or cosine decay to 0 over the run")
     parser.add_argument("--input-size", type=int)
     parser.add_argument("--channels", type=int, choices=(1, 3))
-    parser.add_argument("--normalize", choices=("none", "equalize", "autocontrast"),
-                        help="intensity normalisation, stored in the model file")
-    parser.add_argument("--crop", choices=("none", "margins"),
-                        help="margins: cut dark or bright bands at the image edges before resizing, "
-                        "stored in the model file")
+    parser.add_argument("--normalize", choices=tuple(NORMALIZATIONS_ABOUT),
+                        help="intensity normalisation, stored in the model file: "
+                        f"{listing(NORMALIZATIONS_ABOUT)}")
+    parser.add_argument("--crop", choices=tuple(CROPS_ABOUT),
+                        help=f"stored in the model file: {listing(CROPS_ABOUT)}")
     parser.add_argument("--no-augment", dest="augment", action="store_false")
     parser.add_argument("--augmentation", choices=sorted(AUGMENTATIONS),
-                        help="seed: the report's shear/zoom/flip; shift: acquisition differences; "
-                        "shift-flip: shift plus horizontal flip; shift-zoom: shift with zoom 0.7-1.3; "
-                        "shift-zoom-sharpness: shift-zoom with random blur or sharpening")
+                        help=listing({name: augmentation.about
+                                      for name, augmentation in AUGMENTATIONS.items()}))
     parser.add_argument("--class-weight", choices=("balanced", "none"))
     parser.add_argument("--validation", choices=("patients", "earliest", "folder"),
                         help="patients: a random patient split of train; earliest: the "

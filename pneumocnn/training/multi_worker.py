@@ -28,7 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-STRATEGIES = ("auto", "mirrored", "none")
+from pneumocnn.training.settings import STRATEGIES_ABOUT
+
+STRATEGIES = tuple(STRATEGIES_ABOUT)
 
 
 @dataclass(frozen=True)
