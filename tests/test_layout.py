@@ -88,8 +88,9 @@ def test_clinic_never_imports_training(path):
     assert not wrong, f"{path.name} imports {wrong}"
 
 
-# the command line sits over the public API, as any user of it does
-API_USERS = {PACKAGE / "__init__.py", PACKAGE / "__main__.py", PACKAGE / "cli.py"}
+# the command line (cli.py and its verbs) sits over the public API, as any user of it does
+COMMAND_LINE = [PACKAGE / "cli.py", *sorted((PACKAGE / "commands").glob("*.py"))]
+API_USERS = {PACKAGE / "__init__.py", PACKAGE / "__main__.py", *COMMAND_LINE}
 
 
 @pytest.mark.parametrize("path", sorted(set(PACKAGE.rglob("*.py")) - API_USERS),
@@ -127,9 +128,17 @@ def test_core_runs_no_interpreter():
         assert not wrong, f"{path.name} imports {wrong}"
 
 
-def test_command_line_parser_needs_no_training_code():
-    imported = {m for m, scope in _imports(PACKAGE / "cli.py") if scope is None}
+@pytest.mark.parametrize("path", COMMAND_LINE, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_command_line_parser_needs_no_training_code(path):
+    imported = {m for m, scope in _imports(path) if scope is None}
     assert not [m for m in imported if _is(m, "pneumocnn.training") and m != "pneumocnn.training.settings"]
+
+
+@pytest.mark.parametrize("wing", ["core", "runtime", "clinic", "training"])
+def test_no_wing_imports_the_command_line(wing):
+    for path in _modules(wing):
+        wrong = [m for m, _ in _imports(path) if _is(m, "pneumocnn.cli", "pneumocnn.commands")]
+        assert not wrong, f"{wing}/{path.name} imports {wrong}"
 
 
 def test_inference_path_works_with_tensorflow_absent(tmp_path):

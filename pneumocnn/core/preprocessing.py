@@ -48,7 +48,16 @@ _NORMALIZATIONS = {
     "equalize": ImageOps.equalize,
     "autocontrast": lambda image: ImageOps.autocontrast(image, cutoff=1),
 }
-_CROPS = ("none", "margins")
+# What each normalisation and crop does, in a phrase (the command line's help lists them).
+NORMALIZATIONS_ABOUT = {
+    "none": "the pixels as decoded",
+    "equalize": "histogram equalisation",
+    "autocontrast": "the 1st-99th percentile stretched to 0-255",
+}
+CROPS_ABOUT = {
+    "none": "the whole image",
+    "margins": "cut dark or bright bands at the image edges before resizing",
+}
 # An edge row or column is margin while under 2 % of its pixels lie between these levels.
 _MARGIN_DARK, _MARGIN_BRIGHT, _MARGIN_CONTENT = 12, 243, 0.02
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -86,8 +95,8 @@ class Preprocessing:
         if self.normalize not in _NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {sorted(_NORMALIZATIONS)}, "
                              f"got {self.normalize!r}")
-        if self.crop not in _CROPS:
-            raise ValueError(f"crop must be one of {list(_CROPS)}, got {self.crop!r}")
+        if self.crop not in CROPS_ABOUT:
+            raise ValueError(f"crop must be one of {list(CROPS_ABOUT)}, got {self.crop!r}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

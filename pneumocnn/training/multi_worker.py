@@ -16,19 +16,33 @@ anyway, see ``recalibrate_batchnorm``).
 Keras 3's ``Model.fit`` does not run under ``MultiWorkerMirroredStrategy``
 (keras-team/keras#20585), so a multi-worker run trains with :func:`fit_epoch`, the same
 epoch as ``fit`` (loss, class weights, accuracy, validation) written with ``strategy.run``.
+
+:class:`Cluster` is the trainer's one seam to all this: the same calls (``train_epoch``,
+``barrier``, ``chief_decides``, ...) on one worker, where they are trivial, and on several.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-STRATEGIES = ("auto", "mirrored", "none")
+from pneumocnn.core.durable_files import exclusive_lock
+from pneumocnn.training.settings import STRATEGIES_ABOUT
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = tuple(STRATEGIES_ABOUT)
 
 
 @dataclass(frozen=True)
@@ -52,10 +66,76 @@ class Cluster:
         """True when other processes train with this one."""
         return self.workers > 1
 
+    @property
+    def distributed(self) -> bool:
+        """True under a distribution strategy (several workers or devices), not in one process."""
+        return self.name != "none"
+
     def distribution(self, batch_size: int) -> dict:
         """The run's distribution, for its report and model description."""
         return {"strategy": self.name, "workers": self.workers, "replicas": self.replicas,
                 "global_batch": batch_size, "per_replica_batch": batch_size // self.replicas}
+
+    @contextlib.contextmanager
+    def run_lock(self, run_dir: Path) -> Iterator[None]:
+        """Hold the run folder's lock on the chief, the one worker that writes it."""
+        if not self.chief:
+            yield
+            return
+        with exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"):
+            yield
+
+    def cache_dir(self, run_dir: Path) -> Path:
+        """Where this worker caches decoded images: the chief in the run folder, every other
+        worker in a temporary folder of its own."""
+        if self.chief:
+            return run_dir / "cache"
+        run = hashlib.sha256(os.fsencode(run_dir.resolve())).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"pneumocnn-worker-{self.worker_index}-{run}"
+
+    def barrier(self) -> None:
+        """Return once every worker has called it (at once in one process)."""
+        if self.multi_worker:
+            from_chief(self, [0.0])
+
+    def chief_decides(self, decide: Callable[[], bool]) -> bool:
+        """The chief's ``decide()`` on every worker (only the chief calls it)."""
+        if not self.multi_worker:
+            return decide()
+        return bool(from_chief(self, [float(self.chief and decide())])[0])
+
+    def start_from_chief(self, model: keras.Model, history: list[dict]) -> list[dict]:
+        """The epochs to continue from, the chief's: every worker takes the chief's weights and
+        optimizer state, and its count of epochs (the others' rows are blank). In one process,
+        ``history`` itself."""
+        if not self.multi_worker:
+            return history
+        take_chief_state(self, model)
+        start = int(from_chief(self, [len(history)])[0])
+        return history[:start] if self.chief else [{}] * start
+
+    def train_epoch(self, model: keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset,
+                    *, epoch: int, epochs: int, class_weight: dict[int, float] | None,
+                    verbose: int | str, callbacks: list[keras.callbacks.Callback]) -> dict:
+        """Train epoch ``epoch`` (from 0) of ``epochs``, then validate: the row ``fit`` logs.
+        Keras's ``fit`` in one process or on one worker's devices, :func:`fit_epoch` across
+        workers (which logs the row itself)."""
+        if self.multi_worker:
+            logged = fit_epoch(self, model, train, validation, class_weight)
+            log.info("epoch %d/%d: %s", epoch + 1, epochs,
+                     ", ".join(f"{k} {v:.4f}" for k, v in logged.items()))
+            return logged
+        fit = model.fit(
+            train,
+            validation_data=validation,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            class_weight=class_weight,
+            shuffle=False,  # the dataset is already shuffled, by (random seed, epoch)
+            verbose=verbose,
+            callbacks=callbacks,
+        )
+        return {k: v[-1] for k, v in fit.history.items()}
 
 
 def make_cluster(strategy: str = "auto") -> Cluster:

@@ -14,13 +14,28 @@ from typing import Any, Protocol
 from pneumocnn.core.preprocessing import Preprocessing
 from pneumocnn.training.augmentations import AUGMENTATIONS
 
-__all__ = ["ARCHITECTURE_NAMES", "AUGMENTATIONS", "RECIPES", "RENAMED_SETTINGS", "TrainingConfig",
-           "config_from_dict", "make_config", "saved_config"]
+__all__ = ["ARCHITECTURES_ABOUT", "ARCHITECTURE_NAMES", "AUGMENTATIONS", "RECIPES", "RECIPES_ABOUT",
+           "RENAMED_SETTINGS", "STRATEGIES_ABOUT", "TrainingConfig", "config_from_dict", "make_config",
+           "saved_config"]
 
 
-# The models of pneumocnn.training.architectures, named here so that settings are checked
-# without TensorFlow.
-ARCHITECTURE_NAMES = ("seed-to-be", "seed-as-is", "small-bn", "small-sep", "small-sep-wide")
+# The models of pneumocnn.training.architectures, named and described here so that settings are
+# checked, and the command line lists them, without TensorFlow.
+ARCHITECTURES_ABOUT = {
+    "seed-to-be": "the seed report's final CNN",
+    "seed-as-is": "the seed report's starting CNN",
+    "small-bn": "five conv + batch-norm blocks, the bundled model's",
+    "small-sep": "depthwise-separable blocks, about half small-bn's latency",
+    "small-sep-wide": "the same at twice the width",
+}
+ARCHITECTURE_NAMES = tuple(ARCHITECTURES_ABOUT)
+# Where a run trains (pneumocnn.training.multi_worker); not a setting of the run.
+STRATEGIES_ABOUT = {
+    "auto": "across the workers TF_CONFIG names (every worker runs this command; the chief "
+            "writes --out), or the GPUs of this machine",
+    "mirrored": "the GPUs of this machine",
+    "none": "one process",
+}
 
 
 class CompileDefaults(Protocol):
@@ -158,6 +173,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "pneumocnn": {},  # TrainingConfig's defaults: the bundled model's recipe
     "seed": _SEED_RECIPE,
     "seed-as-is": {**_SEED_RECIPE, "architecture": "seed-as-is"},
+}
+RECIPES_ABOUT = {
+    "pneumocnn": "the bundled model's",
+    "seed": "the seed report's TO-BE CNN",
+    "seed-as-is": "the seed report's AS-IS CNN",
 }
 # Settings renamed since a release: old name -> new name. Run folders and model files keep
 # the names they were written with; ``config_from_dict`` reads both.

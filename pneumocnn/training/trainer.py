@@ -1,6 +1,6 @@
 """``train``: fit a CNN on a labelled X-ray folder, checkpoint every epoch, export model files.
 
-Across several workers (``TF_CONFIG``, see :mod:`.distribute`) every worker trains and only
+Across several workers (``TF_CONFIG``, see :mod:`.multi_worker`) every worker trains and only
 the chief writes the run folder. A run folder holds ``config.json``, ``checkpoints/`` (see
 :mod:`.checkpoints`), ``cache/`` (decoded images), and when training ends ``model.keras``,
 ``model-{float32,float16,dynamic-int8,int8}.tflite`` and the reports of :mod:`.report`. Every
@@ -9,11 +9,9 @@ file is written atomically, so a kill at any moment leaves each file either comp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pneumocnn.core.durable_files import exclusive_lock, write_text
+from pneumocnn.core.durable_files import write_text
 from pneumocnn.core.labelled_data import LabelledImages
 from pneumocnn.core.modelfile import ModelDescription, positive_probability
 from pneumocnn.core.preprocessing import to_model_inputs
@@ -33,14 +31,7 @@ from pneumocnn.training.calibration import TrainedRun, describe_model, recalibra
 from pneumocnn.training.checkpoints import Checkpoints, open_run
 from pneumocnn.training.data import DecodedImages, decode_all, make_dataset
 from pneumocnn.training.distillation import load_teachers, record_teachers, with_teacher_targets
-from pneumocnn.training.multi_worker import (
-    Cluster,
-    check_batch,
-    fit_epoch,
-    from_chief,
-    make_cluster,
-    take_chief_state,
-)
+from pneumocnn.training.multi_worker import Cluster, check_batch, make_cluster
 from pneumocnn.training.report import score_tflite, write_reports
 from pneumocnn.training.settings import RECIPES, TrainingConfig, make_config, saved_config
 from pneumocnn.training.splits import split, summary
@@ -91,9 +82,7 @@ def train(
     config = make_config(recipe, **settings)
     cluster = make_cluster(strategy)
     given = bool(settings) or recipe != "pneumocnn"
-    if not cluster.chief:
-        return _train(Path(data), run_dir, config, resume, verbose, given, cluster)
-    with exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"):
+    with cluster.run_lock(run_dir):
         return _train(Path(data), run_dir, config, resume, verbose, given, cluster)
 
 
@@ -110,17 +99,16 @@ def _train(data: Path, run_dir: Path, config: TrainingConfig, resume: bool, verb
     if cluster.chief:
         _save_config(run_dir, config)
     teacher_digests = record_teachers(run_dir, config.teachers) if teachers else {}
-    train_data, val_data = _decode(_cache_dir(run_dir, cluster), config, images)
+    train_data, val_data = _decode(cluster.cache_dir(run_dir), config, images)
     model, history = _fit(run_dir, config, train_data, val_data, verbose, cluster, teachers)
-    if not cluster.chief:
-        from_chief(cluster, [0.0])  # wait until the chief has written the run folder
+    if cluster.chief:
+        result = _finish(run_dir, config, model, history, train_data, val_data, images, cluster,
+                         teacher_digests)
+    else:
         log.info("worker %d of %d: trained; the chief writes %s", cluster.worker_index,
                  cluster.workers, run_dir)
-        return TrainingResult(run_dir, run_dir / "model.keras", {}, {}, history, chief=False)
-    result = _finish(run_dir, config, model, history, train_data, val_data, images, cluster,
-                     teacher_digests)
-    if cluster.multi_worker:
-        from_chief(cluster, [0.0])  # the other workers may exit now
+        result = TrainingResult(run_dir, run_dir / "model.keras", {}, {}, history, chief=False)
+    cluster.barrier()  # a worker returns once the chief has written the run folder
     return result
 
 
@@ -133,7 +121,7 @@ def _finish(run_dir: Path, config: TrainingConfig, model: keras.Model, history: 
     teacher, recorded in its provenance)."""
     if config.ema_momentum is not None:
         take_average(model)
-    if cluster.name != "none":  # export from a copy of the weights outside the strategy
+    if cluster.distributed:  # export from a copy of the weights outside the strategy
         local = compiled_model(config, len(train_data.labels))
         local.set_weights(model.get_weights())
         model = local
@@ -152,7 +140,7 @@ def _check(config: TrainingConfig, cluster: Cluster) -> None:
     """Fail on a setting that no run can use, before the run writes anything."""
     config.check()
     get_architecture(config.architecture)
-    if config.teachers and cluster.name != "none":
+    if config.teachers and cluster.distributed:
         raise ValueError(f"distillation (teachers) trains without a distribution strategy, "
                          f"not {cluster.name!r}: use strategy='none'")
 
@@ -161,16 +149,6 @@ def _save_config(run_dir: Path, config: TrainingConfig) -> None:
     """Write ``config.json`` for a new run (a resumed run keeps the one it has)."""
     if not (run_dir / "config.json").exists():
         write_text(run_dir / "config.json", json.dumps(asdict(config), indent=1))
-
-
-def _cache_dir(run_dir: Path, cluster: Cluster) -> Path:
-    """The chief caches decoded images in the run folder, every other worker in its own
-    temporary folder."""
-    if cluster.chief:
-        return run_dir / "cache"
-    run = hashlib.sha256(os.fsencode(run_dir.resolve())).hexdigest()[:16]
-    name = f"pneumocnn-worker-{cluster.worker_index}-{run}"
-    return Path(tempfile.gettempdir()) / name
 
 
 def _decode(cache: Path, config: TrainingConfig,
@@ -194,11 +172,8 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
         model, history = checkpoints.restore()
         if model is None:
             model = compiled_model(config, len(train_data.labels))
+    history = cluster.start_from_chief(model, history)
     start = len(history)
-    if cluster.multi_worker:
-        take_chief_state(cluster, model)
-        start = int(from_chief(cluster, [start])[0])
-        history = history[:start] if cluster.chief else [{}] * start
     spec = config.preprocessing()
     one_hot = _one_hot(model)
     val_dataset = make_dataset(val_data, spec, config.batch_size, one_hot=one_hot)
@@ -206,10 +181,7 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
     class_weight = _class_weight(train_data.labels) if config.class_weight == "balanced" else None
     callbacks = [KeepTrainingWeights()] if config.ema_momentum is not None else []
     for epoch in range(start, config.epochs):
-        stop = cluster.chief and _should_stop(history, config.early_stopping)
-        if cluster.multi_worker:  # the chief's history decides for every worker
-            stop = bool(from_chief(cluster, [float(stop)])[0])
-        if stop:
+        if cluster.chief_decides(lambda: _should_stop(history, config.early_stopping)):
             log.info("early stopping after epoch %d", epoch)
             break
         _reseed_dropout(model, config.random_seed, epoch)
@@ -219,22 +191,9 @@ def _fit(run_dir: Path, config: TrainingConfig, train_data: DecodedImages,
                                      seed=config.random_seed, epoch=epoch)
         if teachers:
             train_dataset = with_teacher_targets(train_dataset, teachers, one_hot)
-        if cluster.multi_worker:
-            logged = fit_epoch(cluster, model, train_dataset, val_dataset, class_weight)
-            log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
-                     ", ".join(f"{k} {v:.4f}" for k, v in logged.items()))
-        else:
-            fit = model.fit(
-                train_dataset,
-                validation_data=val_dataset,
-                initial_epoch=epoch,
-                epochs=epoch + 1,
-                class_weight=class_weight,
-                shuffle=False,  # the dataset is already shuffled, by (random seed, epoch)
-                verbose=verbose,
-                callbacks=callbacks,
-            )
-            logged = {k: v[-1] for k, v in fit.history.items()}
+        logged = cluster.train_epoch(model, train_dataset, val_dataset, epoch=epoch,
+                                     epochs=config.epochs, class_weight=class_weight,
+                                     verbose=verbose, callbacks=callbacks)
         if config.soft_targets:  # accuracy against them means nothing (the loss does)
             logged.pop("accuracy", None)
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in logged.items()},
