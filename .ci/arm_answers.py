@@ -61,15 +61,19 @@ def cpuinfo() -> str:
     libc = ctypes.CDLL(None)
     libc.getauxval.restype = ctypes.c_ulong
     libc.getauxval.argtypes = [ctypes.c_ulong]
-    features = [name for bits, names in ((libc.getauxval(AT_HWCAP), HWCAP),
-                                         (libc.getauxval(AT_HWCAP2), HWCAP2))
-                for bit, name in enumerate(names) if bits >> bit & 1]
+    names = features(libc.getauxval(AT_HWCAP), libc.getauxval(AT_HWCAP2))
     midr = _read_midr()
-    entry = (f"BogoMIPS\t: 0.00\nFeatures\t: {' '.join(features)}\n"
+    entry = (f"BogoMIPS\t: 0.00\nFeatures\t: {' '.join(names)}\n"
              f"CPU implementer\t: {midr >> 24 & 0xff:#04x}\nCPU architecture: 8\n"
              f"CPU variant\t: {midr >> 20 & 0xf:#x}\nCPU part\t: {midr >> 4 & 0xfff:#05x}\n"
              f"CPU revision\t: {midr & 0xf}\n")
     return "".join(f"processor\t: {cpu}\n{entry}\n" for cpu in range(os.cpu_count() or 1))
+
+
+def features(hwcap: int, hwcap2: int) -> list[str]:
+    """The names ``/proc/cpuinfo`` gives the bits of ``AT_HWCAP`` and ``AT_HWCAP2``."""
+    return [name for bits, names in ((hwcap, HWCAP), (hwcap2, HWCAP2))
+            for bit, name in enumerate(names) if bits >> bit & 1]
 
 
 def _read_midr() -> int:
@@ -185,8 +189,9 @@ def compare(reference: dict, others: dict[str, dict]) -> tuple[dict, list[str]]:
                                 f"{expected['answers'][worst]['probability']:.6f} on x86-64 "
                                 f"(tolerance {tolerance:g})")
             if mislabelled:
+                more = ", ..." if len(mislabelled) > 3 else ""
                 failures.append(f"{cpu} {name}: {len(mislabelled)} labels differ from x86-64's "
-                                f"({', '.join(mislabelled[:3])}...)")
+                                f"({', '.join(mislabelled[:3])}{more})")
     return rows, failures
 
 
