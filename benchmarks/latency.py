@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import time
 from collections.abc import Callable
@@ -170,10 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"({features['class']}: {', '.join(features['flags'] or [])}); load average "
             f"{f'{load[0]:.1f}' if load else '?'} at start.\n")
     print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "latency.md").write_text(text)
-        (args.out / "latency.json").write_text(json.dumps(result, indent=1))
+    report.write_pair(args.out, "latency", text, result)
     return result
 
 

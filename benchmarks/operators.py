@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -225,10 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"thread(s), each operator alone on LiteRT (XNNPACK); {result['cpu']} "
             f"({features['class']}); % peak: of {peak['how'] if peak else 'an unknown peak'}.\n")
     print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "operators.md").write_text(text)
-        (args.out / "operators.json").write_text(json.dumps(result, indent=1))
+    report.write_pair(args.out, "operators", text, result)
     return result
 
 

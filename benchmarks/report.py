@@ -397,3 +397,13 @@ def write(results: dict, out: Path) -> str:
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     plot(results, out / "latency_vs_accuracy.png")
     return text
+
+
+def write_pair(out: Path | None, name: str, text: str, result: dict) -> None:
+    """Write ``text`` to ``out/NAME.md`` and ``result`` to ``out/NAME.json`` (nothing when
+    ``out`` is None)."""
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
