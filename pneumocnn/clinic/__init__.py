@@ -9,3 +9,5 @@ and scoring on a Dask cluster (:mod:`~pneumocnn.clinic.dask_scoring`).
 They use the runtime and core; neither imports them back, and nothing here imports the
 training wing or TensorFlow (``tests/test_layout.py`` checks it).
 """
+
+HEATMAPS = ("flagged", "all", "none")  # which scored files get a heatmap (triage, the node)

@@ -33,6 +33,7 @@ from pathlib import Path
 from PIL import Image
 
 from pneumocnn._version import __version__
+from pneumocnn.clinic import HEATMAPS
 from pneumocnn.clinic.entry import COLUMNS, Entry
 from pneumocnn.core.csv_cells import neutral, neutral_row
 from pneumocnn.core.dicom import IDENTIFIERS, DicomHeader
@@ -47,7 +48,6 @@ from pneumocnn.runtime.model import Model, Prediction, load
 SCORES = "scores.csv"
 THUMBNAIL = 320  # the longer side of the pictures, in pixels (shown in 160 x 120 CSS px: sharp at 2x)
 JPEG_QUALITY = 80
-HEATMAPS = ("flagged", "all", "none")  # which scored files get a heatmap
 PAGE_ROWS = 100
 LEGEND = "legend.png"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 
-from pneumocnn.clinic.triage import HEATMAPS
+from pneumocnn.clinic import HEATMAPS
 from pneumocnn.runtime.model import Model, load
 
 
