@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from helpers import FULL_RESOLUTION, REPO, TINY_FLOAT, TINY_INT8, full_resolution_files, real_images
 
+from benchmarks import BUNDLED_RUN, SHARED_DATA
 from benchmarks.coldstart import BARE_LITERT, OURS
-
-BUNDLED_RUN = REPO / "benchmarks" / "bundled-run"
 
 
 @pytest.mark.training
@@ -137,7 +136,7 @@ def test_quick_benchmark_runs_out_of_the_box_on_the_shipped_run(tmp_path):
     assert os.path.samefile(results["inputs"]["run"], BUNDLED_RUN)
     assert results["mode"] == "quick" and results["wall_seconds"] > 0
     assert any(v.get("default") for v in results["variants"])
-    if not (REPO.parent / "shared" / "data" / "chest_xray").is_dir():
+    if not (SHARED_DATA / "chest_xray").is_dir():  # the benchmark's own default
         assert results["inputs"]["shipped_xrays"]
         assert any("no claim" in note for note in results["notes"])
     assert "## Targets" in done.stdout
