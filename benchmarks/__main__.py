@@ -124,7 +124,7 @@ def measure(args: argparse.Namespace, plan: Plan, work: Path) -> dict:
     variants = build_variants(keras_model, run_dir, work, default, calibration)
     log("accuracy")
     quality = score(variants, inputs, decoded.labels, threshold)
-    log(f"batch-1 latency, {plan.latency_calls} interleaved rounds")
+    log(f"batch-1 latency, {plan.latency_calls} calls of each variant, the variants taking turns")
     latency = batch1_latency(variants, inputs, plan.latency_calls, plan.warmup)
     log("batch-32 throughput")
     batches = throughput(variants, inputs, plan.throughput_rounds, max(1, plan.warmup // 5))

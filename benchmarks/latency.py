@@ -1,15 +1,23 @@
-"""Batch-1 latency and batch-32 throughput, interleaved across variants after warm-up.
+"""Batch-1 latency and batch-32 throughput of each variant, timed alone in turns after warm-up.
 
-Each round times one call of every variant, in a fresh random order, on the same input, so
-slow drifts of a noisy machine (other processes, frequency changes) hit every variant alike.
-The garbage collector is off while timing, as in ``timeit``.
+Each variant is timed alone, in blocks of consecutive calls on the shipped X-rays (as a program
+that scores a stream of X-rays with one model runs it), the variants taking turns in a fresh
+random order in each of 20 turns: slow drifts of a noisy machine (other processes, frequency
+changes) reach every variant alike, and no variant is charged for what another left behind.
+Timed call by call in one loop, the variants did charge each other: ONNX Runtime's worker
+threads spin for a while after each run, holding a core; a multi-threaded LiteRT interpreter
+whose workers went to sleep meanwhile wakes them again; each model evicts the others' data
+from the caches. The garbage collector is off while timing, as in ``timeit``.
 
-``python -m benchmarks.latency [FOLDER_OR_FILE ...] [--threads 1 2] [--rounds 300]`` times the
-``.tflite`` files given (default: the bundled ``pneumocnn/models``) alone, without TensorFlow:
-each at each thread count through pneumocnn (``load(path).probabilities``, the path ``predict``
-takes) and as a bare interpreter call, all in the same interleaved rounds, on real X-rays
-(``tests/data/xrays``); it prints a markdown table and, with ``--out DIR``, writes
-``DIR/latency.{md,json}``. What to run on a CPU class to see which variant wins there.
+``python -m benchmarks.latency [FOLDER_OR_FILE ...] [--threads 1 2] [--rounds 300] [--peers RUN]``
+times the ``.tflite`` files given (default: the bundled ``pneumocnn/models``) alone, without
+TensorFlow: each at each thread count through pneumocnn (``load(path).probabilities``, the path
+``predict`` takes) and as a bare interpreter call; for each folder given, also what
+``pneumocnn.load(folder)`` chooses there; with ``--peers RUN``, ONNX Runtime float32 and static
+int8 made from ``RUN/model.keras`` as the full benchmark makes them (TensorFlow needed; the int8
+calibrated on the X-rays timed). All on real X-rays (``tests/data/xrays``); it prints a markdown
+table and, with ``--out DIR``, writes ``DIR/latency.{md,json}``. What to run on a CPU class to
+see which variant wins there, and against which peer.
 """
 
 from __future__ import annotations
@@ -73,12 +81,30 @@ def _cycling(variant: Variant, inputs: np.ndarray, batch: int, bare: bool = Fals
     return call
 
 
+def in_turns(calls: dict[str, Callable[[], object]], rounds: int, warmup: int,
+             seed: int = 0, turns: int = 20) -> dict[str, list[float]]:
+    """Seconds per call of each named callable, each timed alone: in each of ``turns`` turns,
+    the callables in a fresh random order each make a block of about ``rounds / turns``
+    consecutive timed calls, after ``warmup`` untimed calls (a fifth of that, at least 1, in
+    later turns)."""
+    rng = np.random.default_rng(seed)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    turns = max(1, min(turns, rounds))
+    for turn in range(turns):
+        block = rounds // turns + (turn < rounds % turns)
+        warm = warmup if turn == 0 else max(1, warmup // 5)
+        for k in rng.permutation(len(names)):
+            times[names[k]] += interleaved({names[k]: calls[names[k]]}, block, warm)[names[k]]
+    return times
+
+
 def batch1_latency(variants: list[Variant], inputs: np.ndarray, rounds: int, warmup: int) -> dict:
     """Per variant key: every batch-1 call's seconds and their summary; LiteRT variants also
-    under ``KEY:bare``, their interpreter call alone, timed in the same rounds."""
+    under ``KEY:bare``, their interpreter call alone, timed the same way."""
     calls = {v.key: _cycling(v, inputs, 1) for v in variants if v.run is not None}
     calls |= {f"{v.key}:bare": _cycling(v, inputs, 1, bare=True) for v in variants if v.bare}
-    times = interleaved(calls, rounds, warmup)
+    times = in_turns(calls, rounds, warmup)
     return {key: {"seconds": t, **summarize(t)} for key, t in times.items()}
 
 
@@ -87,56 +113,92 @@ def throughput(variants: list[Variant], inputs: np.ndarray, rounds: int, warmup:
     """Per variant key: seconds of each batch-``batch`` call and images per second at the median."""
     batch = min(batch, len(inputs))
     calls = {v.key: _cycling(v, inputs, batch) for v in variants if v.run is not None}
-    times = interleaved(calls, rounds, warmup, seed=1)
+    times = in_turns(calls, rounds, warmup, seed=1)
     return {key: {"batch": batch, "seconds": t, **summarize(t),
                   "images_per_s": batch / float(np.median(t))} for key, t in times.items()}
 
 
-def variant_latency(files: list[Path], threads: list[int], rounds: int, warmup: int) -> dict:
-    """Per file and thread count: the median, p95 and min ms of pneumocnn's call and of the
-    bare interpreter call, on the shipped X-rays, every call of every file in the same
-    interleaved rounds; and the order of the files by pneumocnn's median at each thread count."""
+def variant_latency(files: list[Path], threads: list[int], rounds: int, warmup: int,
+                    folders: list[Path] | None = None, peers: Path | None = None) -> dict:
+    """Per variant and thread count: the median, p95 and min ms of one answer on the shipped
+    X-rays, timed by :func:`batch1_latency`. The variants: each file through pneumocnn
+    (``load(path).probabilities``, also timed as a bare interpreter call); for each of
+    ``folders``, what ``pneumocnn.load(folder)`` chooses (afresh: a new cache folder); with
+    ``peers`` (a run folder holding ``model.keras``; needs the training extra and ONNX
+    Runtime), ONNX Runtime's float32 and static int8 rows of the full benchmark."""
+    import tempfile
+
     import pneumocnn
     from benchmarks import TEST_DATA
-    from benchmarks.variants import _bare_invoke
+    from benchmarks.variants import _bare_invoke, variant_cache
     from pneumocnn.core.labelled_data import index_folder
     from pneumocnn.core.preprocessing import load_pixels
 
-    models = {(path, t): pneumocnn.load(path, threads=t) for path in files for t in threads}
-    spec = next(iter(models.values())).description.preprocessing
-    pixels = np.stack([load_pixels(image, spec) for image in index_folder(TEST_DATA / "xrays").paths])
+    def litert(key: str, label: str, model: pneumocnn.Model, t: int) -> Variant:
+        path = Path(model.path)
+        return Variant(key, label, "LiteRT", label, t, path.stat().st_size, model.probabilities,
+                       bare=_bare_invoke(path, t), details={"file": str(path)})
+
     variants = []
-    for (path, t), model in models.items():
-        name = model.description.info.get("quantization") or path.stem
-        variants.append(Variant(f"{path}-{t}t", name, "LiteRT", name, t, path.stat().st_size,
-                                model.probabilities, bare=_bare_invoke(path, t),
-                                details={"file": str(path)}))
+    for path in files:
+        for t in threads:
+            model = pneumocnn.load(path, threads=t)
+            name = model.description.info.get("quantization") or path.stem
+            variants.append(litert(f"{path}-{t}t", name, model, t))
+    with tempfile.TemporaryDirectory() as cache, variant_cache(Path(cache)):
+        for folder in folders or []:
+            for t in threads:
+                model = pneumocnn.load(folder, threads=t)
+                label = f"load() default (chose {model.variant.variant})"
+                variants.append(litert(f"{folder}-default-{t}t", label, model, t))
+    spec = model.description.preprocessing
+    pixels = np.stack([load_pixels(image, spec) for image in index_folder(TEST_DATA / "xrays").paths])
+    if peers is not None:
+        variants += peer_variants(peers, pixels, threads)
     timed = batch1_latency(variants, pixels, rounds, warmup)
     rows = []
     for variant in variants:
-        ours, bare = timed[variant.key], timed[f"{variant.key}:bare"]
-        rows.append({"variant": variant.label, "file": variant.details["file"],
-                     "bytes": variant.size_bytes, "threads": variant.threads,
-                     **{f"pneumocnn_{k}": ours[k] for k in ("median_ms", "p95_ms", "min_ms")},
-                     **{f"bare_{k}": bare[k] for k in ("median_ms", "p95_ms", "min_ms")}})
+        row = {"variant": variant.label, "runtime": variant.runtime,
+               "file": variant.details.get("file", variant.key), "bytes": variant.size_bytes,
+               "threads": variant.threads, "error": variant.error}
+        for timing, key in (("", variant.key), ("bare_", f"{variant.key}:bare")):
+            if key in timed:
+                row |= {f"{timing}{k}": timed[key][k] for k in ("median_ms", "p95_ms", "min_ms")}
+        rows.append(row)
     return {"rows": rows, "rounds": rounds, "warmup": warmup, "images": len(pixels)}
 
 
+def peer_variants(run_dir: Path, pixels: np.ndarray, threads: list[int]) -> list[Variant]:
+    """ONNX Runtime's rows (:func:`benchmarks.variants.onnx_variants`) for the float Keras
+    model of ``run_dir``, its int8 calibrated on ``pixels``, at the thread counts asked for."""
+    import tempfile
+
+    from benchmarks.variants import load_keras, onnx_variants
+
+    work = Path(tempfile.mkdtemp(prefix="pneumocnn-peers-"))
+    return [variant for variant in onnx_variants(load_keras(run_dir), work, pixels)
+            if variant.run is None or variant.threads in threads]
+
+
 def latency_table(result: dict) -> str:
-    """The markdown table of :func:`variant_latency`'s result, with each variant's median
-    against the fastest at its thread count."""
-    lines = ["| variant | file | threads | pneumocnn median ms | p95 ms | bare invoke median ms | "
-             "vs fastest (pneumocnn / bare) | bytes |", "|---|---|---|---|---|---|---|---|"]
-    rows = sorted(result["rows"], key=lambda r: (r["threads"], r["pneumocnn_median_ms"]))
-    for row in rows:
-        peers = [r for r in rows if r["threads"] == row["threads"]]
-        best = min(r["pneumocnn_median_ms"] for r in peers)
-        best_bare = min(r["bare_median_ms"] for r in peers)
-        lines.append(f"| {row['variant']} | {Path(row['file']).name} | {row['threads']} | "
-                     f"{row['pneumocnn_median_ms']:.2f} | "
-                     f"{row['pneumocnn_p95_ms']:.2f} | {row['bare_median_ms']:.2f} | "
-                     f"{row['pneumocnn_median_ms'] / best:.2f}x / "
-                     f"{row['bare_median_ms'] / best_bare:.2f}x | {row['bytes']:,} |")
+    """The markdown table of :func:`variant_latency`'s result, with each row's median against
+    the fastest at its thread count (and each bare call's against the fastest bare call)."""
+    lines = ["| variant | runtime | file | threads | median ms | p95 ms | bare invoke median ms | "
+             "vs fastest (median / bare) | bytes |", "|---|---|---|---|---|---|---|---|---|"]
+    timed = [r for r in result["rows"] if "median_ms" in r]
+    for row in sorted(timed, key=lambda r: (r["threads"], r["median_ms"])):
+        peers = [r for r in timed if r["threads"] == row["threads"]]
+        best = min(r["median_ms"] for r in peers)
+        bare = "-", "-"
+        if "bare_median_ms" in row:
+            best_bare = min(r["bare_median_ms"] for r in peers if "bare_median_ms" in r)
+            bare = f"{row['bare_median_ms']:.2f}", f"{row['bare_median_ms'] / best_bare:.2f}x"
+        lines.append(f"| {row['variant']} | {row['runtime']} | {Path(row['file']).name} | "
+                     f"{row['threads']} | {row['median_ms']:.2f} | {row['p95_ms']:.2f} | "
+                     f"{bare[0]} | {row['median_ms'] / best:.2f}x / {bare[1]} | "
+                     f"{row['bytes']:,} |")
+    lines += [f"| {row['variant']} | {row['runtime']} | - | - | could not run: {row['error']} "
+              "| | | | |" for row in result["rows"] if "median_ms" not in row]
     return "\n".join(lines)
 
 
@@ -151,6 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--peers", type=Path, default=None, metavar="RUN",
+                        help="also time ONNX Runtime float32 and static int8 on RUN's model.keras "
+                             "(e.g. benchmarks/bundled-run; needs the training extra)")
     parser.add_argument("--out", type=Path, default=None, help="folder for latency.{md,json}")
     args = parser.parse_args(argv)
     files = [found for given in args.models
@@ -161,10 +226,12 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"command": "python -m benchmarks.latency " + " ".join(argv or []),
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine, "load_average_at_start": load,
-              **variant_latency(files, args.threads, args.rounds, args.warmup),
+              **variant_latency(files, args.threads, args.rounds, args.warmup,
+                                [given for given in args.models if given.is_dir()], args.peers),
               "load_average_at_end": report.load_average()}
     features = machine["cpu_features"]
-    text = (f"{latency_table(result)}\n\n{result['rounds']} interleaved rounds on "
+    text = (f"{latency_table(result)}\n\n{result['rounds']} calls of each row, alone, the rows "
+            f"taking turns (20 blocks each) on "
             f"{result['images']} X-rays, LiteRT {machine['ai-edge-litert']}, {machine['cpu']} "
             f"({features['class']}: {', '.join(features['flags'] or [])}); load average "
             f"{f'{load[0]:.1f}' if load else '?'} at start.\n")

@@ -227,7 +227,8 @@ def _variants(results: dict) -> list[str]:
         "Accuracy figures at the model's threshold; agreement and max |diff| against the float Keras "
         "model's probabilities; distinct p: distinct probabilities over the images, largest tie: "
         "the most images sharing one probability (identical images counted once"
-        f"{_duplicates(results)}). Latency: batch 1, interleaved; throughput: batch 32. "
+        f"{_duplicates(results)}). Latency: batch 1, each variant alone, the variants taking "
+        "turns; throughput: batch 32. "
         f"{_limit_text(results)}", "",
         *_table(["variant", "runtime", "threads", "size MB", "accuracy", "ROC AUC", "sensitivity",
                  "specificity", "agreement %", "max abs diff", "distinct p", "largest tie",

@@ -245,15 +245,35 @@ def test_each_operator_cut_out_alone_computes_what_it_computes_in_the_whole_mode
         assert np.array_equal(alone.get_tensor(alone.get_output_details()[0]["index"]), expected), op
 
 
-def test_the_variant_latency_tool_times_every_file_at_every_thread_count():
+def test_the_variant_latency_tool_times_every_file_at_every_thread_count(tmp_path):
     from benchmarks.latency import latency_table, variant_latency
 
-    result = variant_latency([TINY_INT8, TINY_FLOAT], [1, 2], rounds=3, warmup=1)
-    rows = {(Path(r["file"]).name, r["threads"]) for r in result["rows"]}
-    assert rows == {(f.name, t) for f in (TINY_INT8, TINY_FLOAT) for t in (1, 2)}
-    assert all(r["pneumocnn_median_ms"] > 0 and r["bare_median_ms"] > 0 for r in result["rows"])
+    folder = tmp_path / "variants"
+    folder.mkdir()
+    for tiny in (TINY_INT8, TINY_FLOAT):
+        shutil.copy(tiny, folder / tiny.name)
+    result = variant_latency([TINY_INT8, TINY_FLOAT], [1, 2], rounds=3, warmup=1, folders=[folder])
+    rows = {(r["variant"].startswith("load() default"), Path(r["file"]).name, r["threads"])
+            for r in result["rows"]}
+    assert {(False, f.name, t) for f in (TINY_INT8, TINY_FLOAT) for t in (1, 2)} < rows
+    assert sum(default for default, _, _ in rows) == 2  # one choice per thread count
+    assert all(r["median_ms"] > 0 and r["bare_median_ms"] > 0 for r in result["rows"])
     table = latency_table(result)
-    assert table.count("\n") == 5 and "1.00x" in table  # header, rule, four rows
+    assert table.count("\n") == 7 and "1.00x" in table  # header, rule, six rows
+
+
+def test_timing_in_turns_times_each_callable_alone_in_blocks():
+    from benchmarks.latency import in_turns
+
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
+    times = in_turns(calls, rounds=10, warmup=5, turns=5)
+    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 10, "b": 10, "c": 10}
+    runs = [1]
+    for before, name in zip(order, order[1:], strict=False):
+        runs[-1:] = [runs[-1] + 1] if name == before else [runs[-1], 1]
+    assert min(runs) >= 3  # a block: at least one untimed call and two timed ones, never mixed
+    assert len(runs) >= 11  # five turns of three blocks (a turn's last block may meet the next's first)
 
 
 def test_the_fma_peak_and_the_share_of_it():
