@@ -10,7 +10,9 @@ percentile intervals over resamples of whole patients (a patient's X-rays are no
 independent); each model's AUC is also compared with the first model's on the same resamples
 (paired). With ``--recipe NAME MODEL...`` (repeated) the models are grouped into recipes (seeds
 of one training recipe) and each recipe's mean AUC is compared with the first recipe's. With
-``--test-time`` each model is also scored through test-time views (:func:`test_time_rows`).
+``--ensemble NAME MODEL...`` (repeated) the mean logit of the models is scored as one more
+model (:func:`ensemble_row`). With ``--test-time`` each model is also scored through test-time
+views (:func:`test_time_rows`).
 
 Site B chooses between recipes; it never enters a fit, a threshold or a calibration of a model
 scored here. The table is a development measurement, not the verdict (the hidden rest is).
@@ -37,6 +39,7 @@ from benchmarks import SHARED_DATA  # noqa: E402
 from pneumocnn.core.labelled_data import index_folder  # noqa: E402
 from pneumocnn.core.metrics import (  # noqa: E402
     binary_metrics,
+    logit,
     roc_auc,
     threshold_for_sensitivity,
 )
@@ -73,6 +76,17 @@ def rows_of_model(path: Path, site: dict[str, list[Image.Image]], test_time: boo
                                                    for view in chosen], axis=0)
                                     for name, images in site.items()}, model.threshold)
             for label, chosen in views.items()]
+
+
+def ensemble_row(name: str, members: list[Row]) -> Row:
+    """The members' mean logit as one model, at the mean logit of their thresholds (each
+    member's threshold was chosen on its own validation images; the ensemble has none)."""
+    def mean_logit(values: list[np.ndarray | float]) -> np.ndarray:
+        return 1 / (1 + np.exp(-np.mean([logit(v) for v in values], axis=0)))
+
+    return Row(name, {alteration: mean_logit([m.probabilities[alteration] for m in members])
+                      for alteration in members[0].probabilities},
+               float(mean_logit([m.threshold for m in members])))
 
 
 def _interval(values: np.ndarray) -> list[float]:
@@ -142,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="+", type=Path, help="model files or training run folders")
     parser.add_argument("--recipe", nargs="+", action="append", default=[], metavar=("NAME", "MODEL"),
                         help="a recipe's name and its models (seeds); repeat for each recipe")
+    parser.add_argument("--ensemble", nargs="+", action="append", default=[], metavar=("NAME", "MODEL"),
+                        help="score the mean logit of these models as one more model; repeatable")
     parser.add_argument("--data", type=Path, default=SITE_B, help="the site's NORMAL/ and PNEUMONIA/")
     parser.add_argument("--test-time", action="store_true",
                         help="also score each model through test-time views (see test_time_rows)")
@@ -154,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     site = altered([load_gray(path) for path in images.paths])
     draws = patient_resamples(patients)
     scored = {row.name: row for path in args.models for row in rows_of_model(path, site, args.test_time)}
-    recipes = {spec[0]: [scored.get(str(Path(p))) or rows_of_model(Path(p), site)[0] for p in spec[1:]]
+    def row_of(path: str) -> Row:
+        return scored.get(str(Path(path))) or rows_of_model(Path(path), site)[0]
+
+    for spec in args.ensemble:
+        scored[spec[0]] = ensemble_row(spec[0], [row_of(p) for p in spec[1:]])
+    recipes = {spec[0]: [row_of(p) for p in spec[1:]]
                for spec in args.recipe}
     results = {
         **run_facts("studies.site_b", argv),

@@ -455,3 +455,14 @@ def test_the_plot_says_what_its_accuracy_was_measured_on(tmp_path):
     with Image.open(tmp_path / "plot.png") as picture:
         rows = len([v for v in results["variants"] if not v["error"]])
         assert picture.height > 40 * rows  # a row per variant
+
+
+def test_a_site_b_ensemble_is_its_members_mean_logit_at_their_mean_threshold():
+    from studies.robustness import Row
+    from studies.site_b import ensemble_row
+
+    members = [Row("a", {"none": np.array([0.2, 0.9])}, 0.5),
+               Row("b", {"none": np.array([0.8, 0.9])}, 0.9)]
+    row = ensemble_row("a + b", members)
+    assert row.probabilities["none"] == pytest.approx([0.5, 0.9])  # logit(0.2) = -logit(0.8)
+    assert row.threshold == pytest.approx(1 / (1 + np.exp(-np.log(0.9 / 0.1) / 2)))
