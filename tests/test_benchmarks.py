@@ -466,3 +466,25 @@ def test_a_site_b_ensemble_is_its_members_mean_logit_at_their_mean_threshold():
     row = ensemble_row("a + b", members)
     assert row.probabilities["none"] == pytest.approx([0.5, 0.9])  # logit(0.2) = -logit(0.8)
     assert row.threshold == pytest.approx(1 / (1 + np.exp(-np.log(0.9 / 0.1) / 2)))
+
+
+@pytest.mark.training
+def test_the_peer_rows_time_and_profile_onnx_runtime_beside_litert(tiny_run, tmp_path):
+    from benchmarks.latency import latency_table, variant_latency
+    from benchmarks.peer_operators import main
+
+    run = tiny_run.run_dir
+    result = variant_latency([run / "model-float16.tflite"], [1], rounds=3, warmup=1, peers=run)
+    runtimes = {row["variant"]: row["runtime"] for row in result["rows"]}
+    assert runtimes == {"float16": "LiteRT", "ONNX Runtime float32": "ONNX Runtime",
+                        "ONNX Runtime int8 (static QDQ)": "ONNX Runtime"}
+    assert all(row["median_ms"] > 0 for row in result["rows"])
+    assert "| ONNX Runtime int8 (static QDQ) | ONNX Runtime |" in latency_table(result)
+
+    out = tmp_path / "peers"
+    profiled = main(["--run", str(run), "--runs", "10", "--out", str(out)])
+    assert set(profiled["files"]) == {"ONNX Runtime float32", "ONNX Runtime int8 (static QDQ)"}
+    for nodes in profiled["files"].values():
+        assert {"Conv", "QLinearConv"} & {node["op"] for node in nodes}
+        assert sum(node["median_ms"] for node in nodes) > 0
+    assert (out / "peer_operators.md").read_text().count("sum of the nodes") == 2
