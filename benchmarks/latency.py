@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     files = [found for given in args.models
              for found in (sorted(given.glob("*.tflite")) if given.is_dir() else [given])]
+    if not files:
+        parser.error(f"no .tflite file in {', '.join(map(str, args.models))}")
     load = report.load_average()
     machine = {"cpu": report.cpu_name(), "cpu_features": report.cpu_features(),
                "cores": os.cpu_count(), "ai-edge-litert": metadata.version("ai-edge-litert")}
