@@ -12,7 +12,7 @@ independent); each model's AUC is also compared with the first model's on the sa
 of one training recipe) and each recipe's mean AUC is compared with the first recipe's. With
 ``--ensemble NAME MODEL...`` (repeated) the mean logit of the models is scored as one more
 model (:func:`ensemble_row`). With ``--test-time`` each model is also scored through test-time
-views (:func:`test_time_rows`).
+views (:func:`rows_of_model`).
 
 Site B chooses between recipes; it never enters a fit, a threshold or a calibration of a model
 scored here. The table is a development measurement, not the verdict (the hidden rest is).
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="score the mean logit of these models as one more model; repeatable")
     parser.add_argument("--data", type=Path, default=SITE_B, help="the site's NORMAL/ and PNEUMONIA/")
     parser.add_argument("--test-time", action="store_true",
-                        help="also score each model through test-time views (see test_time_rows)")
+                        help="also score each model zoomed out 1.1x and through 3 test-time views")
     parser.add_argument("--out", type=Path, default=RESULTS / "site-b")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     site = altered([load_gray(path) for path in images.paths])
     draws = patient_resamples(patients)
     scored = {row.name: row for path in args.models for row in rows_of_model(path, site, args.test_time)}
+
     def row_of(path: str) -> Row:
         return scored.get(str(Path(path))) or rows_of_model(Path(path), site)[0]
 
