@@ -175,9 +175,9 @@ def peer_variants(run_dir: Path, pixels: np.ndarray, threads: list[int]) -> list
 
     from benchmarks.variants import load_keras, onnx_variants
 
-    work = Path(tempfile.mkdtemp(prefix="pneumocnn-peers-"))
-    return [variant for variant in onnx_variants(load_keras(run_dir), work, pixels)
-            if variant.run is None or variant.threads in threads]
+    with tempfile.TemporaryDirectory() as work:  # the sessions hold their models once made
+        return [variant for variant in onnx_variants(load_keras(run_dir), Path(work), pixels)
+                if variant.run is None or variant.threads in threads]
 
 
 def latency_table(result: dict) -> str:
