@@ -14,3 +14,10 @@ BUNDLED_RUN = REPO / "benchmarks" / "bundled-run"  # the bundled model's run, sh
 TRAINED_RUN = REPO / "runs" / "pneumocnn"  # where `pneumocnn train` writes by default
 BUNDLED_MODELS = REPO / "pneumocnn" / "models"
 TEST_DATA = REPO / "tests" / "data"  # 24 + 24 real X-rays and 3 full-size files, shipped
+
+
+def shown(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it, else as given: what results
+    and reports name, so that they name no one's checkout."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)

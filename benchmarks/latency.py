@@ -1,7 +1,7 @@
 """Batch-1 latency and batch-32 throughput of each variant, timed alone in turns after warm-up.
 
-Each variant is timed alone, in blocks of consecutive calls on the shipped X-rays (as a program
-that scores a stream of X-rays with one model runs it), the variants taking turns in a fresh
+Each variant is timed alone, in blocks of consecutive calls cycling through the same X-rays (as
+a program that scores a stream of X-rays with one model runs it), the variants taking turns in a fresh
 random order in each of 20 turns: slow drifts of a noisy machine (other processes, frequency
 changes) reach every variant alike, and no variant is charged for what another left behind.
 Timed call by call in one loop, the variants did charge each other: ONNX Runtime's worker
@@ -139,19 +139,16 @@ def variant_latency(files: list[Path], threads: list[int], rounds: int, warmup: 
         return Variant(key, label, "LiteRT", label, t, path.stat().st_size, model.probabilities,
                        bare=_bare_invoke(path, t), details={"file": str(path)})
 
-    variants = []
-    for path in files:
-        for t in threads:
-            model = pneumocnn.load(path, threads=t)
-            name = model.description.info.get("quantization") or path.stem
-            variants.append(litert(f"{path}-{t}t", name, model, t))
+    models = {(path, t): pneumocnn.load(path, threads=t) for path in files for t in threads}
+    variants = [litert(f"{path}-{t}t", model.description.info.get("quantization") or path.stem,
+                       model, t) for (path, t), model in models.items()]
     with tempfile.TemporaryDirectory() as cache, variant_cache(Path(cache)):
         for folder in folders or []:
             for t in threads:
                 model = pneumocnn.load(folder, threads=t)
                 label = f"load() default (chose {model.variant.variant})"
                 variants.append(litert(f"{folder}-default-{t}t", label, model, t))
-    spec = model.description.preprocessing
+    spec = next(iter(models.values())).description.preprocessing
     pixels = np.stack([load_pixels(image, spec) for image in index_folder(TEST_DATA / "xrays").paths])
     if peers is not None:
         variants += peer_variants(peers, pixels, threads)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import pneumocnn
-from benchmarks import BUNDLED_MODELS, REPO
+from benchmarks import BUNDLED_MODELS, shown
 from benchmarks.limits import multiply_adds
 from pneumocnn.core.modelfile import ModelDescription, positive_probability, read_keras_description
 from pneumocnn.core.preprocessing import to_model_inputs
@@ -103,10 +103,10 @@ def default_folder(run_dir: Path) -> tuple[Path, str]:
     foreign = [path.name for path in bundled if path.read_bytes() not in ours]
     if bundled and not foreign:
         names = ", ".join(path.name for path in bundled)
-        return BUNDLED_MODELS, (f"the bundled models ({_shown(BUNDLED_MODELS)}: {names}), each "
+        return BUNDLED_MODELS, (f"the bundled models ({shown(BUNDLED_MODELS)}: {names}), each "
                                 "byte-identical to a file of the run")
-    why = (f"{', '.join(foreign)} in {_shown(BUNDLED_MODELS)} not byte-identical to any file of "
-           "the run" if foreign else f"no .tflite file in {_shown(BUNDLED_MODELS)}")
+    why = (f"{', '.join(foreign)} in {shown(BUNDLED_MODELS)} not byte-identical to any file of "
+           "the run" if foreign else f"no .tflite file in {shown(BUNDLED_MODELS)}")
     return run_dir, f"the run folder's .tflite files ({why})"
 
 
@@ -139,22 +139,14 @@ def default_variants(default: DefaultLoad, multiply_adds: int | None = None) -> 
     variants = []
     for threads, model in default.models.items():
         choice, path = model.variant, Path(model.path)
-        details = {"default": True, "folder": _shown(default.folder), "folder_reason": default.why,
-                   "chosen_file": _shown(path), "candidates": list(choice.candidates),
+        details = {"default": True, "folder": shown(default.folder), "folder_reason": default.why,
+                   "chosen_file": shown(path), "candidates": list(choice.candidates),
                    "reason": choice.reason, "timings_ms": dict(choice.timings_ms)}
         variants.append(Variant(f"default-{threads}t", f"pneumocnn.load() default (chose {choice.variant})",
                                 "LiteRT", choice.variant, threads, path.stat().st_size,
                                 model.probabilities, bare=_bare_invoke(path, threads), details=details,
                                 multiply_adds=multiply_adds))
     return variants
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository when inside it."""
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
 
 
 def build_variants(keras_model: KerasModel, run_dir: Path, work_dir: Path,

@@ -33,7 +33,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pneumocnn  # noqa: E402
-from benchmarks import REPO  # noqa: E402
+from benchmarks import shown  # noqa: E402
 from pneumocnn.clinic.site_calibration import (  # noqa: E402
     calibration_prior,
     fit_labelled,
@@ -202,12 +202,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _shown(path: str) -> str:
-    """``path`` relative to the repository when it lies inside it (results name no checkout)."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.site_adaptation",
                                      description=__doc__.split("\n")[0])
@@ -227,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     folds = patient_folds(images, FOLDS, 0)
     calibrated = description.calibrate(raw)
     results = {
-        **run_facts("studies.site_adaptation", argv), "model": _shown(model.path),
+        **run_facts("studies.site_adaptation", argv), "model": shown(model.path),
         "images": len(labels), "positive_share": float(labels.mean()),
         "calibration": {
             "as shipped": _judged(labels, calibrated, description.threshold),
