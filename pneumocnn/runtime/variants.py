@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 TIE = 0.05
 ROUNDS = 7
 CALLS_PER_ROUND = 4
+RETIMINGS = 2  # times again when a timing's two halves disagree (see _fastest)
 _CACHE_FILE = "variants.json"
 _CACHE_ENTRIES = 64
 
@@ -172,26 +173,40 @@ def _model_of(description: ModelDescription) -> tuple:
 def _fastest(opened: dict[str, TFLiteBackend], candidates: dict[str, _Candidate],
              names: tuple[str, ...], refused: dict[str, str]) -> VariantChoice:
     """Time every opened variant: the fastest wins, the smallest file among near ties. When the
-    first and the second half of the rounds choose differently (a busy CPU), the reason says
-    so; the choice is remembered all the same, so that the same command keeps giving the same
-    answers on this machine (delete the cache file, or pass ``variant=``, to choose again).
+    first and the second half of the rounds choose differently (a busy CPU), the variants are
+    timed again, up to ``RETIMINGS`` times, and the choice is made on all the rounds; if the
+    last timing is still unsteady, the reason says so. The choice is remembered all the same, so
+    that the same command keeps giving the same answers on this machine (delete the cache file,
+    or pass ``variant=``, to choose again).
     A single variant left (the others ``refused``) is chosen untimed."""
     if len(opened) == 1:
         only = next(iter(opened))
         return VariantChoice(only, names, f"the only variant that runs here{_refused_text(refused)}",
                              refused=dict(refused))
     spec = next(iter(candidates.values())).description.preprocessing
-    samples = _time(opened, spec.height, spec.width)
     sizes = {name: len(candidates[name].content) for name in opened}
+    samples: dict[str, list[float]] = {name: [] for name in opened}
+    for _ in range(1 + RETIMINGS):
+        timed = _time(opened, spec.height, spec.width)
+        for name, ms in timed.items():
+            samples[name] += ms
+        steady = _steady(timed, sizes)
+        if steady:
+            break
     timings = {name: _median(ms) for name, ms in samples.items()}
     chosen = _winner(timings, sizes)
-    half = ROUNDS * CALLS_PER_ROUND // 2
-    halves = [_winner({name: _median(ms[part]) for name, ms in samples.items()}, sizes)
-              for part in (slice(None, half), slice(half, None))]
     reason = f"fastest here, timed at load: {_timings_text(timings)}"
-    if halves != [chosen, chosen]:
+    if not steady:
         reason += "; the timings were unsteady (a busy CPU?)"
     return VariantChoice(chosen, names, reason + _refused_text(refused), timings, dict(refused))
+
+
+def _steady(samples: dict[str, list[float]], sizes: dict[str, int]) -> bool:
+    """Whether the first and the second half of one timing's rounds choose the same variant."""
+    half = ROUNDS * CALLS_PER_ROUND // 2
+    halves = {_winner({name: _median(ms[part]) for name, ms in samples.items()}, sizes)
+              for part in (slice(None, half), slice(half, None))}
+    return len(halves) == 1
 
 
 def _refused_text(refused: dict[str, str]) -> str:
