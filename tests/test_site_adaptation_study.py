@@ -1,5 +1,6 @@
-"""studies.site_adaptation: the levers on the network that a site's own X-rays can move, run on
-a tiny model trained in the test and the shipped X-rays standing in for a site."""
+"""studies.site_adaptation: the head refit and the paired comparison of levers on synthetic
+data, and the levers on the network run on a tiny model trained in the test, with the shipped
+X-rays standing in for a site."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_the_refitted_last_layer_is_pulled_to_the_trained_one_as_much_as_asked()
     features = rng.normal(size=(200, 4))
     labels = (features @ np.array([2.0, -1.0, 0.0, 0.5]) + rng.normal(size=200) > 0).astype(float)
     w0, b0 = np.zeros(4), 0.0
-    held, held_bias = _refit_logistic(features, labels, w0, b0, pull=1e6)
+    held, _ = _refit_logistic(features, labels, w0, b0, pull=1e6)
     assert np.abs(held).max() < 1e-3
     free, free_bias = _refit_logistic(features, labels, w0, b0, pull=1e-3)
     assert _log_loss(features, labels, free, free_bias) < _log_loss(features, labels, w0, b0) - 0.2
