@@ -135,10 +135,11 @@ def network_levers(float_model: Path, images: LabelledImages, folds: np.ndarray
 
     spec = read_keras_description(float_model).preprocessing
     pixels = np.stack([load_pixels(path, spec) for path in images.paths])
+    inputs = to_model_inputs(pixels, spec)  # once: every lever reads the same model inputs
     labels = images.labels
 
     def outputs(model, selection: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(to_model_inputs(pixels[selection], spec), verbose=0))[:, -1]
+        return np.asarray(model.predict(inputs[selection], verbose=0))[:, -1]
 
     trained = keras.models.load_model(float_model, compile=False)
     every = np.ones(len(labels), dtype=bool)
@@ -150,8 +151,7 @@ def network_levers(float_model: Path, images: LabelledImages, folds: np.ndarray
         adapted[folds == fold] = outputs(model, folds == fold)
     scores["batch-norm statistics of the site (unlabelled, cross-fitted)"] = adapted
     head = trained.layers[-1]
-    features = keras.Model(trained.inputs, trained.layers[-2].output).predict(
-        to_model_inputs(pixels, spec), verbose=0)
+    features = keras.Model(trained.inputs, trained.layers[-2].output).predict(inputs, verbose=0)
     weights, bias = (np.asarray(value, dtype=np.float64) for value in head.get_weights())
     for pull in HEAD_PULLS:
         logits = np.zeros(len(labels))
@@ -165,7 +165,7 @@ def network_levers(float_model: Path, images: LabelledImages, folds: np.ndarray
         for fold in np.unique(folds):
             model = keras.models.load_model(float_model, compile=False)
             fit = folds != fold
-            fine_tune_last_block(model, to_model_inputs(pixels[fit], spec), labels[fit], epochs)
+            fine_tune_last_block(model, inputs[fit], labels[fit], epochs)
             tuned[folds == fold] = outputs(model, folds == fold)
         scores[f"last convolution and classifier fine-tuned on the site's labels ({epochs} "
                f"epochs, cross-validated)"] = tuned
